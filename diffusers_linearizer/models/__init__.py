@@ -1,0 +1,1 @@
+"""Linearizer models: invertible networks, linear cores and `LinearizerModel`."""
