@@ -1,0 +1,326 @@
+"""`LinearizerModel`: f(x) = g_y⁻¹(A g_x(x)) as a diffusers model.
+
+Two invertible networks ``g_x`` (input space) and ``g_y`` (output space) surround a linear core ``A``
+(or ``A_t``). In the vector spaces induced by ``g_x`` and ``g_y`` (``v₁ ⊕ v₂ = g⁻¹(g(v₁) + g(v₂))``,
+``a ⊙ v = g⁻¹(a·g(v))``) the function is exactly linear, so linear algebra on ``A`` is algebra on ``f``:
+
+* transpose   fᵀ(y) = g_x⁻¹(Aᵀ g_y(y))
+* pinv        f†(y) = g_x⁻¹(A† g_y(y))
+* compose     (f₂ ∘ f₁)(x) = g_y⁻¹(A₂ A₁ g_x(x))         when f₁'s g_y is f₂'s g_x
+* power       fⁿ(x) = g⁻¹(Aⁿ g(x))                       when g_x ≡ g_y = g
+* svd         f(x) = g_y⁻¹(Σᵢ σᵢ uᵢ ⟨vᵢ, g_x(x)⟩)         (plus the |c|·P⊥ part of c·I + low rank)
+
+One network may serve as both ``g_x`` and ``g_y`` (``shared_g=True``): it is run with the role input
+``role_x`` for g_x and ``role_y`` for g_y (the reference code uses the same weights with t = 1 and
+t = 0). Then ``g_x ≡ g_y`` only when ``role_x == role_y``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Tuple, Union
+
+import torch
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+from diffusers.utils import BaseOutput
+from torch import Tensor, nn
+
+from ..operators import DenseOperator
+from .conditioners import CONDITIONERS
+from .cores import CORE_TYPES, DenseCore, LowRankCore, build_core
+from .invertible import InvertibleNetwork
+
+SPACES = ("x", "y")
+
+
+@dataclass
+class LinearizerModelOutput(BaseOutput):
+    """Output of :meth:`LinearizerModel.forward`.
+
+    Args:
+        sample: ``f(x)`` in data space, shape ``(N, C, H, W)``.
+        latent: ``A g_x(x)`` in the latent space of ``g_y``, shape ``(N, C, H, W)``.
+    """
+
+    sample: Tensor
+    latent: Optional[Tensor] = None
+
+
+@dataclass
+class LinearizerSVDOutput(BaseOutput):
+    """Top-k singular triplets of a Linearizer: ``A = Σᵢ σᵢ uᵢ vᵢᵀ`` in latent space.
+
+    Args:
+        singular_values: ``(k,)`` descending.
+        left_latents / right_latents: ``(k, D)`` orthonormal vectors uᵢ (y-space) and vᵢ (x-space).
+        left_vectors / right_vectors: the same vectors mapped to data space, ``g_y⁻¹(uᵢ)`` and
+            ``g_x⁻¹(vᵢ)``, shape ``(k, C, H, W)``.
+    """
+
+    singular_values: Tensor
+    left_latents: Tensor
+    right_latents: Tensor
+    left_vectors: Tensor
+    right_vectors: Tensor
+
+
+class LinearizerModel(ModelMixin, ConfigMixin):
+    r"""The Linearizer f(x) = g_y⁻¹(A_t g_x(x)).
+
+    Args:
+        sample_size: image height and width H = W.
+        in_channels: image channels C (latents keep the image shape, D = C·H·W).
+        num_blocks: flow blocks (ActNorm → two affine couplings → invertible 1×1 conv) per network.
+        conditioner_type: coupling conditioner, one of ``"conv"`` (small, fast) or ``"unet"``
+            (a diffusers ``UNet2DModel``).
+        conditioner_channels / conditioner_layers: conditioner width and depth.
+        clamp: ``"tanh"`` (smooth bounded log-scale s·tanh(·/s)) or ``"hard"`` (the reference's clamp).
+        clamp_value: the bound s of the log-scale.
+        conv1x1: ``"lu"`` (LU-parametrised, triangular-solve inverse) or ``"plain"`` (unconstrained).
+        squeeze: ``"auto"`` (2×2 space-to-depth when C is odd), ``True`` or ``False``.
+        core_type: one of ``"dense"``, ``"lowrank"``, ``"time_lowrank"``, ``"shared_basis"``.
+        core_rank: r (low-rank cores) or R (shared basis).
+        core_hidden_dim / core_embedding_dim: MLP width and sinusoidal embedding size of time cores.
+        core_identity: learn the identity coefficient a(t) (``False``: a ≡ 0 as in the reference).
+        shared_g: one network for both g_x and g_y (run with ``role_x`` / ``role_y``).
+        role_x / role_y: the role inputs of g_x and g_y.
+    """
+
+    _supports_gradient_checkpointing = False
+
+    @register_to_config
+    def __init__(
+        self,
+        sample_size: int = 32,
+        in_channels: int = 1,
+        num_blocks: int = 4,
+        conditioner_type: str = "conv",
+        conditioner_channels: int = 64,
+        conditioner_layers: int = 2,
+        clamp: str = "tanh",
+        clamp_value: float = 2.0,
+        conv1x1: str = "lu",
+        squeeze: Union[str, bool] = "auto",
+        core_type: str = "shared_basis",
+        core_rank: int = 64,
+        core_hidden_dim: int = 256,
+        core_embedding_dim: int = 128,
+        core_identity: bool = True,
+        shared_g: bool = True,
+        role_x: float = 1.0,
+        role_y: float = 0.0,
+    ):
+        super().__init__()
+        if core_type not in CORE_TYPES:
+            raise ValueError(f"Unknown core_type {core_type!r}; expected one of {', '.join(CORE_TYPES)}.")
+        if conditioner_type not in CONDITIONERS:
+            raise ValueError(
+                f"Unknown conditioner_type {conditioner_type!r}; expected one of {', '.join(sorted(CONDITIONERS))}."
+            )
+        dim = in_channels * sample_size * sample_size
+        if core_type != "dense" and core_rank > dim:
+            raise ValueError(f"core_rank {core_rank} exceeds the latent dimension D = C·H·W = {dim}.")
+
+        def make_g():
+            return InvertibleNetwork(
+                in_channels=in_channels,
+                sample_size=sample_size,
+                num_blocks=num_blocks,
+                conditioner_type=conditioner_type,
+                conditioner_channels=conditioner_channels,
+                conditioner_layers=conditioner_layers,
+                clamp=clamp,
+                clamp_value=clamp_value,
+                conv1x1=conv1x1,
+                squeeze=squeeze,
+            )
+
+        if shared_g:
+            self.g = make_g()
+        else:
+            self.g_x = make_g()
+            self.g_y = make_g()
+        self.core = build_core(core_type, dim, core_rank, core_hidden_dim, core_embedding_dim, core_identity)
+
+    # ------------------------------------------------------------------ shapes and spaces
+    @property
+    def sample_shape(self) -> Tuple[int, int, int]:
+        """``(C, H, W)`` of images and latents."""
+        return (self.config.in_channels, self.config.sample_size, self.config.sample_size)
+
+    @property
+    def latent_dim(self) -> int:
+        """D = C·H·W."""
+        c, h, w = self.sample_shape
+        return c * h * w
+
+    @property
+    def time_dependent(self) -> bool:
+        return self.core.time_dependent
+
+    def check_sample(self, x: Tensor, name: str = "input") -> None:
+        """Raise a ``ValueError`` naming the expected shape unless ``x`` is ``(N, C, H, W)``."""
+        if not isinstance(x, Tensor):
+            raise ValueError(f"Expected {name} to be a torch.Tensor, got {type(x).__name__}.")
+        if x.ndim != 4 or tuple(x.shape[1:]) != self.sample_shape:
+            c, h, w = self.sample_shape
+            raise ValueError(f"Expected {name} of shape (N, {c}, {h}, {w}) (C×H×W = {c}×{h}×{w}), got {tuple(x.shape)}.")
+
+    def network(self, space: str) -> Tuple[nn.Module, float]:
+        """The invertible network and role input of ``space`` ("x" for g_x, "y" for g_y)."""
+        if space not in SPACES:
+            raise ValueError(f"Unknown space {space!r}; expected 'x' or 'y'.")
+        role = self.config.role_x if space == "x" else self.config.role_y
+        if self.config.shared_g:
+            return self.g, role
+        return (self.g_x if space == "x" else self.g_y), role
+
+    def _role(self, role: float, x: Tensor) -> Tensor:
+        return torch.full((x.shape[0],), float(role), dtype=x.dtype, device=x.device)
+
+    def encode(self, x: Tensor, space: str = "x") -> Tensor:
+        """``g_space(x)``: data → latent, same shape ``(N, C, H, W)``."""
+        self.check_sample(x)
+        net, role = self.network(space)
+        return net(x, self._role(role, x))
+
+    def decode(self, z: Tensor, space: str = "y") -> Tensor:
+        """``g_space⁻¹(z)``: latent → data."""
+        self.check_sample(z, "latent")
+        net, role = self.network(space)
+        return net.inverse(z, self._role(role, z))
+
+    def apply_core(self, z: Tensor, t=None) -> Tensor:
+        """``A_t z`` on image-shaped latents ``(N, C, H, W)`` (t: float or (N,) tensor)."""
+        self.check_sample(z, "latent")
+        return self.core(z.flatten(1), t).view_as(z)
+
+    def forward(self, x: Tensor, t=None, return_dict: bool = True):
+        """``f(x) = g_y⁻¹(A_t g_x(x))``; ``t`` is required by time-dependent cores."""
+        self.check_sample(x)
+        if self.time_dependent and t is None:
+            raise ValueError(f"This model's core ({self.config.core_type}) is time-dependent: pass t in [0, 1].")
+        latent = self.apply_core(self.encode(x, "x"), t)
+        sample = self.decode(latent, "y")
+        if not return_dict:
+            return (sample, latent)
+        return LinearizerModelOutput(sample=sample, latent=latent)
+
+    # ------------------------------------------------------------------ the core as an operator
+    def core_operator(self, t: Optional[float] = None, dtype: Optional[torch.dtype] = None):
+        """``A_t`` as a structured operator (``dtype`` defaults to the weights' dtype)."""
+        if self.time_dependent and t is None:
+            raise ValueError(f"This model's core ({self.config.core_type}) is time-dependent: pass t in [0, 1].")
+        return self.core.operator(t, dtype=dtype)
+
+    # ------------------------------------------------------------------ algebra
+    def _same_network(self, space: str, other: "LinearizerModel", other_space: str) -> bool:
+        """Whether ``self``'s ``space`` network equals ``other``'s ``other_space`` network (weights and role)."""
+        (n1, r1), (n2, r2) = self.network(space), other.network(other_space)
+        if float(r1) != float(r2):
+            return False
+        if n1 is n2:
+            return True
+        s1, s2 = n1.state_dict(), n2.state_dict()
+        return s1.keys() == s2.keys() and all(
+            s1[k].shape == s2[k].shape and torch.equal(s1[k].to(s2[k].dtype), s2[k]) for k in s1
+        )
+
+    def _derived(self, op, x_from: Tuple["LinearizerModel", str], y_from: Tuple["LinearizerModel", str]):
+        """A new model with a fixed core ``op`` whose g_x/g_y are copies of the named networks."""
+        (mx, sx), (my, sy) = x_from, y_from
+        (net_x, role_x), (net_y, role_y) = mx.network(sx), my.network(sy)
+        shared = _equal_weights(net_x, net_y)
+        if isinstance(op, DenseOperator):
+            core = DenseCore(op.dim, weight=op.to_dense(max_dim=op.dim))
+            core_type, rank = "dense", self.config.core_rank
+        else:
+            core = LowRankCore.from_operator(op)
+            core_type, rank = "lowrank", core.U.shape[1]
+        config = dict(self.config)
+        config.update(core_type=core_type, core_rank=rank, shared_g=shared, role_x=float(role_x), role_y=float(role_y))
+        model = type(self).from_config(config)
+        if shared:
+            model.g.load_state_dict(net_x.state_dict())
+        else:
+            model.g_x.load_state_dict(net_x.state_dict())
+            model.g_y.load_state_dict(net_y.state_dict())
+        model.core = core
+        return model.to(device=self.device, dtype=self.dtype).train(self.training)
+
+    def transpose(self, t: Optional[float] = None) -> "LinearizerModel":
+        """fᵀ(y) = g_x⁻¹(A_tᵀ g_y(y)): a model from the y-space to the x-space with core Aᵀ."""
+        return self._derived(self.core_operator(t).T, (self, "y"), (self, "x"))
+
+    def pinv(self, t: Optional[float] = None, rcond: Optional[float] = None) -> "LinearizerModel":
+        """f†(y) = g_x⁻¹(A_t† g_y(y)), the Moore–Penrose pseudo-inverse (computed in fp64)."""
+        op = self.core_operator(t, dtype=torch.float64).pinv(rcond=rcond)
+        return self._derived(op, (self, "y"), (self, "x"))
+
+    def compose(self, other: "LinearizerModel", t: Optional[float] = None, t_other: Optional[float] = None):
+        """``self ∘ other``: x ↦ g_y⁻¹(A_self A_other g_x(x)) (other is applied first).
+
+        Requires the shared middle space: ``other``'s g_y must equal ``self``'s g_x (weights and role).
+        """
+        if not isinstance(other, LinearizerModel):
+            raise ValueError(f"compose expects a LinearizerModel, got {type(other).__name__}.")
+        if other.sample_shape != self.sample_shape or not self._same_network("x", other, "y"):
+            raise ValueError(
+                "compose(other) requires other's output space (its g_y) to be this model's input space "
+                "(its g_x): same weights, same role and same C×H×W."
+            )
+        a1 = other.core_operator(t_other if t_other is not None else t, dtype=torch.float64)
+        a2 = self.core_operator(t, dtype=torch.float64)
+        return self._derived(a2 @ a1, (other, "x"), (self, "y"))
+
+    def power(self, n: int, t: Optional[float] = None) -> "LinearizerModel":
+        """fⁿ(x) = g⁻¹(A_tⁿ g(x)); requires g_x ≡ g_y."""
+        if not isinstance(n, int) or n < 0:
+            raise ValueError(f"power expects an integer n ≥ 0, got {n!r}.")
+        if not self._same_network("x", self, "y"):
+            raise ValueError(
+                "power(n) requires g_x ≡ g_y (one network with role_x == role_y, or identical weights); "
+                f"this model has shared_g={self.config.shared_g}, role_x={self.config.role_x}, role_y={self.config.role_y}."
+            )
+        return self._derived(self.core_operator(t, dtype=torch.float64).power(n), (self, "x"), (self, "y"))
+
+    @torch.no_grad()
+    def svd(self, k: Optional[int] = None, t: Optional[float] = None) -> LinearizerSVDOutput:
+        """Top-k singular triplets of A_t (fp64), with the singular vectors mapped to data space."""
+        if k is not None and not (1 <= k <= self.latent_dim):
+            raise ValueError(f"svd expects 1 ≤ k ≤ D = {self.latent_dim}, got {k}.")
+        u, s, v = self.core_operator(t, dtype=torch.float64).svd(k)
+        u_lat = u.T.to(self.dtype).reshape(-1, *self.sample_shape)
+        v_lat = v.T.to(self.dtype).reshape(-1, *self.sample_shape)
+        return LinearizerSVDOutput(
+            singular_values=s,
+            left_latents=u.T,
+            right_latents=v.T,
+            left_vectors=self.decode(u_lat, "y"),
+            right_vectors=self.decode(v_lat, "x"),
+        )
+
+    # ------------------------------------------------------------------ induced vector-space operations
+    def induced_add(self, v1: Tensor, v2: Tensor, space: str = "x") -> Tensor:
+        """``v₁ ⊕ v₂ = g⁻¹(g(v₁) + g(v₂))`` in the space of g_x or g_y."""
+        return self.decode(self.encode(v1, space) + self.encode(v2, space), space)
+
+    def induced_scale(self, a, v: Tensor, space: str = "x") -> Tensor:
+        """``a ⊙ v = g⁻¹(a·g(v))``; ``a`` a number or an (N,) tensor."""
+        z = self.encode(v, space)
+        a = torch.as_tensor(a, dtype=z.dtype, device=z.device)
+        if a.ndim == 1:
+            a = a.view(-1, 1, 1, 1)
+        return self.decode(a * z, space)
+
+    def induced_inner(self, v1: Tensor, v2: Tensor, space: str = "x") -> Tensor:
+        """``⟨v₁, v₂⟩_g = ⟨g(v₁), g(v₂)⟩`` per sample, shape (N,)."""
+        return (self.encode(v1, space).flatten(1) * self.encode(v2, space).flatten(1)).sum(1)
+
+
+def _equal_weights(a: nn.Module, b: nn.Module) -> bool:
+    if a is b:
+        return True
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(sa[k].shape == sb[k].shape and torch.equal(sa[k], sb[k]) for k in sa)
