@@ -104,6 +104,7 @@ def test_compose(core_type):
     m2 = tiny_model(core_type=core_type, role_x=0.0, role_y=0.0).double()
     m2.load_state_dict(m1.state_dict())
     perturb_all(m2.core, 0.05, seed=5)  # same g (shared middle space), different core
+    m1.eval(), m2.eval()
     t = t_for(m1)
     comp = m2.compose(m1, t=t)
     torch.testing.assert_close(dense_core(comp), dense_core(m2, t) @ dense_core(m1, t), rtol=1e-10, atol=1e-12)
@@ -124,6 +125,7 @@ def test_power(n):
     torch.manual_seed(0)
     m = tiny_model(core_type="lowrank", role_x=0.5, role_y=0.5).double()
     perturb_all(m, 0.05, seed=2)
+    m.eval()
     p = m.power(n)
     torch.testing.assert_close(
         dense_core(p), torch.linalg.matrix_power(dense_core(m), n), rtol=1e-10, atol=1e-10
@@ -146,6 +148,7 @@ def test_svd_reconstructs_f(core_type):
     torch.manual_seed(0)
     m = tiny_model(core_type=core_type).double()
     perturb_all(m, 0.05, seed=6)
+    m.eval()
     D = m.latent_dim
     out = m.svd(k=D)
     A = dense_core(m)
@@ -179,7 +182,7 @@ def test_derived_models_save(tmp_path):
     torch.manual_seed(0)
     m = tiny_model(core_type="lowrank").double()
     perturb_all(m, 0.05, seed=8)
-    fp = m.pinv()
+    fp = m.eval().pinv()
     fp.save_pretrained(tmp_path / "pinv")
     fp2 = LinearizerModel.from_pretrained(tmp_path / "pinv", torch_dtype=torch.float64)
     y = torch.rand(2, *m.sample_shape, dtype=torch.float64)

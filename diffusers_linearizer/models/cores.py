@@ -125,7 +125,7 @@ class LowRankCore(LinearCore):
             op = op.to_lowrank()
         core = cls(op.dim, op.rank)
         with torch.no_grad():
-            core.scale.copy_(op.c)
+            core.scale.data = torch.as_tensor(op.c, dtype=op.U.dtype, device=op.U.device).detach().clone().reshape(())
             core.U.data = op.U.detach().clone()
             core.V.data = op.V.detach().clone()
         return core.to(op.U.dtype)
@@ -138,17 +138,44 @@ def _mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
     )
 
 
+TIME_EMBEDDINGS = ("diffusion", "reference")
+"""Sinusoidal time features of the time-conditioned cores (``time_embedding``):
+
+* ``"diffusion"`` (default): ``[cos(ω_j·1000t)]_j ⊕ [sin(ω_j·1000t)]_j`` with ``ω_j = 10000^{−j/k}``
+  (:func:`~.embeddings.sinusoidal_embedding` of the diffusion-style timestep ``1000·t``);
+* ``"reference"``: ``[sin(ω_j t)]_j ⊕ [cos(ω_j t)]_j`` with ``ω_j = 10000^{−j/(k−1)}`` of ``t`` itself, the
+  paper code's convention (needed to run checkpoints converted from it);
+
+``k = embedding_dim / 2``.
+"""
+
+
+def reference_time_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
+    """``[sin(ω_j t)]_j ⊕ [cos(ω_j t)]_j``, ``ω_j = max_period^{−j/(k−1)}``, ``k = dim // 2`` (``t`` unscaled)."""
+    k = dim // 2
+    if k < 2:
+        raise ValueError(f"The 'reference' time embedding needs embedding_dim ≥ 4, got {dim}.")
+    freqs = torch.exp(torch.arange(k, dtype=t.dtype, device=t.device) * (-math.log(max_period) / (k - 1)))
+    angles = t[:, None] * freqs[None, :]
+    return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+
 class _TimeEmbedded(LinearCore):
     """Shared machinery of the time-conditioned cores: sinusoidal embedding of ``t ∈ [0, 1]``."""
 
     time_dependent = True
 
-    def __init__(self, dim: int, embedding_dim: int):
+    def __init__(self, dim: int, embedding_dim: int, time_embedding: str = "diffusion"):
         super().__init__(dim)
+        if time_embedding not in TIME_EMBEDDINGS:
+            raise ValueError(f"Unknown time_embedding {time_embedding!r}; expected one of {', '.join(TIME_EMBEDDINGS)}.")
         self.embedding_dim = int(embedding_dim)
+        self.time_embedding = time_embedding
 
     def embed(self, t: Tensor) -> Tensor:
-        """``emb(t)``: sinusoidal features of ``1000·t`` (``t`` of shape (N,))."""
+        """``emb(t)`` (``t`` of shape (N,)): see :data:`TIME_EMBEDDINGS`."""
+        if self.time_embedding == "reference":
+            return reference_time_embedding(t, self.embedding_dim)
         return sinusoidal_embedding(t * 1000.0, self.embedding_dim)
 
     def _times(self, ts) -> Tensor:
@@ -166,8 +193,9 @@ class TimeLowRankCore(_TimeEmbedded):
     reference's core).
     """
 
-    def __init__(self, dim: int, rank: int, hidden_dim: int = 512, embedding_dim: int = 128, identity: bool = True):
-        super().__init__(dim, embedding_dim)
+    def __init__(self, dim: int, rank: int, hidden_dim: int = 512, embedding_dim: int = 128, identity: bool = True,
+                 time_embedding: str = "diffusion"):
+        super().__init__(dim, embedding_dim, time_embedding)
         if rank < 1:
             raise ValueError(f"Expected rank ≥ 1 for a time-conditioned low-rank core, got {rank}.")
         self.rank = int(rank)
@@ -211,8 +239,9 @@ class SharedBasisCore(_TimeEmbedded):
     count does not grow with ``D·R`` per time.
     """
 
-    def __init__(self, dim: int, rank: int, hidden_dim: int = 256, embedding_dim: int = 128, identity: bool = True):
-        super().__init__(dim, embedding_dim)
+    def __init__(self, dim: int, rank: int, hidden_dim: int = 256, embedding_dim: int = 128, identity: bool = True,
+                 time_embedding: str = "diffusion"):
+        super().__init__(dim, embedding_dim, time_embedding)
         if rank < 1:
             raise ValueError(f"Expected rank ≥ 1 for a shared-basis core, got {rank}.")
         self.rank = int(rank)
@@ -247,14 +276,18 @@ class SharedBasisCore(_TimeEmbedded):
         return [SharedBasisOperator(a[i].to(dtype), s[i].to(dtype), U, V, gram=gram) for i in range(len(ts))]
 
 
-def build_core(core_type: str, dim: int, rank: int, hidden_dim: int, embedding_dim: int, identity: bool) -> LinearCore:
-    """Construct a core by name (one of :data:`CORE_TYPES`)."""
+def build_core(core_type: str, dim: int, rank: int, hidden_dim: int, embedding_dim: int, identity: bool,
+               time_embedding: str = "diffusion") -> LinearCore:
+    """Construct a core by name (one of :data:`CORE_TYPES`); ``time_embedding`` (:data:`TIME_EMBEDDINGS`) applies
+    to the time-conditioned cores."""
     if core_type == "dense":
         return DenseCore(dim)
     if core_type == "lowrank":
         return LowRankCore(dim, rank, identity_scale=1.0 if identity else 0.0)
     if core_type == "time_lowrank":
-        return TimeLowRankCore(dim, rank, hidden_dim=hidden_dim, embedding_dim=embedding_dim, identity=identity)
+        return TimeLowRankCore(dim, rank, hidden_dim=hidden_dim, embedding_dim=embedding_dim, identity=identity,
+                               time_embedding=time_embedding)
     if core_type == "shared_basis":
-        return SharedBasisCore(dim, rank, hidden_dim=hidden_dim, embedding_dim=embedding_dim, identity=identity)
+        return SharedBasisCore(dim, rank, hidden_dim=hidden_dim, embedding_dim=embedding_dim, identity=identity,
+                               time_embedding=time_embedding)
     raise ValueError(f"Unknown core_type {core_type!r}; expected one of {', '.join(CORE_TYPES)}.")

@@ -83,6 +83,8 @@ class LinearizerModel(ModelMixin, ConfigMixin):
         core_rank: r (low-rank cores) or R (shared basis).
         core_hidden_dim / core_embedding_dim: MLP width and sinusoidal embedding size of time cores.
         core_identity: learn the identity coefficient a(t) (``False``: a ≡ 0 as in the reference).
+        core_time_embedding: time features of time-conditioned cores: ``"diffusion"`` (sin/cos of 1000·t) or
+            ``"reference"`` (the paper code's sin/cos of t; see ``cores.TIME_EMBEDDINGS``).
         shared_g: one network for both g_x and g_y (run with ``role_x`` / ``role_y``).
         role_x / role_y: the role inputs of g_x and g_y.
     """
@@ -107,6 +109,7 @@ class LinearizerModel(ModelMixin, ConfigMixin):
         core_hidden_dim: int = 256,
         core_embedding_dim: int = 128,
         core_identity: bool = True,
+        core_time_embedding: str = "diffusion",
         shared_g: bool = True,
         role_x: float = 1.0,
         role_y: float = 0.0,
@@ -141,7 +144,9 @@ class LinearizerModel(ModelMixin, ConfigMixin):
         else:
             self.g_x = make_g()
             self.g_y = make_g()
-        self.core = build_core(core_type, dim, core_rank, core_hidden_dim, core_embedding_dim, core_identity)
+        self.core = build_core(
+            core_type, dim, core_rank, core_hidden_dim, core_embedding_dim, core_identity, core_time_embedding
+        )
 
     # ------------------------------------------------------------------ shapes and spaces
     @property
@@ -240,14 +245,14 @@ class LinearizerModel(ModelMixin, ConfigMixin):
             core_type, rank = "lowrank", core.U.shape[1]
         config = dict(self.config)
         config.update(core_type=core_type, core_rank=rank, shared_g=shared, role_x=float(role_x), role_y=float(role_y))
-        model = type(self).from_config(config)
+        model = type(self).from_config(config).to(device=self.device, dtype=self.dtype)
         if shared:
             model.g.load_state_dict(net_x.state_dict())
         else:
             model.g_x.load_state_dict(net_x.state_dict())
             model.g_y.load_state_dict(net_y.state_dict())
-        model.core = core
-        return model.to(device=self.device, dtype=self.dtype).train(self.training)
+        model.core = core.to(device=self.device, dtype=self.dtype)
+        return model.train(self.training)
 
     def transpose(self, t: Optional[float] = None) -> "LinearizerModel":
         """fᵀ(y) = g_x⁻¹(A_tᵀ g_y(y)): a model from the y-space to the x-space with core Aᵀ."""
@@ -293,12 +298,14 @@ class LinearizerModel(ModelMixin, ConfigMixin):
         u, s, v = self.core_operator(t, dtype=torch.float64).svd(k)
         u_lat = u.T.to(self.dtype).reshape(-1, *self.sample_shape)
         v_lat = v.T.to(self.dtype).reshape(-1, *self.sample_shape)
+        was_training = self.training
+        self.eval()  # singular vectors must not trigger ActNorm's data-dependent initialisation
+        try:
+            left, right = self.decode(u_lat, "y"), self.decode(v_lat, "x")
+        finally:
+            self.train(was_training)
         return LinearizerSVDOutput(
-            singular_values=s,
-            left_latents=u.T,
-            right_latents=v.T,
-            left_vectors=self.decode(u_lat, "y"),
-            right_vectors=self.decode(v_lat, "x"),
+            singular_values=s, left_latents=u.T, right_latents=v.T, left_vectors=left, right_vectors=right
         )
 
     # ------------------------------------------------------------------ induced vector-space operations
