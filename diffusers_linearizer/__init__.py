@@ -8,3 +8,11 @@ __version__ = "0.1.0"
 
 from .operators import DenseOperator, IdentityPlusLowRank, SharedBasisOperator
 from .models import LinearizerModel, LinearizerModelOutput
+from .schedulers import LinearizerScheduler
+from .pipelines import (
+    LinearizerInterpolationOutput,
+    LinearizerInversionPipeline,
+    LinearizerInversionPipelineOutput,
+    LinearizerPipeline,
+)
+from diffusers import ModelMixin, SchedulerMixin  # noqa: F401  (diffusers' loader looks these up on the library named in model_index.json)

@@ -1,0 +1,16 @@
+"""Structured ``D × D`` linear operators with exact small-matrix algebra (``shared/MATH.md`` §1).
+
+* :class:`IdentityPlusLowRank` — ``M = c·I + U Vᵀ``;
+* :class:`SharedBasisOperator` — ``M = a·I + U X Vᵀ`` on a basis ``(U, V)`` shared by many operators;
+* :class:`DenseOperator` — an explicit matrix, for tiny ``D``.
+
+All follow the column-vector convention (``apply`` maps ``(..., D) → (..., D)``, ``z ↦ M z``) and the
+common API of :class:`LinearOperator` (``docs/design.md``).
+"""
+
+from .base import LinearOperator
+from .dense import DenseOperator
+from .lowrank import IdentityPlusLowRank
+from .shared_basis import SharedBasisOperator
+
+__all__ = ["LinearOperator", "IdentityPlusLowRank", "SharedBasisOperator", "DenseOperator"]

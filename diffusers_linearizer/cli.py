@@ -1,0 +1,389 @@
+"""``diffusers-linearizer``: generate, invert and interpolate images with a Linearizer pipeline.
+
+Examples::
+
+    diffusers-linearizer generate --num-images 16 --seed 0 --output samples.png
+    diffusers-linearizer invert photo1.png photo2.png --output reconstructions.png --save-noise noise.pt
+    diffusers-linearizer interpolate a.png b.png --frames 12 --mode slerp --output path.png --gif path.gif
+
+    # several processes; images are split over them and equal the one-process output:
+    accelerate launch --num_processes 2 -m diffusers_linearizer.cli generate --num-images 64
+    # on a machine without GPUs use accelerate's torchrun launcher (its `--cpu` flag starts ONE process);
+    # the command then forms a gloo (multi-CPU) process group itself:
+    accelerate launch --multi_gpu --num_processes 2 -m diffusers_linearizer.cli generate --num-images 64
+
+Image ``i`` of ``generate`` is always drawn from ``torch.Generator().manual_seed(seed + i)``, so the
+images do not depend on the batch size or on how many processes share the work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from typing import List, Optional, Sequence
+
+DEFAULT_MODEL_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "default_model")
+DTYPES = ("float32", "float16", "bfloat16", "float64")
+
+
+# ---------------------------------------------------------------------- argument parsing
+def _add_common(p: argparse.ArgumentParser, output_default: str) -> None:
+    from .schedulers import SOLVERS
+
+    g = p.add_argument_group("model and sampler")
+    g.add_argument(
+        "--model",
+        default=None,
+        help="A saved pipeline directory or a Hugging Face Hub repo id ('org/name'; the local cache is used "
+        "when HF_HUB_OFFLINE=1). Default: the trained checkpoint shipped in the package "
+        "(diffusers_linearizer/default_model/) if present, otherwise a freshly initialised, UNTRAINED "
+        "small model (a warning says so).",
+    )
+    g.add_argument(
+        "--steps",
+        type=int,
+        default=100,
+        help="Sampler grid points T (T-1 solver steps, at least 2). The one-step operator B reproduces this "
+        "T-point run exactly; use the same value to invert and to regenerate. Default: 100.",
+    )
+    g.add_argument(
+        "--solver",
+        choices=SOLVERS,
+        default=None,
+        help="ODE solver whose run B collapses: euler, heun or rk4 (reference_rk: the original code's "
+        "first-order variant). Default: the one in the saved scheduler config.",
+    )
+    g.add_argument("--seed", type=int, default=0, help="Random seed. Image i uses seed + i. Default: 0.")
+    g.add_argument(
+        "--device",
+        default=None,
+        help="Torch device, e.g. cpu, cuda, cuda:1, mps. Default: the accelerate process's device "
+        "(cuda if available, else cpu).",
+    )
+    g.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default="float32",
+        help="Weights' dtype. The collapsed operator and its pseudo-inverse are always accumulated in "
+        "float64 (float32 on mps). Default: float32.",
+    )
+    o = p.add_argument_group("output")
+    o.add_argument("--output", "-o", default=output_default, help=f"PNG grid to write. Default: {output_default}.")
+    o.add_argument("--nrow", type=int, default=None, help="Images per grid row. Default: about √N.")
+    o.add_argument("--no-progress", action="store_true", help="Hide the progress bars.")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="diffusers-linearizer",
+        description="One-step generation, exact inversion and interpolation with a Linearizer "
+        "(f(x) = g_y^-1(A g_x(x))) diffusers pipeline. Images are PNG grids with values in [0, 1]. "
+        "Run `diffusers-linearizer COMMAND --help` for each command's options.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="{generate,invert,interpolate,train}")
+    sub.required = True
+
+    gen = sub.add_parser(
+        "generate",
+        help="Generate images from noise (one step by default).",
+        description="Generate images: x = g_x^-1(B g_y(noise)) with the collapsed operator B, or step by step "
+        "with --multi-step. Under `accelerate launch` the images are split over the processes.",
+    )
+    _add_common(gen, "samples.png")
+    gen.add_argument("--num-images", "-n", type=int, default=16, help="How many images. Default: 16.")
+    gen.add_argument("--batch-size", type=int, default=16, help="Images per forward pass (per process). Default: 16.")
+    gen.add_argument(
+        "--multi-step",
+        action="store_true",
+        help="Run the solver step by step (num_inference_steps model evaluations) instead of applying B once; "
+        "same images up to round-off.",
+    )
+    gen.add_argument("--save-images", default=None, metavar="DIR", help="Also write every image as DIR/00000.png, ...")
+    gen.add_argument(
+        "--save-tensors",
+        default=None,
+        metavar="FILE",
+        help="Also save the unclamped float images as a (N, C, H, W) tensor with torch.save (exact comparisons).",
+    )
+
+    inv = sub.add_parser(
+        "invert",
+        help="Invert images to their noise through B† and report the reconstruction PSNR.",
+        description="Invert images: noise = g_y^-1(B† g_x(x)). Writes a grid with the inputs in the first row and "
+        "their reconstructions g_x^-1(B B† g_x(x)) below, and prints each PSNR.",
+    )
+    _add_common(inv, "inversion.png")
+    inv.add_argument("images", nargs="+", help="Image files (converted to the model's channels; see --resize).")
+    inv.add_argument("--resize", action="store_true", help="Resize images to the model's size instead of refusing them.")
+    inv.add_argument("--save-noise", default=None, metavar="FILE", help="torch.save the recovered noise (N, C, H, W).")
+
+    itp = sub.add_parser(
+        "interpolate",
+        help="Interpolate between two images through their noise; PNG grid and optional GIF.",
+        description="Invert two images, interpolate their noise (slerp or linear) and generate every frame in one "
+        "step. The first and last frames are the reconstructions of the two images.",
+    )
+    _add_common(itp, "interpolation.png")
+    itp.add_argument("image_a", help="First image file.")
+    itp.add_argument("image_b", help="Last image file.")
+    itp.add_argument("--frames", type=int, default=8, help="Number of frames including both ends (≥ 2). Default: 8.")
+    itp.add_argument("--mode", choices=("slerp", "linear"), default="slerp", help="Interpolation of the noise. Default: slerp.")
+    itp.add_argument("--resize", action="store_true", help="Resize images to the model's size instead of refusing them.")
+    itp.add_argument("--gif", default=None, metavar="FILE", help="Also write the frames as an animated GIF.")
+    itp.add_argument("--duration", type=int, default=120, help="GIF frame duration in milliseconds. Default: 120.")
+
+    from .training.train import add_arguments as add_train_arguments
+
+    trn = sub.add_parser(
+        "train",
+        help="Train a Linearizer with accelerate (Fashion-MNIST or a folder of images).",
+        description="Train a Linearizer as a flow-matching model in latent space; writes a pipeline directory "
+        "(EMA weights, model card), checkpoints and sample grids. Under `accelerate launch` it trains on several "
+        "processes. See `python -m diffusers_linearizer.training.train --help`.",
+    )
+    add_train_arguments(trn)
+    return parser
+
+
+# ---------------------------------------------------------------------- helpers
+def _say(msg: str, main: bool = True) -> None:
+    if main:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def fresh_model_pipeline(seed: int = 0):
+    """A freshly initialised (untrained) small pipeline, identical in every process (fixed init seed)."""
+    import torch
+
+    from . import LinearizerModel, LinearizerPipeline, LinearizerScheduler
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LinearizerModel(
+            sample_size=32, in_channels=1, num_blocks=4, conditioner_channels=32, core_type="shared_basis",
+            core_rank=32, core_hidden_dim=64, core_embedding_dim=32,
+        )
+    return LinearizerPipeline(linearizer=model, scheduler=LinearizerScheduler())
+
+
+def load_pipeline(model: Optional[str], dtype_name: str, main: bool = True, cls=None):
+    import torch
+
+    from . import LinearizerPipeline
+
+    cls = cls or LinearizerPipeline
+    dtype = getattr(torch, dtype_name)
+    if model is None and os.path.isfile(os.path.join(DEFAULT_MODEL_DIR, "model_index.json")):
+        model = DEFAULT_MODEL_DIR
+    if model is None:
+        _say(
+            "WARNING: no --model given and no trained default checkpoint is packaged "
+            f"({DEFAULT_MODEL_DIR} is missing): using a freshly initialised, UNTRAINED LinearizerModel "
+            "(32×32 grayscale). Its images are not meaningful.",
+            main,
+        )
+        pipe = fresh_model_pipeline()
+        pipe.linearizer.to(dtype)
+        return cls(**pipe.components)
+    return cls.from_pretrained(model, torch_dtype=dtype)
+
+
+def make_grid(images, nrow: Optional[int] = None, padding: int = 2):
+    """``(N, C, H, W)`` float images in [0, 1] → one PIL image (grayscale or RGB)."""
+    import numpy as np
+    import PIL.Image
+
+    x = images.detach().float().clamp(0, 1).cpu().numpy()
+    n, c, h, w = x.shape
+    nrow = nrow or max(1, math.ceil(math.sqrt(n)))
+    ncol = math.ceil(n / nrow)
+    grid = np.zeros((c, ncol * (h + padding) + padding, nrow * (w + padding) + padding), dtype=np.float32)
+    for i in range(n):
+        r, q = divmod(i, nrow)
+        top, left = padding + r * (h + padding), padding + q * (w + padding)
+        grid[:, top:top + h, left:left + w] = x[i]
+    grid = (grid * 255).round().astype(np.uint8)
+    if c == 1:
+        return PIL.Image.fromarray(grid[0], mode="L")
+    return PIL.Image.fromarray(np.moveaxis(grid[:3], 0, -1))
+
+
+def _to_pil_list(images):
+    import numpy as np
+    import PIL.Image
+
+    out = []
+    for x in images.detach().float().clamp(0, 1).cpu().numpy():
+        arr = (x * 255).round().astype(np.uint8)
+        out.append(PIL.Image.fromarray(arr[0], mode="L") if arr.shape[0] == 1 else PIL.Image.fromarray(np.moveaxis(arr, 0, -1)))
+    return out
+
+
+def _save_png(img, path: str) -> None:
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}.png"
+    img.save(tmp)
+    os.replace(tmp, path)
+
+
+def _read_images(paths: Sequence[str], pipe, resize: bool):
+    import PIL.Image
+
+    c, h, w = pipe.linearizer.sample_shape
+    mode = {1: "L", 3: "RGB", 4: "RGBA"}.get(c)
+    images = []
+    for path in paths:
+        with PIL.Image.open(path) as img:
+            img.load()
+            if mode is not None and img.mode != mode:
+                img = img.convert(mode)
+            if resize and img.size != (w, h):
+                img = img.resize((w, h), PIL.Image.BICUBIC)
+            images.append(img)
+    return images
+
+
+def _wants_cpu(args) -> bool:
+    import torch
+
+    if args.device is not None:
+        return torch.device(args.device).type == "cpu"
+    accelerator = getattr(torch, "accelerator", None)
+    if accelerator is not None and hasattr(accelerator, "is_available"):
+        return not accelerator.is_available()
+    return not torch.cuda.is_available()
+
+
+def _device(args, state):
+    """The process's device: ``--device`` if it names a specific one, else accelerate's (cuda:<local rank>)."""
+    import torch
+
+    if args.device is None:
+        return state.device
+    device = torch.device(args.device)
+    if device.index is None and device.type == state.device.type:
+        return state.device
+    return device
+
+
+# ---------------------------------------------------------------------- commands
+def cmd_generate(args) -> int:
+    import torch
+    from accelerate import PartialState
+    from accelerate.utils import gather_object
+    from tqdm.auto import tqdm
+
+    if args.num_images < 1 or args.batch_size < 1:
+        raise ValueError("--num-images and --batch-size must be ≥ 1.")
+    # On CPU, ask accelerate for its multi-CPU (gloo) backend: `accelerate launch --multi_gpu` on a machine
+    # without GPUs starts the processes, and cpu=True makes them one process group instead of N single ones.
+    state = PartialState(cpu=_wants_cpu(args))
+    main = state.is_main_process
+    pipe = load_pipeline(args.model, args.dtype, main)
+    pipe.to(_device(args, state))
+    pipe.set_progress_bar_config(disable=args.no_progress or not main or not args.multi_step)
+
+    mine: List[int]
+    with state.split_between_processes(list(range(args.num_images))) as mine:
+        mine = list(mine)
+    results = []
+    batches = [mine[i:i + args.batch_size] for i in range(0, len(mine), args.batch_size)]
+    for batch in tqdm(batches, desc="generate", disable=args.no_progress or not main):
+        gens = [torch.Generator("cpu").manual_seed(args.seed + i) for i in batch]
+        images = pipe(
+            batch_size=len(batch), num_inference_steps=args.steps, solver=args.solver, one_step=not args.multi_step,
+            generator=gens, output_type="pt", clamp=False,
+        ).images
+        results.extend(zip(batch, images.float().cpu()))
+    if state.num_processes > 1:
+        _say(f"process {state.process_index + 1}/{state.num_processes}: generated {len(mine)} image(s)")
+        results = gather_object(results)
+    if not main:
+        state.wait_for_everyone()
+        return 0
+    results = sorted(results, key=lambda r: r[0])
+    images = torch.stack([img for _, img in results])
+    _save_png(make_grid(images, args.nrow), args.output)
+    if args.save_images:
+        for (i, _), img in zip(results, _to_pil_list(images)):
+            _save_png(img, os.path.join(args.save_images, f"{i:05d}.png"))
+    if args.save_tensors:
+        torch.save(images, args.save_tensors)
+    _say(f"wrote {len(results)} images to {args.output}")
+    state.wait_for_everyone()
+    return 0
+
+
+def cmd_invert(args) -> int:
+    import torch
+
+    from . import LinearizerInversionPipeline
+
+    pipe = load_pipeline(args.model, args.dtype, cls=LinearizerInversionPipeline)
+    pipe.to(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    images = _read_images(args.images, pipe, args.resize)
+    out = pipe(images, num_inference_steps=args.steps, solver=args.solver, output_type="pt")
+    inputs = torch.cat([torch.from_numpy(_img_array(img)) for img in images])
+    grid_images = torch.cat([inputs, out.reconstruction.float().cpu()])
+    _save_png(make_grid(grid_images, args.nrow or len(images)), args.output)
+    for path, p, r in zip(args.images, out.psnr.tolist(), out.relative_error.tolist()):
+        print(f"{path}: reconstruction PSNR {p:.2f} dB, relative error {r:.3e}")
+    if args.save_noise:
+        torch.save(out.noise.cpu(), args.save_noise)
+    _say(f"wrote inputs and reconstructions to {args.output}")
+    return 0
+
+
+def _img_array(img):
+    import numpy as np
+
+    arr = np.asarray(img, dtype=np.float32) / 255.0
+    arr = arr[None, None] if arr.ndim == 2 else np.moveaxis(arr, -1, 0)[None]
+    return np.ascontiguousarray(arr)
+
+
+def cmd_interpolate(args) -> int:
+    import torch
+
+    from . import LinearizerInversionPipeline
+
+    pipe = load_pipeline(args.model, args.dtype, cls=LinearizerInversionPipeline)
+    pipe.to(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    a, b = _read_images([args.image_a, args.image_b], pipe, args.resize)
+    out = pipe.interpolate(a, b, num_frames=args.frames, mode=args.mode, num_inference_steps=args.steps,
+                           solver=args.solver, output_type="pt")
+    _save_png(make_grid(out.frames, args.nrow or args.frames), args.output)
+    if args.gif:
+        frames = _to_pil_list(out.frames)
+        os.makedirs(os.path.dirname(os.path.abspath(args.gif)), exist_ok=True)
+        frames[0].save(args.gif, save_all=True, append_images=frames[1:], duration=args.duration, loop=0)
+    print(f"endpoint reconstruction PSNR: {out.psnr[0]:.2f} dB, {out.psnr[1]:.2f} dB")
+    _say(f"wrote {args.frames} frames to {args.output}" + (f" and {args.gif}" if args.gif else ""))
+    return 0
+
+
+def cmd_train(args) -> int:
+    from .training.train import main as train_main
+
+    return train_main(args)
+
+
+COMMANDS = {"generate": cmd_generate, "invert": cmd_invert, "interpolate": cmd_interpolate, "train": cmd_train}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "steps", 2) < 2:
+        build_parser().error("--steps must be at least 2 (T grid points give T - 1 solver steps)")
+    try:
+        return COMMANDS[args.command](args)
+    except (ValueError, OSError) as err:
+        print(f"diffusers-linearizer {args.command}: error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,22 @@
+"""Conversion of checkpoints of the Linearizer paper's original code into diffusers-linearizer pipelines.
+
+* :mod:`.safe_unpickle` reads ``torch.save`` files of whole modules without importing or running anything
+  they name (tensors and containers only; every other object becomes an inert record);
+* :mod:`.convert` maps those records onto a :class:`~diffusers_linearizer.LinearizerModel` and a
+  :class:`~diffusers_linearizer.LinearizerScheduler` with the reference's sampler settings.
+
+Command line: ``python conversion/convert_reference_to_diffusers.py --checkpoint_path .../models/model.pth
+--dump_path OUT`` (see ``docs/conversion.md``).
+"""
+
+from .safe_unpickle import Record, RestrictedUnpickler, load_checkpoint, record_state_dict
+
+__all__ = ["Record", "RestrictedUnpickler", "load_checkpoint", "record_state_dict", "convert_reference_checkpoint"]
+
+
+def __getattr__(name):  # the converter needs the models; import it lazily
+    if name in ("convert_reference_checkpoint", "ReferenceConversion", "read_reference_args"):
+        from . import convert
+
+        return getattr(convert, name)
+    raise AttributeError(name)

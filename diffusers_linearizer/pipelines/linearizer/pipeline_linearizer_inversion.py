@@ -1,0 +1,186 @@
+"""``LinearizerInversionPipeline``: exact inversion of images to their noise, and interpolation.
+
+Generation is ``x = g_x⁻¹(B g_y(noise))`` with the collapsed operator ``B``; inversion is its
+algebraic inverse through the Moore–Penrose pseudo-inverse ``B†`` (float64, cached alongside ``B``):
+
+    z₁ = g_x(x),   z₀ = B† z₁,   noise = g_y⁻¹(z₀),   reconstruction = g_x⁻¹(B B† z₁).
+
+When ``B`` has full rank (``c·I + low rank`` with ``c ≠ 0`` is generic) ``B B† = I`` and the
+reconstruction is exact up to round-off; the PSNR and relative error returned measure it.
+
+Every result is returned; nothing is stored on the pipeline or the scheduler, so one object can serve
+several threads.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional, Tuple, Union
+
+import torch
+from diffusers import DiffusionPipeline
+
+from ...models import LinearizerModel
+from ...schedulers import LinearizerScheduler
+from .pipeline_linearizer import (
+    LinearizerPipelineMixin,
+    apply_operator,
+    check_num_inference_steps,
+    check_output_type,
+    check_solver,
+    images_to_tensor,
+    postprocess_images,
+    psnr,
+)
+from .pipeline_output import LinearizerInterpolationOutput, LinearizerInversionPipelineOutput
+
+INTERPOLATION_MODES = ("slerp", "linear")
+
+
+def slerp(a: torch.Tensor, b: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Spherical interpolation of flattened ``a``, ``b`` (shape ``(D,)``) at weights ``w`` (``(F,)``) → ``(F, D)``.
+
+    Interpolates the direction along the great circle and the norm linearly; falls back to linear
+    interpolation when ``a`` and ``b`` are (anti)parallel to within round-off.
+    """
+    a64, b64, w = a.double(), b.double(), w.double()[:, None]
+    na, nb = a64.norm(), b64.norm()
+    cos = torch.clamp((a64 @ b64) / (na * nb), -1.0, 1.0)
+    theta = torch.arccos(cos)
+    if float(torch.sin(theta)) < 1e-6:
+        return ((1 - w) * a64 + w * b64).to(a.dtype)
+    ua, ub = a64 / na, b64 / nb
+    direction = (torch.sin((1 - w) * theta) * ua + torch.sin(w * theta) * ub) / torch.sin(theta)
+    return (direction * ((1 - w) * na + w * nb)).to(a.dtype)
+
+
+class LinearizerInversionPipeline(LinearizerPipelineMixin, DiffusionPipeline):
+    r"""Images → noise through ``B†``, reconstructions with their error, and noise-space interpolation.
+
+    Args:
+        linearizer ([`LinearizerModel`]): ``g_x``, ``g_y`` and the linear core.
+        scheduler ([`LinearizerScheduler`]): defines the sampler run whose operator ``B`` is inverted.
+
+    Build it from a generation pipeline to share the collapse cache:
+    ``LinearizerInversionPipeline(**pipe.components)``. Inputs are PIL images, numpy arrays or torch
+    tensors with values in ``[0, 1]`` of exactly the model's ``C×H×W`` (they are not resized).
+    """
+
+    model_cpu_offload_seq = "linearizer"
+
+    def __init__(self, linearizer: LinearizerModel, scheduler: LinearizerScheduler):
+        super().__init__()
+        self.register_modules(linearizer=linearizer, scheduler=scheduler)
+
+    def _prepare(self, image, name: str, num_inference_steps, solver, output_type):
+        """Check everything before any work; return the images as a tensor on the execution device."""
+        self._check_components()
+        check_num_inference_steps(num_inference_steps)
+        check_solver(solver)
+        check_output_type(output_type, ("pil", "np", "pt"))
+        x = images_to_tensor(image, self.linearizer.sample_shape, name)
+        self._onload()
+        return x.to(device=self._execution_device, dtype=self.linearizer.dtype)
+
+    def _invert(self, x: torch.Tensor, num_inference_steps: int, solver: Optional[str], rcond: Optional[float]):
+        """``(noise, z₀, z₁, x_rec)`` for images ``x`` already on the device in the model's dtype."""
+        B = self.collapsed_operator(num_inference_steps, solver)
+        B_pinv = self.pseudo_inverse(num_inference_steps, solver, rcond)
+        z1 = self.linearizer.encode(x, "x")
+        z0_exact = B_pinv.apply(z1.flatten(1).to(device=B_pinv.device, dtype=B_pinv.dtype))
+        z0 = z0_exact.to(device=z1.device, dtype=z1.dtype).view_as(z1)
+        noise = self.linearizer.decode(z0, "y")
+        z1_rec = B.apply(z0_exact.to(B.dtype)).to(device=z1.device, dtype=z1.dtype).view_as(z1)
+        x_rec = self.linearizer.decode(z1_rec, "x")
+        return noise, z0, z1, x_rec
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        image,
+        num_inference_steps: int = 100,
+        solver: Optional[str] = None,
+        rcond: Optional[float] = None,
+        output_type: str = "pt",
+        return_dict: bool = True,
+        clamp: bool = True,
+    ) -> Union[LinearizerInversionPipelineOutput, Tuple]:
+        r"""Invert images to the noise that generates them.
+
+        Args:
+            image: PIL image(s), numpy array(s) ``(H, W[, C])``/``(N, H, W, C)`` or tensor(s)
+                ``(C, H, W)``/``(N, C, H, W)``, values in ``[0, 1]`` (uint8 is divided by 255); exactly the
+                model's channels and size.
+            num_inference_steps / solver: the sampler run whose ``B`` is inverted (as in
+                :class:`LinearizerPipeline`; the same values make ``noise`` regenerate the image).
+            rcond: cutoff for small singular values in ``B†`` (default: the operator's).
+            output_type: format of ``reconstruction``: ``"pt"`` (default), ``"np"`` or ``"pil"``.
+            clamp: clamp the returned reconstruction to ``[0, 1]`` (PSNR and relative error are always
+                measured on the raw reconstruction).
+
+        Returns:
+            :class:`LinearizerInversionPipelineOutput` (``noise``, ``latents``, ``image_latents``,
+            ``reconstruction``, ``psnr``, ``relative_error``), or that tuple in that order.
+        """
+        x = self._prepare(image, "image", num_inference_steps, solver, output_type)
+        noise, z0, z1, x_rec = self._invert(x, num_inference_steps, solver, rcond)
+        err = (x_rec.double() - x.double()).flatten(1).norm(dim=1)
+        rel = err / x.double().flatten(1).norm(dim=1).clamp_min(torch.finfo(torch.float64).tiny)
+        quality = psnr(x_rec, x)
+        reconstruction = postprocess_images(x_rec, output_type, clamp=clamp)
+        self.maybe_free_model_hooks()
+        out = (noise, z0, z1, reconstruction, quality.cpu(), rel.cpu())
+        if not return_dict:
+            return out
+        return LinearizerInversionPipelineOutput(*out)
+
+    @torch.no_grad()
+    def interpolate(
+        self,
+        image_a,
+        image_b,
+        num_frames: int = 8,
+        mode: str = "slerp",
+        num_inference_steps: int = 100,
+        solver: Optional[str] = None,
+        rcond: Optional[float] = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+    ) -> Union[LinearizerInterpolationOutput, Tuple]:
+        r"""Frames between two images: invert both, interpolate their noise, generate each frame in one step.
+
+        The noise is interpolated (``"slerp"``: along the great circle with linearly interpolated norm, which
+        keeps intermediate noise Gaussian-like; ``"linear"``: straight line), then every frame is
+        ``g_x⁻¹(B g_y(noise_w))``. The first and last frames are the reconstructions of ``image_a`` and
+        ``image_b``.
+
+        Returns:
+            :class:`LinearizerInterpolationOutput` with ``frames``, ``noise`` ``(F, C, H, W)``, ``weights``
+            ``(F,)`` and ``psnr`` ``(2,)`` of the two endpoint reconstructions.
+        """
+        if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 2:
+            raise ValueError(f"num_frames must be an int ≥ 2, got {num_frames!r}.")
+        if mode not in INTERPOLATION_MODES:
+            raise ValueError(f"Unknown interpolation mode {mode!r}; choose one of {', '.join(INTERPOLATION_MODES)}.")
+        xa = self._prepare(image_a, "image_a", num_inference_steps, solver, output_type)
+        xb = self._prepare(image_b, "image_b", num_inference_steps, solver, output_type)
+        if xa.shape[0] != 1 or xb.shape[0] != 1:
+            raise ValueError(
+                f"interpolate takes one image for each end, got {xa.shape[0]} and {xb.shape[0]} images."
+            )
+        x = torch.cat([xa, xb])
+        noise, _, _, x_rec = self._invert(x, num_inference_steps, solver, rcond)
+        weights = torch.linspace(0.0, 1.0, num_frames, dtype=torch.float64)
+        a, b = noise[0].flatten(), noise[1].flatten()
+        if mode == "slerp":
+            path = slerp(a, b, weights.to(a.device))
+        else:
+            w = weights.to(device=a.device, dtype=torch.float64)[:, None]
+            path = ((1 - w) * a.double() + w * b.double()).to(a.dtype)
+        frame_noise = path.view(num_frames, *self.linearizer.sample_shape)
+        z = apply_operator(self.collapsed_operator(num_inference_steps, solver), self.linearizer.encode(frame_noise, "y"))
+        frames = postprocess_images(self.linearizer.decode(z, "x"), output_type)
+        self.maybe_free_model_hooks()
+        out = (frames, frame_noise, weights, psnr(x_rec, x).cpu())
+        if not return_dict:
+            return out
+        return LinearizerInterpolationOutput(*out)

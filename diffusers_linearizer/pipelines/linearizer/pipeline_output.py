@@ -1,0 +1,54 @@
+"""Output containers of the Linearizer pipelines."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional, Union
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers.utils import BaseOutput
+
+Images = Union[List[PIL.Image.Image], np.ndarray, torch.Tensor]
+
+
+@dataclass
+class LinearizerInversionPipelineOutput(BaseOutput):
+    """What :class:`LinearizerInversionPipeline` returns for a batch of ``N`` images.
+
+    Args:
+        noise: ``g_y⁻¹(B† g_x(x))``, shape ``(N, C, H, W)``; pass it as ``latents=`` to
+            :class:`LinearizerPipeline` (same ``num_inference_steps`` and solver) to regenerate the image.
+        latents: the noise-side latents ``B† g_x(x) = g_y(noise)``, shape ``(N, C, H, W)``.
+        image_latents: the image-side latents ``g_x(x)``, shape ``(N, C, H, W)``.
+        reconstruction: ``g_x⁻¹(B B† g_x(x))`` in the requested ``output_type``.
+        psnr: ``(N,)`` float64, PSNR in dB of the (unclamped) reconstruction against the input, peak 1
+            (the data range is [0, 1]); ``inf`` for an exact reconstruction.
+        relative_error: ``(N,)`` float64, ``‖x_rec − x‖ / ‖x‖`` per image.
+    """
+
+    noise: torch.Tensor
+    latents: torch.Tensor
+    image_latents: torch.Tensor
+    reconstruction: Images
+    psnr: torch.Tensor
+    relative_error: torch.Tensor
+
+
+@dataclass
+class LinearizerInterpolationOutput(BaseOutput):
+    """What :meth:`LinearizerInversionPipeline.interpolate` returns.
+
+    Args:
+        frames: ``num_frames`` images from ``image_a`` (first) to ``image_b`` (last): a list of PIL
+            images, an ``(F, H, W, C)`` array or an ``(F, C, H, W)`` tensor, per ``output_type``.
+        noise: ``(F, C, H, W)`` the interpolated noise each frame was generated from.
+        weights: ``(F,)`` float64 interpolation weights (0 = ``image_a``, 1 = ``image_b``).
+        psnr: ``(2,)`` float64 PSNR (dB) of the reconstructions of ``image_a`` and ``image_b``.
+    """
+
+    frames: Images
+    noise: torch.Tensor
+    weights: torch.Tensor
+    psnr: Optional[torch.Tensor] = None

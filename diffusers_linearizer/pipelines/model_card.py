@@ -1,0 +1,103 @@
+"""The model card (``README.md``) that Linearizer pipelines write with ``save_pretrained``."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, Dict, Optional
+
+from huggingface_hub import ModelCard, ModelCardData
+
+TAGS = ["diffusers", "diffusers_linearizer", "linearizer", "flow-matching", "one-step", "unconditional-image-generation"]
+
+
+def _plain(value: Any) -> Any:
+    """A YAML/JSON-friendly copy of ``value`` (tensors and numpy scalars become numbers or lists)."""
+    if hasattr(value, "tolist"):
+        value = value.tolist()
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+def _public_config(config) -> Dict[str, Any]:
+    return {k: _plain(v) for k, v in dict(config).items() if not k.startswith("_")}
+
+
+def linearizer_model_card(pipeline, metrics: Optional[Dict[str, Any]] = None, repo_id: Optional[str] = None) -> ModelCard:
+    """A ``huggingface_hub.ModelCard`` describing ``pipeline``: both configs, ``metrics`` and usage.
+
+    The metrics also go into the card's YAML metadata under ``linearizer_metrics`` (with ``linearizer_config``
+    and ``scheduler_config``), so ``ModelCard.load(path).data`` gives them back.
+    """
+    model_config = _public_config(pipeline.linearizer.config)
+    scheduler_config = _public_config(pipeline.scheduler.config)
+    metrics = _plain(dict(metrics or {}))
+    c, h, w = pipeline.linearizer.sample_shape
+    data = ModelCardData(
+        library_name="diffusers",
+        license="apache-2.0",
+        tags=list(TAGS),
+        pipeline_tag="unconditional-image-generation",
+        linearizer_config=model_config,
+        scheduler_config=scheduler_config,
+        linearizer_metrics=metrics,
+    )
+    name = repo_id or "path/to/this/pipeline"
+    params = sum(p.numel() for p in pipeline.linearizer.parameters())
+    metric_rows = "\n".join(f"| {k} | {v} |" for k, v in metrics.items()) or "| (none recorded) | |"
+    body = f"""
+# Linearizer ({type(pipeline).__name__})
+
+A Linearizer `f(x) = g_y⁻¹(A g_x(x))` packaged for 🤗 diffusers with
+[`diffusers-linearizer`](https://pypi.org/project/diffusers-linearizer/). For flow matching all sampler
+steps collapse into one structured operator `B`, so generation is one step,
+`x = g_x⁻¹(B g_y(noise))`, and inversion is exact, `noise = g_y⁻¹(B† g_x(x))`.
+
+* images: {c}×{h}×{w} (C×H×W), values in [0, 1]
+* core: `{model_config.get("core_type")}`, rank {model_config.get("core_rank")}; {params:,} parameters
+* sampler: `{scheduler_config.get("solver")}`, timestep spacing `{scheduler_config.get("timestep_spacing")}`
+
+## Usage
+
+```python
+import torch
+from diffusers_linearizer import LinearizerPipeline, LinearizerInversionPipeline
+
+pipe = LinearizerPipeline.from_pretrained("{name}")
+images = pipe(batch_size=4, generator=torch.Generator().manual_seed(0)).images  # one step
+
+inverter = LinearizerInversionPipeline(**pipe.components)  # shares the collapsed operator
+out = inverter(images)  # out.noise regenerates the images; out.psnr measures the reconstruction
+```
+
+`DiffusionPipeline.from_pretrained("{name}", trust_remote_code=True)` also works: the
+`pipeline_linearizer.py` file beside `model_index.json` only re-exports the installed package's classes.
+
+## Metrics
+
+| metric | value |
+|---|---|
+{metric_rows}
+
+## Configuration
+
+`linearizer` (`LinearizerModel`):
+
+```json
+{json.dumps(model_config, indent=2, sort_keys=True)}
+```
+
+`scheduler` (`LinearizerScheduler`):
+
+```json
+{json.dumps(scheduler_config, indent=2, sort_keys=True)}
+```
+"""
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n{body}")

@@ -1,0 +1,268 @@
+"""One-step propagators of the latent ODE, and their ordered product.
+
+In the Linearizer's latent space the sampler integrates a *linear* ODE
+
+    dz/dt = K(t) z,        K(t) = (A_t − I) / (1 − t),
+
+where the core predicts the clean latent ``ẑ₁ = A_t z`` (time ``t ∈ [0, 1)``, ``t = 0`` noise,
+``t = 1`` data; see ``shared/MATH.md`` §2). Because the ODE is linear, one step of an explicit
+Runge–Kutta method from ``z`` is a matrix ``P`` applied to ``z``, and a whole sampler run is the
+ordered product ``B = P_{n−1} ··· P_1 P_0`` (``P_0`` acts on the noise latent first).
+
+Every function here is plain operator algebra: it only uses ``a @ b``, ``a + b``, ``a * s`` and
+``a.add_identity(s)``, so it works unchanged for ``IdentityPlusLowRank``, ``SharedBasisOperator``,
+``DenseOperator`` from :mod:`diffusers_linearizer.operators`, for plain ``torch`` matrices wrapped
+in any class that has those four operations, and for the small coordinate operators the scheduler
+uses internally. Names follow the usual Butcher-tableau reading: ``K1 = K(t)``, ``Khalf = K(t + h/2)``,
+``Kh = K(t + h)``.
+
+Products: :func:`collapse_product` multiplies any operators left to right, recompressing low-rank
+factors as their rank grows; :func:`structured_collapse` is the exact, fast path for scaled identity
+plus low rank ``A_t``: it runs the same formula functions on :class:`CoordinateOperator` stages
+(small matrices over the basis of all evaluated factors) and never forms a ``D × D`` matrix.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Optional, Tuple
+
+import torch
+
+from ..operators import IdentityPlusLowRank, SharedBasisOperator
+
+__all__ = [
+    "latent_generator",
+    "euler_propagator",
+    "heun_propagator",
+    "rk4_propagator",
+    "reference_rk_propagator",
+    "collapse_product",
+    "CoordinateOperator",
+    "structured_collapse",
+]
+
+
+def latent_generator(A_t, t: float):
+    """``K(t) = (A_t − I) / (1 − t)``: the generator of the latent ODE at time ``t < 1``."""
+    t = float(t)
+    if not t < 1.0:
+        raise ValueError(f"K(t) = (A_t - I)/(1 - t) is singular at t = 1; got t = {t}.")
+    return A_t.add_identity(-1.0) * (1.0 / (1.0 - t))
+
+
+def euler_propagator(K1, h: float):
+    """Explicit Euler over one step of size ``h``: ``P = I + h·K1``."""
+    return (K1 * h).add_identity(1.0)
+
+
+def heun_propagator(K1, Kh, h: float):
+    """Heun (explicit trapezoid): ``P = I + (h/2)·(K1 + Kh·(I + h·K1))``.
+
+    The second slope is taken at the Euler predictor ``(I + h·K1) z`` — the nested product.
+    """
+    predictor = euler_propagator(K1, h)
+    return ((K1 + Kh @ predictor) * (0.5 * h)).add_identity(1.0)
+
+
+def rk4_propagator(K1, Khalf, Kh, h: float):
+    """Classical RK4: ``P = I + (h/6)·(K1 + 2·K2 + 2·K3 + K4)`` with the nested stage operators
+
+    ``K2 = Khalf·(I + (h/2)·K1)``, ``K3 = Khalf·(I + (h/2)·K2)``, ``K4 = Kh·(I + h·K3)``.
+    """
+    K2 = Khalf @ euler_propagator(K1, 0.5 * h)
+    K3 = Khalf @ euler_propagator(K2, 0.5 * h)
+    K4 = Kh @ euler_propagator(K3, h)
+    # Summed left to right so that supports only grow (cheaper for block-structured operators).
+    return ((K1 + K2 * 2.0 + K3 * 2.0 + K4) * (h / 6.0)).add_identity(1.0)
+
+
+def reference_rk_propagator(K1, Khalf, Kh, h: float):
+    """The original code's collapsed "rk" matrix: ``P = I + (h/6)·(K1 + 4·Khalf + Kh)``.
+
+    All three slopes are taken at the *same* state (no nested products), i.e. Simpson's rule applied
+    to ``K`` alone. This is *not* the RK4 propagator and is only first-order accurate; it exists
+    for parity with converted checkpoints' one-step samples.
+    """
+    return ((K1 + Khalf * 4.0 + Kh) * (h / 6.0)).add_identity(1.0)
+
+
+def collapse_product(
+    factors: Iterable, *, tol: Optional[float] = None, growth: float = 2.0
+) -> Tuple[object, float]:
+    """Ordered product ``F_{n−1} ··· F_1 F_0`` of operators given in application order.
+
+    The running product is multiplied on the left by each new factor. Operators that have a
+    ``compress`` method (scaled identity plus low rank) are recompressed whenever their nominal rank
+    exceeds ``min(D, growth × max(rank after the last compression, rank of the newest factor))``:
+    concatenated factors then hold mostly redundant columns, and a doubling schedule keeps the total
+    recompression cost within a constant factor of the final one. Operators whose rank cannot grow
+    (shared-basis, dense, small coordinate operators) are never recompressed.
+
+    Returns ``(B, dropped)``: ``dropped`` is the sum of the Frobenius norms discarded by the
+    recompressions, each measured at the moment of truncation (``0.0`` when nothing was dropped).
+    """
+    product, last_rank, dropped = None, 0, 0.0
+    for factor in factors:
+        product = factor if product is None else factor @ product
+        if not hasattr(product, "compress"):
+            continue
+        limit = min(product.dim, growth * max(last_rank, factor.rank))
+        if product.rank > limit:
+            product, lost = product.compress(tol=tol)
+            dropped += float(lost)
+            last_rank = product.rank
+    if product is None:
+        raise ValueError("collapse_product needs at least one factor.")
+    return product, dropped
+
+
+class CoordinateOperator:
+    """``a·I + 𝐔[:, lo:hi] X 𝐕[:, lo:hi]ᵀ`` over a fixed basis ``(𝐔, 𝐕)`` known through ``G = 𝐕ᵀ𝐔``.
+
+    The small-coordinate algebra of MATH.md §1 ("shared basis"), restricted to a contiguous range
+    of basis columns (the *support*): products and sums act on the hull of the supports, so a
+    propagator touching a few blocks of a long basis costs ``O(k·R²)`` to multiply into a product of
+    support ``R``, never ``O(D)``. ``a`` is a Python float, ``X`` a ``(hi − lo) × (hi − lo)`` tensor.
+    It supports exactly the operations the propagator functions use.
+    """
+
+    __slots__ = ("a", "X", "lo", "hi", "gram")
+
+    def __init__(self, a: float, X: torch.Tensor, lo: int, hi: int, gram: torch.Tensor):
+        self.a, self.X, self.lo, self.hi, self.gram = float(a), X, int(lo), int(hi), gram
+
+    @property
+    def rank(self) -> int:
+        return self.hi - self.lo
+
+    def padded(self, lo: int, hi: int) -> torch.Tensor:
+        """``X`` embedded (zeros elsewhere) in the larger support ``[lo, hi)``."""
+        if (lo, hi) == (self.lo, self.hi):
+            return self.X
+        out = self.X.new_zeros(hi - lo, hi - lo)
+        out[self.lo - lo:self.hi - lo, self.lo - lo:self.hi - lo] = self.X
+        return out
+
+    def __matmul__(self, other: "CoordinateOperator") -> "CoordinateOperator":
+        # (a·I + U X Vᵀ)(b·I + U Y Vᵀ) = ab·I + U (a·Y + b·X + X G Y) Vᵀ
+        lo, hi = min(self.lo, other.lo), max(self.hi, other.hi)
+        out = other.padded(lo, hi) * self.a
+        out[self.lo - lo:self.hi - lo, self.lo - lo:self.hi - lo] += self.X * other.a
+        cross = (self.X @ self.gram[self.lo:self.hi, other.lo:other.hi]) @ other.X
+        out[self.lo - lo:self.hi - lo, other.lo - lo:other.hi - lo] += cross
+        return CoordinateOperator(self.a * other.a, out, lo, hi, self.gram)
+
+    def __add__(self, other: "CoordinateOperator") -> "CoordinateOperator":
+        lo, hi = min(self.lo, other.lo), max(self.hi, other.hi)
+        out = self.padded(lo, hi) + other.padded(lo, hi)
+        return CoordinateOperator(self.a + other.a, out, lo, hi, self.gram)
+
+    def __mul__(self, s: float) -> "CoordinateOperator":
+        return CoordinateOperator(self.a * s, self.X * s, self.lo, self.hi, self.gram)
+
+    __rmul__ = __mul__
+
+    def __neg__(self) -> "CoordinateOperator":
+        return self * -1.0
+
+    def __sub__(self, other: "CoordinateOperator") -> "CoordinateOperator":
+        return self + (-other)
+
+    def add_identity(self, s: float) -> "CoordinateOperator":
+        return CoordinateOperator(self.a + s, self.X, self.lo, self.hi, self.gram)
+
+
+def structured_collapse(ops: dict, steps, propagator, dtype: torch.dtype) -> Tuple[object, str]:
+    """``B = P_{n−1} ··· P_0`` for operators ``A_t = a·I + U X Vᵀ`` (low-rank or shared-basis).
+
+    ``ops`` maps each time to ``A_t`` (the dict is emptied, so that the core's factors can be freed as
+    soon as they are copied); ``steps`` lists ``(h, [t of each stage])``; ``propagator(Ks, h)``
+    builds one step from the stages' generators. Writing 𝐔 = [U(t) for each distinct factor pair]
+    (one block per distinct time, one in all for a shared basis or a constant core), every ``K(t)`` is
+    ``α·I + 𝐔 (block-diagonal) 𝐕ᵀ`` and ``B = c·I + 𝐔 M 𝐕ᵀ``: after one Gram matrix ``G = 𝐕ᵀ𝐔``
+    each step costs ``O(k·R²)`` (``k`` = the step's block columns), exactly, with no ``D × D`` matrix
+    and no truncation. Each step's propagator is built by the formula functions above on
+    :class:`CoordinateOperator` stages. If the blocks have more than ``D`` columns in all they
+    span ``R^D`` and ``B`` carries a full-rank perturbation: ``M`` is then kept in the standard basis
+    (``D × D``, the information content of such a ``B``). Returns ``(B, mode)`` with mode ``"basis"``
+    or ``"dense"``; ``B`` is a ``SharedBasisOperator`` on the core's basis for one shared basis, else
+    an ``IdentityPlusLowRank``.
+    """
+    unique = list(ops)
+    # Blocks: the distinct (U, V) factor pairs, numbered in order of first use; block b owns the
+    # basis columns start[b] : start[b] + width[b]. K(t) = α·I + U_b (β·X) V_bᵀ on its block.
+    block_of, factors, start, gens = {}, [], [0], {}
+    for t in unique:
+        a, U, V, X = _factors(ops[t])
+        b = block_of.setdefault((id(U), id(V)), len(factors))
+        if b == len(factors):
+            factors.append((U, V))
+            start.append(start[-1] + U.shape[1])
+        beta = 1.0 / (1.0 - t)
+        gens[t] = ((float(a) - 1.0) * beta, b, None if X is None else X.to(dtype) * beta, beta)
+    shared = len(factors) == 1 and X is not None
+    ops.clear()  # from here on only `factors` holds the core's outputs: they can go once copied
+    a = U = V = X = None
+    dim, dev, width = factors[0][0].shape[0], factors[0][0].device, start[-1]
+    basis = width <= dim  # coordinates over all blocks; else the blocks span R^D: dense coordinates
+    if basis:
+        if len(factors) == 1:
+            Uw, Vw = (f.to(dtype) for f in factors[0])
+        else:  # side by side, converted on the way; the core's factors can then be freed
+            Uw, Vw = (factors[0][0].new_empty(dim, width, dtype=dtype) for _ in (0, 1))
+            for (U, V), lo, hi in zip(factors, start, start[1:]):
+                Uw[:, lo:hi].copy_(U)
+                Vw[:, lo:hi].copy_(V)
+            factors = U = V = None
+        gram = Vw.T @ Uw
+    M = torch.zeros(width if basis else dim, width if basis else dim, dtype=dtype, device=dev)
+    c, active = 1.0, 0
+    for h, ts in steps:  # B ← P B, B = c·I + 𝐔 M 𝐕ᵀ, P = p·I + 𝐔_P N 𝐕_Pᵀ on the step's blocks
+        used = sorted(dict.fromkeys(gens[t][1] for t in ts))
+        if basis:  # the step's blocks are (nearly) contiguous: take the hull of their columns
+            lo, hi = start[used[0]], start[used[-1] + 1]
+            offset = {b: start[b] - lo for b in range(used[0], used[-1] + 1)}
+            local = gram[lo:hi, lo:hi]
+        else:
+            widths = [start[b + 1] - start[b] for b in used]
+            offset = dict(zip(used, [sum(widths[:k]) for k in range(len(used))]))
+            Up, Vp = (torch.cat([factors[b][k] for b in used], 1).to(dtype) for k in (0, 1))
+            lo, hi, local = 0, sum(widths), Vp.T @ Up
+        ks = []
+        for t in ts:
+            alpha, b, X, beta = gens[t]
+            r = start[b + 1] - start[b]
+            X = X if X is not None else torch.eye(r, dtype=dtype, device=dev) * beta
+            ks.append(CoordinateOperator(alpha, X, offset[b], offset[b] + r, local))
+        P = propagator(ks, h)
+        N = P.padded(0, hi - lo)
+        if basis:  # M ← p·M + E N (c·Fᵀ + Fᵀ G M), with E = F = the selection of columns lo:hi
+            active = max(active, hi)
+            W = N @ (gram[lo:hi, :active] @ M[:active, :active])
+            W[:, lo:hi] += c * N
+            M[:active, :active].mul_(P.a)
+            M[lo:hi, :active] += W
+        else:  # M ← p·M + U_P N (c·V_Pᵀ + V_Pᵀ M)
+            W = N @ (Vp.T @ M + c * Vp.T)
+            M.addmm_(Up, W, beta=P.a)
+        c *= P.a
+    factors = gens = None
+    c = torch.tensor(c, dtype=dtype, device=dev)
+    if not basis:  # the exact B has a full-rank perturbation: its factors are D × D whatever the form
+        B = IdentityPlusLowRank(c, M, torch.eye(dim, dtype=dtype, device=dev))
+    elif shared:  # one shared basis: B stays a·I + U (R × R) Vᵀ
+        B = SharedBasisOperator(c, M, Uw, Vw, gram=gram)
+    elif width > start[1]:  # Uw is our own copy: overwrite it by Uw·M in row chunks (no second D × R buffer)
+        for i in range(0, dim, 8192):
+            Uw[i:i + 8192] = Uw[i:i + 8192] @ M
+        B = IdentityPlusLowRank(c, Uw, Vw)
+    else:
+        B = IdentityPlusLowRank(c, Uw @ M, Vw)
+    return B, "basis" if basis else "dense"
+
+
+def _factors(op):
+    """``(a, U, V, X)`` of ``a·I + U X Vᵀ`` (``X = None`` meaning the identity)."""
+    if isinstance(op, SharedBasisOperator):
+        return op.a, op.U, op.V, op.X
+    return op.c, op.U, op.V, None

@@ -1,0 +1,311 @@
+r"""Training objectives of the Linearizer (flow matching in the latent space of ``g``).
+
+Notation: ``x`` an image batch in ``[0, 1]``, ``ε ~ N(0, I)`` the noise, ``t ~ U(0, 1)`` one time per
+sample, ``σ`` the noise level (0.3), ``D(·, ·)`` a pixel-space distance.
+
+The reference objective (the paper's, ``objective="reference"``)
+---------------------------------------------------------------
+::
+
+    z₀ = g_y(ε),  z₁ = g_x(x),  z_t = (1 − t)·z₀ + t·z₁,  ẑ₁ = A_t z_t
+    L = MSE(ẑ₁, z₁)                        latent flow matching        (latent_flow_loss)
+      + MSE(ε, g_y⁻¹(z₀ + σ·n₀))           noise-side robustness       (noise_reconstruction_loss)
+      + D(x, g_x⁻¹(z₁ + σ·n₁))             image-side robustness       (image_reconstruction_loss)
+      + D(x, g_x⁻¹(ẑ₁))                    prediction in pixel space   (prediction_loss)
+
+``n₀, n₁ ~ N(0, I)``. ``g`` is exactly invertible, so the two robustness terms are not reconstruction
+losses in the usual sense: they ask ``g⁻¹`` to be insensitive to latent perturbations of size ``σ``,
+which keeps ``g`` from shrinking its latents (that would make the flow-matching term trivially small)
+and makes decoding tolerant to the core's prediction errors. The interpolation ``z_t`` is the
+scheduler's forward process (``LinearizerScheduler.scale_noise(z₁, timestep_of(t), z₀)``), and the
+sampler integrates the velocity ``(A_t z − z)/(1 − t)`` of exactly this prediction.
+
+**Substitute for LPIPS.** The paper uses LPIPS for ``D``; LPIPS needs pretrained VGG/AlexNet weights,
+which a fresh offline machine does not have. ``D`` here is the pixel MSE (``pixel_loss="mse"``,
+default) or MSE plus ``w·(1 − SSIM)`` (``pixel_loss="mse+ssim"``, Gaussian window 11, σ 1.5). MSE is
+also what the inversion and one-step-vs-multi-step PSNR numbers measure.
+
+This objective runs ``g`` five times per step on the full batch (two forwards, three inverses).
+
+The default objective (``objective="fast"``)
+---------------------------------------------
+The same four terms, estimated with three batch-sized passes of ``g`` instead of five:
+
+* **one batched forward** of ``g`` on ``cat([ε, x])`` with per-sample roles (``role_y`` for the noise
+  half, ``role_x`` for the image half): ``z₀`` and ``z₁`` in one call;
+* the flow-matching term on every sample, exactly as above;
+* **one batched inverse** in which every sample decodes *one* thing, assigned round robin by position
+  (``(i + offset) mod 3``): ``z₀ + σ·n₀`` (role y, target ``ε``), ``z₁ + σ·n₁`` (role x, target ``x``) or
+  ``ẑ₁`` (role x, target ``x``). Each robustness/prediction term is the mean over its third of the
+  batch.
+
+Each term is then an unbiased estimate of the reference's term (the batch is a random sample and the
+assignment does not depend on the data), so the expected loss — and the expected gradient — is the
+reference's, at 3/5 of its ``g`` work and with two large calls instead of five small ones. The price
+is more variance in the three decode terms (a third of the samples each); the flow-matching term,
+which carries the generative signal, still uses the whole batch. When ``g_x`` and ``g_y`` are two
+networks (``shared_g=False``) the batched calls become one call per network.
+
+Both objectives share the term functions below; :class:`LinearizerObjective` wraps a model so that
+``accelerate``/DDP see one ``forward`` that returns the loss.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Dict, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+OBJECTIVES = ("fast", "reference")
+PIXEL_LOSSES = ("mse", "mse+ssim")
+TERMS = ("latent_flow", "noise_reconstruction", "image_reconstruction", "prediction")
+
+
+# ---------------------------------------------------------------------- distances
+def mse(a: Tensor, b: Tensor) -> Tensor:
+    """Mean squared error over all elements, computed in float32 (or float64 for float64 inputs)."""
+    dtype = torch.promote_types(torch.promote_types(a.dtype, b.dtype), torch.float32)
+    return (a.to(dtype) - b.to(dtype)).square().mean()
+
+
+def _gaussian_window(size: int, sigma: float, dtype, device) -> Tensor:
+    coords = torch.arange(size, dtype=dtype, device=device) - (size - 1) / 2
+    w = torch.exp(-(coords**2) / (2 * sigma**2))
+    return w / w.sum()
+
+
+def ssim(x: Tensor, y: Tensor, data_range: float = 1.0, window_size: int = 11, sigma: float = 1.5) -> Tensor:
+    """Per-image structural similarity of ``(N, C, H, W)`` batches, shape ``(N,)``.
+
+    Gaussian-weighted local statistics (separable window of ``window_size``, shrunk to the largest odd
+    size that fits the image), constants ``C₁ = (0.01·L)²``, ``C₂ = (0.03·L)²`` with ``L = data_range``,
+    averaged over valid positions and channels. Computed in float32.
+    """
+    if x.shape != y.shape or x.ndim != 4:
+        raise ValueError(f"ssim expects two (N, C, H, W) tensors of one shape, got {tuple(x.shape)} and {tuple(y.shape)}.")
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    x, y = x.to(dtype), y.to(dtype)
+    c = x.shape[1]
+    size = min(window_size, min(x.shape[-2:]))
+    size -= 1 - size % 2  # odd
+    w = _gaussian_window(size, sigma, dtype, x.device)
+    wh = w.view(1, 1, size, 1).expand(c, 1, size, 1)
+    ww = w.view(1, 1, 1, size).expand(c, 1, 1, size)
+
+    def blur(v: Tensor) -> Tensor:
+        return F.conv2d(F.conv2d(v, wh, groups=c), ww, groups=c)
+
+    mu_x, mu_y = blur(x), blur(y)
+    sxx = blur(x * x) - mu_x.square()
+    syy = blur(y * y) - mu_y.square()
+    sxy = blur(x * y) - mu_x * mu_y
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    s = ((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) / ((mu_x.square() + mu_y.square() + c1) * (sxx + syy + c2))
+    return s.flatten(1).mean(1)
+
+
+def pixel_distance(image: Tensor, reconstruction: Tensor, pixel_loss: str = "mse", ssim_weight: float = 0.1) -> Tensor:
+    """The LPIPS substitute ``D``: ``MSE`` or ``MSE + ssim_weight·mean(1 − SSIM)``."""
+    if pixel_loss not in PIXEL_LOSSES:
+        raise ValueError(f"Unknown pixel_loss {pixel_loss!r}; expected one of {', '.join(PIXEL_LOSSES)}.")
+    d = mse(reconstruction, image)
+    if pixel_loss == "mse+ssim":
+        d = d + ssim_weight * (1.0 - ssim(reconstruction, image)).mean()
+    return d
+
+
+# ---------------------------------------------------------------------- the four terms
+def interpolate_latents(z0: Tensor, z1: Tensor, t: Tensor) -> Tensor:
+    """``z_t = (1 − t)·z₀ + t·z₁`` with one ``t`` per sample (``t`` of shape ``(N,)``)."""
+    tt = t.to(z0.dtype).view(-1, *([1] * (z0.ndim - 1)))
+    return (1 - tt) * z0 + tt * z1
+
+
+def latent_flow_loss(z1_pred: Tensor, z1: Tensor) -> Tensor:
+    """``MSE(ẑ₁, z₁)``: the core's prediction of the clean latent from ``z_t``."""
+    return mse(z1_pred, z1)
+
+
+def noise_reconstruction_loss(noise: Tensor, decoded: Tensor) -> Tensor:
+    """``MSE(ε, g_y⁻¹(z₀ + σ·n₀))`` (``decoded`` is the second argument)."""
+    return mse(decoded, noise)
+
+
+def image_reconstruction_loss(image: Tensor, decoded: Tensor, pixel_loss: str = "mse", ssim_weight: float = 0.1) -> Tensor:
+    """``D(x, g_x⁻¹(z₁ + σ·n₁))`` — LPIPS in the paper, :func:`pixel_distance` here."""
+    return pixel_distance(image, decoded, pixel_loss, ssim_weight)
+
+
+def prediction_loss(image: Tensor, decoded: Tensor, pixel_loss: str = "mse", ssim_weight: float = 0.1) -> Tensor:
+    """``D(x, g_x⁻¹(ẑ₁))`` — LPIPS in the paper, :func:`pixel_distance` here."""
+    return pixel_distance(image, decoded, pixel_loss, ssim_weight)
+
+
+# ---------------------------------------------------------------------- running g with per-sample roles
+def run_g(model, x: Tensor, is_x: Tensor, inverse: bool = False) -> Tensor:
+    """``g_x`` (where ``is_x``) or ``g_y`` (elsewhere) of every sample, forward or inverse.
+
+    With one shared network the whole batch goes through one call with a per-sample role input
+    (``role_x`` / ``role_y``); with two networks each runs on its part and the results are put back in
+    order.
+    """
+    (net_x, role_x), (net_y, role_y) = model.network("x"), model.network("y")
+    if net_x is net_y:
+        ctx = is_x.to(x.dtype) * (float(role_x) - float(role_y)) + float(role_y)
+        return net_x.inverse(x, ctx) if inverse else net_x(x, ctx)
+    out = torch.empty_like(x)
+    for net, role, mask in ((net_x, role_x, is_x), (net_y, role_y, ~is_x)):
+        if bool(mask.any()):
+            part = x[mask]
+            ctx = torch.full((part.shape[0],), float(role), dtype=x.dtype, device=x.device)
+            out[mask] = (net.inverse(part, ctx) if inverse else net(part, ctx)).to(out.dtype)
+    return out
+
+
+def _encode(model, x: Tensor, space: str) -> Tensor:
+    net, role = model.network(space)
+    return net(x, torch.full((x.shape[0],), float(role), dtype=x.dtype, device=x.device))
+
+
+def _decode(model, z: Tensor, space: str) -> Tensor:
+    net, role = model.network(space)
+    return net.inverse(z, torch.full((z.shape[0],), float(role), dtype=z.dtype, device=z.device))
+
+
+def _flat_core(model, z: Tensor, t: Tensor) -> Tensor:
+    return model.core(z.flatten(1), t.to(z.dtype)).view_as(z)
+
+
+# ---------------------------------------------------------------------- objectives
+def reference_objective(
+    model, images: Tensor, noise: Tensor, t: Tensor, eps_y: Tensor, eps_x: Tensor, noise_level: float = 0.3,
+    pixel_loss: str = "mse", ssim_weight: float = 0.1,
+) -> Dict[str, Tensor]:
+    """The paper's four terms with five full-batch passes of ``g`` (module docstring). Returns the terms."""
+    z0 = _encode(model, noise, "y")
+    z1 = _encode(model, images, "x")
+    z1_pred = _flat_core(model, interpolate_latents(z0, z1, t), t)
+    return {
+        "latent_flow": latent_flow_loss(z1_pred, z1),
+        "noise_reconstruction": noise_reconstruction_loss(noise, _decode(model, z0 + noise_level * eps_y, "y")),
+        "image_reconstruction": image_reconstruction_loss(
+            images, _decode(model, z1 + noise_level * eps_x, "x"), pixel_loss, ssim_weight
+        ),
+        "prediction": prediction_loss(images, _decode(model, z1_pred, "x"), pixel_loss, ssim_weight),
+    }
+
+
+def decode_assignment(n: int, offset: int = 0, device=None) -> Tensor:
+    """Which decode term each sample of the fast objective feeds: ``(i + offset) mod 3`` →
+    0 noise reconstruction, 1 image reconstruction, 2 prediction."""
+    return (torch.arange(n, device=device) + int(offset)) % 3
+
+
+def fast_objective(
+    model, images: Tensor, noise: Tensor, t: Tensor, eps_y: Tensor, eps_x: Tensor, noise_level: float = 0.3,
+    pixel_loss: str = "mse", ssim_weight: float = 0.1, offset: int = 0,
+) -> Dict[str, Tensor]:
+    """The default objective: one batched forward and one batched inverse of ``g`` (module docstring).
+
+    A term whose share of the batch is empty (batches smaller than 3) is 0 and absent from the dict.
+    """
+    n = images.shape[0]
+    dev = images.device
+    is_x = torch.cat([torch.zeros(n, dtype=torch.bool, device=dev), torch.ones(n, dtype=torch.bool, device=dev)])
+    z = run_g(model, torch.cat([noise, images.to(noise.dtype)]), is_x)
+    z0, z1 = z[:n], z[n:]
+    z1_pred = _flat_core(model, interpolate_latents(z0, z1, t), t)
+    terms = {"latent_flow": latent_flow_loss(z1_pred, z1)}
+
+    kind = decode_assignment(n, offset, dev).view(-1, 1, 1, 1)
+    to_decode = torch.where(
+        kind == 0, z0 + noise_level * eps_y, torch.where(kind == 1, z1 + noise_level * eps_x, z1_pred)
+    )
+    decoded = run_g(model, to_decode, kind.view(-1) != 0, inverse=True)
+    k = kind.view(-1)
+    if bool((k == 0).any()):
+        terms["noise_reconstruction"] = noise_reconstruction_loss(noise[k == 0], decoded[k == 0])
+    if bool((k == 1).any()):
+        terms["image_reconstruction"] = image_reconstruction_loss(images[k == 1], decoded[k == 1], pixel_loss, ssim_weight)
+    if bool((k == 2).any()):
+        terms["prediction"] = prediction_loss(images[k == 2], decoded[k == 2], pixel_loss, ssim_weight)
+    return terms
+
+
+class LinearizerObjective(nn.Module):
+    """The training loss as a module around a ``LinearizerModel`` (what ``accelerator.prepare`` wraps).
+
+    ``forward(images, noise, t, eps_y, eps_x, offset=0)`` returns a dict with ``"loss"`` (the weighted
+    sum) and every term. All randomness is passed in, so a step is a pure function of its inputs and
+    the weights (what makes resumed runs bit-identical).
+
+    Args:
+        model: the ``LinearizerModel``.
+        objective: ``"fast"`` (default) or ``"reference"``.
+        noise_level: σ of the latent perturbations (the reference's 0.3).
+        pixel_loss / ssim_weight: the LPIPS substitute (:func:`pixel_distance`).
+        weights: per-term multipliers (keys of :data:`TERMS`, default 1 each).
+    """
+
+    def __init__(
+        self, model: nn.Module, objective: str = "fast", noise_level: float = 0.3, pixel_loss: str = "mse",
+        ssim_weight: float = 0.1, weights: Optional[Dict[str, float]] = None,
+    ):
+        super().__init__()
+        if objective not in OBJECTIVES:
+            raise ValueError(f"Unknown objective {objective!r}; expected one of {', '.join(OBJECTIVES)}.")
+        if pixel_loss not in PIXEL_LOSSES:
+            raise ValueError(f"Unknown pixel_loss {pixel_loss!r}; expected one of {', '.join(PIXEL_LOSSES)}.")
+        if not (noise_level >= 0 and math.isfinite(noise_level)):
+            raise ValueError(f"noise_level must be a finite number ≥ 0, got {noise_level}.")
+        unknown = set(weights or {}) - set(TERMS)
+        if unknown:
+            raise ValueError(f"Unknown loss terms {sorted(unknown)}; expected some of {', '.join(TERMS)}.")
+        self.model = model
+        self.objective, self.noise_level = objective, float(noise_level)
+        self.pixel_loss, self.ssim_weight = pixel_loss, float(ssim_weight)
+        self.weights = {k: 1.0 for k in TERMS}
+        self.weights.update({k: float(v) for k, v in (weights or {}).items()})
+
+    def terms(self, images, noise, t, eps_y, eps_x, offset: int = 0) -> Dict[str, Tensor]:
+        kwargs = dict(noise_level=self.noise_level, pixel_loss=self.pixel_loss, ssim_weight=self.ssim_weight)
+        if self.objective == "reference":
+            return reference_objective(self.model, images, noise, t, eps_y, eps_x, **kwargs)
+        return fast_objective(self.model, images, noise, t, eps_y, eps_x, offset=offset, **kwargs)
+
+    def forward(self, images, noise, t, eps_y, eps_x, offset: int = 0) -> Dict[str, Tensor]:
+        terms = self.terms(images, noise, t, eps_y, eps_x, offset)
+        loss = sum(self.weights[k] * v for k, v in terms.items() if self.weights[k] != 0)
+        out = {"loss": loss}
+        out.update(terms)
+        return out
+
+
+@torch.no_grad()
+def draw_step_noise(shape, batch_size: int, generator: torch.Generator, dtype=torch.float32):
+    """The random inputs of one step for ``batch_size`` samples of ``shape = (C, H, W)``, drawn from
+    ``generator`` on the CPU in a fixed order: ``noise``, ``t ~ U(0, 1)``, ``eps_y``, ``eps_x``."""
+    noise = torch.randn((batch_size, *shape), generator=generator, dtype=dtype)
+    t = torch.rand((batch_size,), generator=generator, dtype=dtype)
+    eps_y = torch.randn((batch_size, *shape), generator=generator, dtype=dtype)
+    eps_x = torch.randn((batch_size, *shape), generator=generator, dtype=dtype)
+    return noise, t, eps_y, eps_x
+
+
+@torch.no_grad()
+def initialize_actnorm(model, images: Tensor, noise: Optional[Tensor] = None) -> None:
+    """Run the data-dependent ActNorm initialisation on a representative batch.
+
+    The networks see what they will encode in training: with one shared ``g``, one forward of
+    ``cat([noise, images])`` with per-sample roles; with two networks, ``g_y(noise)`` and ``g_x(images)``.
+    Already initialised layers are left alone. The model is left in training mode.
+    """
+    if noise is None:
+        noise = torch.randn_like(images)
+    n = images.shape[0]
+    is_x = torch.cat([torch.zeros(noise.shape[0], dtype=torch.bool), torch.ones(n, dtype=torch.bool)]).to(images.device)
+    model.train()
+    run_g(model, torch.cat([noise, images.to(noise.dtype)]), is_x)

@@ -1,0 +1,13 @@
+"""Community-pipeline entry point of the Linearizer for diffusers' ``custom_pipeline`` loader.
+
+    DiffusionPipeline.from_pretrained(path, custom_pipeline="pipelines/linearizer", trust_remote_code=True)
+
+diffusers copies this file into its module cache and takes the one ``DiffusionPipeline`` subclass it
+finds here, so this file imports exactly one pipeline class: ``LinearizerPipeline`` from the installed
+``diffusers_linearizer`` package (``pip install diffusers-linearizer``). The inversion pipeline is
+``diffusers_linearizer.LinearizerInversionPipeline``.
+"""
+
+from diffusers_linearizer import LinearizerPipeline
+
+__all__ = ["LinearizerPipeline"]

@@ -1,0 +1,156 @@
+"""The `diffusers-linearizer` command line: help texts, generate / invert / interpolate outputs, the
+untrained-default warning and error exits."""
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+
+from diffusers_linearizer import LinearizerInversionPipeline, LinearizerPipeline
+from diffusers_linearizer.cli import build_parser, main
+
+from .test_pipeline import STEPS, make_pipe
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cli") / "tiny"
+    make_pipe("shared_basis", seed=3).save_pretrained(path)
+    return path
+
+
+def _env():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env["HF_HUB_OFFLINE"] = "1"
+    return env
+
+
+@pytest.mark.parametrize("command", ["generate", "invert", "interpolate"])
+def test_help_explains_every_flag(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # undo argparse's line wrapping
+    for flag in ("--model", "--steps", "--solver", "--seed", "--device", "--dtype", "--output", "--no-progress"):
+        assert flag in text
+    assert "UNTRAINED" in text and "repo id" in text and "float64" in text
+
+
+def test_console_script_help(capsys):
+    """`diffusers-linearizer` is declared as `diffusers_linearizer.cli:main`; run it when installed."""
+    text = (REPO_ROOT / "pyproject.toml").read_text()
+    assert 'diffusers-linearizer = "diffusers_linearizer.cli:main"' in text
+    exe = shutil.which("diffusers-linearizer")
+    if exe is not None:  # installed (CI installs the package): the real console script
+        res = subprocess.run([exe, "--help"], capture_output=True, text=True, env=_env(), timeout=120)
+        assert res.returncode == 0, res.stderr
+        out = res.stdout
+    else:
+        with pytest.raises(SystemExit) as exit_info:
+            main(["--help"])
+        assert exit_info.value.code == 0
+        out = capsys.readouterr().out
+    assert "generate" in out and "invert" in out and "interpolate" in out
+
+
+def test_generate(model_dir, tmp_path):
+    out, tensors, singles = tmp_path / "grid.png", tmp_path / "x.pt", tmp_path / "each"
+    rc = main(["generate", "--model", str(model_dir), "--num-images", "5", "--batch-size", "2", "--steps",
+               str(STEPS), "--seed", "7", "--output", str(out), "--save-tensors", str(tensors), "--save-images",
+               str(singles), "--no-progress", "--device", "cpu"])
+    assert rc == 0
+    grid = PIL.Image.open(out)
+    assert grid.mode == "L" and grid.size == (3 * 10 + 2, 2 * 10 + 2)  # 3 per row, 8 px + 2 px padding
+    x = torch.load(tensors)
+    pipe = LinearizerPipeline.from_pretrained(model_dir)
+    pipe.set_progress_bar_config(disable=True)
+    ref = pipe(batch_size=5, generator=[torch.Generator().manual_seed(7 + i) for i in range(5)],
+               num_inference_steps=STEPS, output_type="pt", clamp=False).images
+    torch.testing.assert_close(x, ref, rtol=1e-6, atol=1e-6)
+    assert sorted(p.name for p in singles.iterdir()) == [f"{i:05d}.png" for i in range(5)]
+    first = np.asarray(PIL.Image.open(singles / "00000.png"))
+    np.testing.assert_array_equal(first, (ref[0, 0].clamp(0, 1) * 255).round().to(torch.uint8).numpy())
+    # the stepped run writes (nearly) the same images
+    rc = main(["generate", "--model", str(model_dir), "--num-images", "2", "--steps", str(STEPS), "--seed", "7",
+               "--multi-step", "--solver", "rk4", "--output", str(tmp_path / "m.png"), "--save-tensors",
+               str(tmp_path / "m.pt"), "--no-progress"])
+    assert rc == 0
+    ref_rk4 = pipe(batch_size=2, generator=[torch.Generator().manual_seed(7 + i) for i in range(2)],
+                   num_inference_steps=STEPS, solver="rk4", output_type="pt", clamp=False).images
+    torch.testing.assert_close(torch.load(tmp_path / "m.pt"), ref_rk4, rtol=0, atol=1e-4)
+
+
+def test_invert_and_interpolate(model_dir, tmp_path, capsys):
+    pipe = LinearizerPipeline.from_pretrained(model_dir)
+    pipe.set_progress_bar_config(disable=True)
+    files = []
+    for i, img in enumerate(pipe(batch_size=2, generator=[torch.Generator().manual_seed(i) for i in range(2)],
+                                 num_inference_steps=STEPS).images):
+        files.append(str(tmp_path / f"in{i}.png"))
+        img.convert("RGB").save(files[-1])  # an RGB file for a grayscale model: the CLI converts it
+    rc = main(["invert", *files, "--model", str(model_dir), "--steps", str(STEPS), "--output",
+               str(tmp_path / "inv.png"), "--save-noise", str(tmp_path / "noise.pt")])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert printed.count("reconstruction PSNR") == 2
+    noise = torch.load(tmp_path / "noise.pt")
+    assert noise.shape == (2, 1, 8, 8)
+    inv = LinearizerInversionPipeline.from_pretrained(model_dir)
+    imgs = [PIL.Image.open(f).convert("L") for f in files]
+    torch.testing.assert_close(noise, inv(imgs, num_inference_steps=STEPS).noise)
+    assert PIL.Image.open(tmp_path / "inv.png").size == (2 * 10 + 2, 2 * 10 + 2)
+
+    rc = main(["interpolate", *files, "--model", str(model_dir), "--steps", str(STEPS), "--frames", "4",
+               "--mode", "linear", "--output", str(tmp_path / "path.png"), "--gif", str(tmp_path / "path.gif")])
+    assert rc == 0
+    gif = PIL.Image.open(tmp_path / "path.gif")
+    assert gif.n_frames == 4
+    assert PIL.Image.open(tmp_path / "path.png").size == (4 * 10 + 2, 10 + 2)
+
+
+def test_default_model_is_announced_as_untrained(tmp_path, capsys, monkeypatch):
+    import diffusers_linearizer.cli as cli
+
+    monkeypatch.setattr(cli, "DEFAULT_MODEL_DIR", str(tmp_path / "absent"))
+    rc = main(["generate", "--num-images", "1", "--steps", "2", "--output", str(tmp_path / "g.png"), "--no-progress"])
+    assert rc == 0
+    err = capsys.readouterr().err
+    assert "UNTRAINED" in err
+    assert PIL.Image.open(tmp_path / "g.png").size == (36, 36)
+
+
+def test_packaged_default_model_is_used(model_dir, tmp_path, capsys, monkeypatch):
+    import diffusers_linearizer.cli as cli
+
+    monkeypatch.setattr(cli, "DEFAULT_MODEL_DIR", str(model_dir))
+    assert main(["generate", "-n", "1", "--steps", "2", "-o", str(tmp_path / "g.png"), "--no-progress"]) == 0
+    assert "UNTRAINED" not in capsys.readouterr().err
+    assert PIL.Image.open(tmp_path / "g.png").size == (12, 12)
+
+
+def test_errors(model_dir, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["generate", "--steps", "1"])
+    assert exit_info.value.code == 2
+    with pytest.raises(SystemExit):
+        main(["generate", "--solver", "dopri5"])
+    big = tmp_path / "big.png"
+    PIL.Image.new("L", (16, 16)).save(big)
+    assert main(["invert", str(big), "--model", str(model_dir), "--steps", str(STEPS)]) == 1
+    assert "1×8×8" in capsys.readouterr().err
+    assert main(["invert", str(big), "--model", str(model_dir), "--steps", str(STEPS), "--resize",
+                 "--output", str(tmp_path / "ok.png")]) == 0
+    assert main(["generate", "--model", str(tmp_path / "nowhere" / "a" / "b"), "-n", "1"]) == 1
+
+
+def test_parser_defaults():
+    args = build_parser().parse_args(["generate"])
+    assert (args.steps, args.seed, args.dtype, args.num_images, args.solver) == (100, 0, "float32", 16, None)
