@@ -243,7 +243,8 @@ class LinearizerModel(ModelMixin, ConfigMixin):
         else:
             core = LowRankCore.from_operator(op)
             core_type, rank = "lowrank", core.U.shape[1]
-        config = dict(self.config)
+        # diffusers drops keys listed in `_use_default_values` from a config: keep only real entries
+        config = {k: v for k, v in self.config.items() if not k.startswith("_")}
         config.update(core_type=core_type, core_rank=rank, shared_g=shared, role_x=float(role_x), role_y=float(role_y))
         model = type(self).from_config(config).to(device=self.device, dtype=self.dtype)
         if shared:
