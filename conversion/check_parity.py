@@ -250,7 +250,7 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--celeba-collapse-steps", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--sigma", type=float, default=0.05, help="std of the random weight perturbation")
+    parser.add_argument("--sigma", type=float, default=0.02, help="std of the random weight perturbation")
     opts = parser.parse_args(argv)
     if not os.path.isfile(os.path.join(opts.reference_repo, "one_step", "train_one_step.py")):
         parser.error(f"{opts.reference_repo!r} is not a checkout of the reference repository (no one_step/train_one_step.py).")

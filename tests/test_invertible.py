@@ -22,6 +22,15 @@ from diffusers_linearizer.models.invertible import (
 TOL = {torch.float32: 1e-5, torch.float64: 1e-10}
 
 
+@pytest.fixture(autouse=True)
+def _single_thread():
+    """These tensors are tiny: intra-op threads only add overhead (and stall on a busy machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @torch.no_grad()
 def perturb(module, scale=0.1, seed=0):
     """Add N(0, scale²) noise to every parameter, so zero-initialised layers act."""
@@ -236,7 +245,7 @@ def test_lu_conv_factors():
     torch.manual_seed(0)
     conv = InvertibleConv1x1(6, "lu").double()
     w = conv.matrix()
-    torch.testing.assert_close(w @ w.T, torch.eye(6, dtype=torch.float64), rtol=0, atol=1e-12)  # orthogonal init
+    torch.testing.assert_close(w @ w.T, torch.eye(6, dtype=torch.float64), rtol=0, atol=1e-6)  # orthogonal (fp32) init
     perturb(conv, 0.3, seed=1)
     w = conv.matrix()
     torch.testing.assert_close(conv.inverse_matrix() @ w, torch.eye(6, dtype=torch.float64), rtol=0, atol=1e-12)

@@ -32,6 +32,8 @@ TINY = [
     "--sample_steps", "0", "--no_final_samples", "--no_progress", "--log_every", "2", "--seed", "3",
 ]
 STEPS = 8
+RUN = ["--train_batch_size", "6", "--gradient_accumulation_steps", "2", "--max_train_steps", str(STEPS),
+       "--checkpointing_steps", "2"]
 
 
 # ---------------------------------------------------------------------- helpers
@@ -93,6 +95,16 @@ def _assert_same_checkpoint(c1, c2):
     assert s1["global_step"] == s2["global_step"] and s1["micro_step"] == s2["micro_step"]
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These tests use tiny tensors: one intra-op thread is faster, and on a busy machine several threads
+    can be two orders of magnitude slower (OpenMP workers waiting for cores)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def image_dir(tmp_path_factory):
     import PIL.Image
@@ -111,10 +123,9 @@ def image_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def reference_run(image_dir, tmp_path_factory):
-    """An uninterrupted run of STEPS steps (batch 12, checkpoints every 2 steps, all kept)."""
+    """An uninterrupted run of STEPS steps: batch 6 × 2 accumulation steps, a checkpoint every 2 steps, all kept."""
     out = tmp_path_factory.mktemp("uninterrupted")
-    _run(_train_cmd(image_dir, out, "--train_batch_size", "12", "--max_train_steps", str(STEPS),
-                    "--checkpointing_steps", "2", "--checkpoints_total_limit", "0"))
+    _run(_train_cmd(image_dir, out, *RUN, "--checkpoints_total_limit", "0", "--sample_steps", "4"))
     return out
 
 
@@ -268,12 +279,12 @@ def test_loss_decreases_on_a_fixed_batch(objective, pixel_loss):
     loss_fn = tobj.LinearizerObjective(model, objective, pixel_loss=pixel_loss)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     losses = []
-    for _ in range(25):
+    for _ in range(10):
         loss = loss_fn(images, noise, t, eps_y, eps_x)["loss"]
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     assert all(np.isfinite(losses))
     assert losses[-1] < 0.7 * losses[0], losses
 
@@ -353,19 +364,36 @@ def test_training_run_writes_pipeline_and_checkpoints(reference_run):
     card = (out / "README.md").read_text()
     assert "training_steps" in card
     assert not list((out / "checkpoints").glob(".tmp-*"))
+    assert sorted(p.name for p in (out / "samples").iterdir()) == ["step-0000004.png", "step-0000008.png"]
+    from diffusers_linearizer import LinearizerPipeline
+
+    pipe = LinearizerPipeline.from_pretrained(str(out))
+    images = pipe(batch_size=2, output_type="pt", generator=torch.Generator().manual_seed(0)).images
+    assert images.shape == (2, 1, 8, 8) and torch.isfinite(images).all()
 
 
-def test_sigkill_then_resume_matches_uninterrupted_run(image_dir, reference_run, tmp_path):
+def test_killed_runs_resume_to_the_uninterrupted_result(image_dir, reference_run, tmp_path):
+    """1) killed (SIGKILL) while saving step 4: checkpoint-2 stays the latest, the half-published one is
+    ignored; 2) resumed, then SIGKILLed from outside after its next checkpoint; 3) resumed to the end:
+    same step count, weights, EMA, optimizer and LR-scheduler state as the uninterrupted run."""
     out = tmp_path / "killed"
-    cmd = _train_cmd(image_dir, out, "--train_batch_size", "12", "--max_train_steps", str(STEPS),
-                     "--checkpointing_steps", "2", "--checkpoints_total_limit", "2")
-    proc = subprocess.Popen(cmd, env=_env(DIFFUSERS_LINEARIZER_TEST_STEP_SLEEP="0.4"), cwd=str(REPO),
+    root = out / "checkpoints"
+    cmd = _train_cmd(image_dir, out, *RUN, "--checkpoints_total_limit", "2")
+
+    first = subprocess.run(cmd, env=_env(DIFFUSERS_LINEARIZER_TEST_KILL_IN_SAVE="4"), cwd=str(REPO),
+                           capture_output=True, text=True, timeout=240)
+    assert first.returncode == -signal.SIGKILL, first.stderr[-4000:]
+    assert (root / ".tmp-checkpoint-4").is_dir()  # fully written but never published
+    assert ttrain.latest_checkpoint(str(out)) == str(root / "checkpoint-2")
+
+    resume = cmd + ["--resume_from_checkpoint", "latest"]
+    proc = subprocess.Popen(resume, env=_env(DIFFUSERS_LINEARIZER_TEST_STEP_SLEEP="0.4"), cwd=str(REPO),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 240
     try:
-        while not ttrain.list_checkpoints(str(out / "checkpoints")):
+        while ttrain.list_checkpoints(str(root))[-1][0] <= 2:
             assert proc.poll() is None, f"trainer exited early: {proc.stderr.read()[-4000:]}"
-            assert time.time() < deadline, "no checkpoint within the time limit"
+            assert time.time() < deadline, "no new checkpoint within the time limit"
             time.sleep(0.02)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
@@ -375,36 +403,21 @@ def test_sigkill_then_resume_matches_uninterrupted_run(image_dir, reference_run,
             proc.wait()
         proc.stderr.close()
     assert proc.returncode == -signal.SIGKILL
-    done = [s for s, _ in ttrain.list_checkpoints(str(out / "checkpoints"))]
-    assert done and done[-1] < STEPS and not (out / "model_index.json").exists()
+    done = [s for s, _ in ttrain.list_checkpoints(str(root))]
+    assert 2 < done[-1] < STEPS and not (out / "model_index.json").exists()
 
-    _run(cmd + ["--resume_from_checkpoint", "latest"])
-    assert [s for s, _ in ttrain.list_checkpoints(str(out / "checkpoints"))][-1] == STEPS
-    _assert_same_checkpoint(_ckpt(out, STEPS), _ckpt(reference_run, STEPS))
-    _assert_same_tensors(_weights(out / "linearizer"), _weights(reference_run / "linearizer"))
-
-
-def test_kill_during_save_leaves_previous_checkpoint_as_latest(image_dir, reference_run, tmp_path):
-    out = tmp_path / "killed_in_save"
-    cmd = _train_cmd(image_dir, out, "--train_batch_size", "12", "--max_train_steps", str(STEPS),
-                     "--checkpointing_steps", "2", "--checkpoints_total_limit", "0")
-    proc = subprocess.run(cmd, env=_env(DIFFUSERS_LINEARIZER_TEST_KILL_IN_SAVE="4"), cwd=str(REPO),
-                          capture_output=True, text=True, timeout=240)
-    assert proc.returncode == -signal.SIGKILL, proc.stderr[-4000:]
-    root = out / "checkpoints"
-    assert (root / ".tmp-checkpoint-4").is_dir()  # everything was written, but never published
-    assert ttrain.latest_checkpoint(str(out)) == str(root / "checkpoint-2")
-
-    _run(cmd + ["--resume_from_checkpoint", "latest"])
+    _run(resume)
     assert not list(root.glob(".tmp-*"))
-    assert [s for s, _ in ttrain.list_checkpoints(str(root))] == [2, 4, 6, 8]
-    for step in (4, STEPS):
+    assert [s for s, _ in ttrain.list_checkpoints(str(root))] == [STEPS - 2, STEPS]  # pruned to the last 2
+    for step in (STEPS - 2, STEPS):
         _assert_same_checkpoint(_ckpt(out, step), _ckpt(reference_run, step))
+    _assert_same_tensors(_weights(out / "linearizer"), _weights(reference_run / "linearizer"))
 
 
 def test_two_process_cpu_launch_matches_one_process_with_double_batch(image_dir, reference_run, tmp_path):
     """`accelerate launch --multi_gpu --num_processes 2` on a CPU-only machine: two gloo processes with
-    batch 6 each train like one process with batch 12 (same data, same noise, averaged gradients)."""
+    batch 6 each train like one process with batch 6 × 2 accumulation steps (same data, same noise,
+    averaged gradients), up to summation order (Adam magnifies it to ~1e-5 after 4 steps at lr 1e-3)."""
     out = tmp_path / "two_procs"
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
@@ -415,17 +428,16 @@ def test_two_process_cpu_launch_matches_one_process_with_double_batch(image_dir,
     assert "2 process(es)" in proc.stderr
     ckpt = _ckpt(out, 4)
     assert (ckpt / "random_states_1.pkl").is_file()
-    _assert_same_tensors(_weights(ckpt / "linearizer"), _weights(_ckpt(reference_run, 4) / "linearizer"), exact=False, atol=1e-5)
-    _assert_same_tensors(_weights(ckpt / "linearizer_ema"), _weights(_ckpt(reference_run, 4) / "linearizer_ema"), exact=False, atol=1e-5)
+    _assert_same_tensors(_weights(ckpt / "linearizer"), _weights(_ckpt(reference_run, 4) / "linearizer"), exact=False, atol=1e-4)
+    _assert_same_tensors(_weights(ckpt / "linearizer_ema"), _weights(_ckpt(reference_run, 4) / "linearizer_ema"), exact=False, atol=1e-4)
     assert (out / "model_index.json").is_file()
 
 
-def test_mixed_precision_and_accumulation_run(image_dir, tmp_path):
+def test_mixed_precision_run_keeps_float32_weights(image_dir, tmp_path):
     out = tmp_path / "bf16"
-    _run(_train_cmd(image_dir, out, "--train_batch_size", "4", "--gradient_accumulation_steps", "2",
-                    "--max_train_steps", "2", "--checkpointing_steps", "0", "--mixed_precision", "bf16",
-                    "--objective", "reference", "--pixel_loss", "mse+ssim"))
+    _run(_train_cmd(image_dir, out, "--train_batch_size", "4", "--max_train_steps", "2", "--checkpointing_steps", "0",
+                    "--mixed_precision", "bf16", "--objective", "reference", "--pixel_loss", "mse+ssim"))
     state = json.loads((_ckpt(out, 2) / "trainer_state.json").read_text())
-    assert state["global_step"] == 2 and state["micro_step"] == 4
-    w = _weights(out / "linearizer")
-    assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in w.values() if v.is_floating_point())
+    assert state["global_step"] == 2
+    for w in (_weights(out / "linearizer"), _weights(_ckpt(out, 2) / "linearizer")):
+        assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in w.values() if v.is_floating_point())

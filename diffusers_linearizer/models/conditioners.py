@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from .embeddings import sinusoidal_embedding
+from .edm_unet import edm_conditioner
 
 CTX_SCALE = 1000.0
 """Role/time inputs ``ctx ∈ [0, 1]`` are embedded as diffusion-style timesteps ``1000·ctx``."""
@@ -162,6 +163,7 @@ def _unet_factory(in_channels, out_channels, sample_size, channels, layers, embe
 
 
 CONDITIONERS: Dict[str, Callable[..., nn.Module]] = {"conv": _conv_factory, "unet": _unet_factory}
+CONDITIONERS["edm"] = edm_conditioner  # the paper code's EDM/DDPM++ U-Net (models/edm_unet.py), for converted checkpoints
 """Conditioner kinds: name → factory ``(in_channels, out_channels, sample_size, channels, layers,
 embedding_dim, **kwargs) → nn.Module`` whose ``forward(x, ctx)`` returns ``(N, out_channels, H, W)``."""
 

@@ -145,24 +145,28 @@ class InvertibleConv1x1(nn.Module):
         self.upper = nn.Parameter(torch.triu(upper, 1).to(dtype))
         self.log_s = nn.Parameter(torch.log(diag.abs()).to(dtype))
 
+    @staticmethod
+    def _wide(t: Tensor) -> Tensor:
+        """C×C algebra runs in at least fp32 (half precision has no triangular solve / inverse)."""
+        return t.to(torch.promote_types(t.dtype, torch.float32))
+
     def _factors(self):
         """``(L, U + diag(σ e^λ))`` with the masks applied (entries outside the triangles never act)."""
-        eye = torch.eye(self.lower.shape[0], dtype=self.lower.dtype, device=self.lower.device)
-        lower = torch.tril(self.lower, -1) + eye
-        upper = torch.triu(self.upper, 1) + torch.diag(self.sign * torch.exp(self.log_s))
-        return lower, upper
+        lower, upper, log_s = self._wide(self.lower), self._wide(self.upper), self._wide(self.log_s)
+        eye = torch.eye(lower.shape[0], dtype=lower.dtype, device=lower.device)
+        return torch.tril(lower, -1) + eye, torch.triu(upper, 1) + torch.diag(self.sign.to(log_s.dtype) * torch.exp(log_s))
 
     def matrix(self) -> Tensor:
-        """The C×C matrix ``W``."""
+        """The C×C matrix ``W`` (in at least fp32)."""
         if self.parametrization == "plain":
-            return self.weight
+            return self._wide(self.weight)
         lower, upper = self._factors()
         return (lower @ upper)[self.perm]
 
     def inverse_matrix(self) -> Tensor:
-        """The C×C matrix ``W⁻¹`` (triangular solves for ``"lu"``)."""
+        """The C×C matrix ``W⁻¹`` (two triangular solves for ``"lu"``; in at least fp32)."""
         if self.parametrization == "plain":
-            return torch.linalg.inv(self.weight)
+            return torch.linalg.inv(self._wide(self.weight))
         lower, upper = self._factors()
         p_t = torch.eye(lower.shape[0], dtype=lower.dtype, device=lower.device)[:, self.perm]  # Pᵀ
         a = torch.linalg.solve_triangular(lower, p_t, upper=False, unitriangular=True)
@@ -171,15 +175,15 @@ class InvertibleConv1x1(nn.Module):
     def log_abs_det(self) -> Tensor:
         """``log|det W|``."""
         if self.parametrization == "plain":
-            return torch.linalg.slogdet(self.weight).logabsdet
+            return torch.linalg.slogdet(self._wide(self.weight)).logabsdet
         return self.log_s.sum()
 
     @staticmethod
     def _mix(m: Tensor, x: Tensor) -> Tensor:
-        return F.conv2d(x, m[:, :, None, None])
+        return F.conv2d(x, m.to(x.dtype)[:, :, None, None])
 
     def forward(self, x: Tensor, ctx: Optional[Tensor] = None):
-        logdet = (x.shape[2] * x.shape[3]) * self.log_abs_det()
+        logdet = (x.shape[2] * x.shape[3]) * self.log_abs_det().to(x.dtype)
         return self._mix(self.matrix(), x), logdet.expand(x.shape[0])
 
     def inverse(self, y: Tensor, ctx: Optional[Tensor] = None) -> Tensor:

@@ -72,8 +72,8 @@ class LinearizerModel(ModelMixin, ConfigMixin):
         sample_size: image height and width H = W.
         in_channels: image channels C (latents keep the image shape, D = C·H·W).
         num_blocks: flow blocks (ActNorm → two affine couplings → invertible 1×1 conv) per network.
-        conditioner_type: coupling conditioner, one of ``"conv"`` (small, fast) or ``"unet"``
-            (a diffusers ``UNet2DModel``).
+        conditioner_type: coupling conditioner, one of ``"conv"`` (small, fast), ``"unet"``
+            (a diffusers ``UNet2DModel``) or ``"edm"`` (the paper code's EDM U-Net, for converted checkpoints).
         conditioner_channels / conditioner_layers: conditioner width and depth.
         clamp: ``"tanh"`` (smooth bounded log-scale s·tanh(·/s)) or ``"hard"`` (the reference's clamp).
         clamp_value: the bound s of the log-scale.

@@ -55,8 +55,8 @@ def linearizer_model_card(pipeline, metrics: Optional[Dict[str, Any]] = None, re
     body = f"""
 # Linearizer ({type(pipeline).__name__})
 
-A Linearizer `f(x) = g_y⁻¹(A g_x(x))` packaged for 🤗 diffusers with
-[`diffusers-linearizer`](https://pypi.org/project/diffusers-linearizer/). For flow matching all sampler
+A Linearizer `f(x) = g_y⁻¹(A g_x(x))` packaged for 🤗 diffusers with the
+`diffusers-linearizer` package (`pip install diffusers-linearizer`). For flow matching all sampler
 steps collapse into one structured operator `B`, so generation is one step,
 `x = g_x⁻¹(B g_y(noise))`, and inversion is exact, `noise = g_y⁻¹(B† g_x(x))`.
 

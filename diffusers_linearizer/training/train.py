@@ -32,8 +32,10 @@ What it does
   ``--checkpoints_total_limit``.
 * ``--resume_from_checkpoint latest`` (or a path) continues exactly: the data order depends only on
   ``(seed, epoch)`` and consumed batches are skipped, and every step's noise comes from a generator
-  seeded by ``(seed, micro-step)``, so on CPU a resumed run ends with the same weights as an
-  uninterrupted one.
+  seeded by ``(seed, step)``, so on CPU a resumed run ends with the same weights as an uninterrupted
+  one. The noise of a step is drawn for the whole global batch and sliced per process and
+  micro-batch, so P processes × A accumulation steps × batch B train like one process with batch
+  P·A·B (up to floating-point summation order).
 * Every ``--sample_steps`` steps a grid of one-step samples goes to ``OUTPUT/samples/`` (and to
   TensorBoard with ``--report_to tensorboard``).
 * At the end, ``LinearizerPipeline(linearizer=<EMA model>, scheduler=LinearizerScheduler())`` is saved
@@ -461,10 +463,6 @@ def _no_accelerator_device() -> bool:
     return not torch.cuda.is_available()
 
 
-def _slice_for_process(tensors, index: int, per_process: int):
-    return [t[index * per_process:(index + 1) * per_process] for t in tensors]
-
-
 def main(args=None) -> int:
     """Run training; ``args`` is an ``argparse.Namespace`` from :func:`add_arguments` or an argv list."""
     if args is None or isinstance(args, (list, tuple)):
@@ -683,7 +681,8 @@ def main(args=None) -> int:
     device = accelerator.device
     running: Dict[str, float] = {}
     running_n = 0
-    step_terms: Dict[str, float] = {}
+    step_terms: Dict[str, Any] = {}
+    step_inputs = None
     last_logs: Dict[str, float] = {}
     t_start = time.perf_counter()
     steps_this_run = 0
@@ -694,15 +693,26 @@ def main(args=None) -> int:
             loader.set_epoch(epoch)
         batches = accelerator.skip_first_batches(loader, skip) if skip else loader
         for images in batches:
-            gen = torch.Generator().manual_seed(derive_seed(args.seed, "step", micro_step))
-            noise, t, eps_y, eps_x = _slice_for_process(draw_step_noise(shape, global_batch, gen), rank, args.train_batch_size)
+            # The random inputs of a whole optimizer step (all processes, all micro-batches) come from one
+            # generator seeded by (seed, step); each micro-batch of each process takes its slice. So a run
+            # with P processes × accumulation A sees the noise a single process with batch P·A·B would.
+            micro_in_step = micro_step % args.gradient_accumulation_steps
+            if micro_in_step == 0 or step_inputs is None:
+                gen = torch.Generator().manual_seed(derive_seed(args.seed, "step", global_step))
+                n_step = global_batch * args.gradient_accumulation_steps
+                step_inputs = list(draw_step_noise(shape, n_step, gen))
+                step_inputs.append(torch.rand(n_step, generator=gen) < 0.5)  # flips (used with --random_flip)
+            first = (micro_in_step * num_processes + rank) * args.train_batch_size
+            noise, t, eps_y, eps_x, flip = (v[first:first + args.train_batch_size] for v in step_inputs)
             if args.random_flip:
-                flip = _slice_for_process([torch.rand(global_batch, generator=gen) < 0.5], rank, args.train_batch_size)[0]
-                images = torch.where(flip.to(images.device).view(-1, 1, 1, 1), images.flip(-1), images)
+                images = torch.where(flip.view(-1, 1, 1, 1).to(images.device), images.flip(-1), images)
             noise, t, eps_y, eps_x = (v.to(device, non_blocking=True) for v in (noise, t, eps_y, eps_x))
             images = images.to(device)
+            # position of this micro-batch's first sample in the global sample stream (the fast objective's
+            # round-robin assignment of decode terms continues across batches, processes and steps)
+            offset = global_step * args.gradient_accumulation_steps * global_batch + first
             with accelerator.accumulate(objective):
-                out = objective(images, noise, t, eps_y, eps_x, offset=micro_step)
+                out = objective(images, noise, t, eps_y, eps_x, offset=offset)
                 accelerator.backward(out["loss"])
                 if accelerator.sync_gradients and args.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(objective.parameters(), args.max_grad_norm)

@@ -14,7 +14,7 @@ several threads.
 
 from __future__ import annotations
 
-from typing import List, Optional, Tuple, Union
+from typing import Optional, Tuple, Union
 
 import torch
 from diffusers import DiffusionPipeline
