@@ -155,7 +155,8 @@ def compare(ref, model, pipe, dims, dtype, steps: int, collapse_steps: int, rk: 
 
 def run_config(ref, name: str, workdir: str, opts):
     from diffusers_linearizer import LinearizerPipeline
-    from diffusers_linearizer.conversion.convert import convert_reference_checkpoint, save_converted_pipeline
+    from diffusers_linearizer.conversion.convert import convert_reference_checkpoint
+    from diffusers_linearizer.conversion.export import save_converted_pipeline
 
     start = time.time()
     model, args = build_reference(ref, name, opts.seed, opts.sigma)
@@ -251,7 +252,12 @@ def main(argv=None):
     parser.add_argument("--celeba-collapse-steps", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sigma", type=float, default=0.02, help="std of the random weight perturbation")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (e.g. 1 on a busy machine)")
+    parser.add_argument("--results-json", default=None,
+                        help="keep results here: configs not run now are taken from it when writing the document")
     opts = parser.parse_args(argv)
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
     if not os.path.isfile(os.path.join(opts.reference_repo, "one_step", "train_one_step.py")):
         parser.error(f"{opts.reference_repo!r} is not a checkout of the reference repository (no one_step/train_one_step.py).")
     sys.path.insert(0, ROOT)
@@ -262,6 +268,15 @@ def main(argv=None):
             results[name] = run_config(ref, name, workdir, opts)
             for row in results[name][0]:
                 print(f"{name:6s} {row[0]:7s} {row[1]:60s} {row[2]:.3e} (max {row[3]:.2e}, tol {row[4]:g})", flush=True)
+    if opts.results_json:
+        previous = {}
+        if os.path.isfile(opts.results_json):
+            with open(opts.results_json) as f:
+                previous = {k: (v["rows"], v["info"]) for k, v in json.load(f).items()}
+        previous.update(results)
+        results = {k: previous[k] for k in ("mnist", "celeba") if k in previous}
+        with open(opts.results_json, "w") as f:
+            json.dump({k: dict(rows=r, info=i) for k, (r, i) in results.items()}, f, indent=1, default=str)
     ok = write_doc(opts.out, results, opts)
     print(f"wrote {opts.out}; all within tolerance: {ok}")
     return 0 if ok else 1

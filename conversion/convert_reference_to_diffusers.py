@@ -38,7 +38,8 @@ def main(argv=None) -> int:
         sys.path.insert(0, root)
     import torch
 
-    from diffusers_linearizer.conversion.convert import convert_reference_checkpoint, save_converted_pipeline
+    from diffusers_linearizer.conversion.convert import convert_reference_checkpoint
+    from diffusers_linearizer.conversion.export import save_converted_pipeline
 
     if not os.path.isfile(args.checkpoint_path):
         print(f"error: checkpoint not found: {args.checkpoint_path!r}", file=sys.stderr)

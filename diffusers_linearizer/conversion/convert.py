@@ -368,60 +368,9 @@ def convert_reference_checkpoint(checkpoint_path: str, args_json: Optional[str] 
     scheduler = LinearizerScheduler(solver=solver or SAMPLING_TO_SOLVER[sampling], timestep_spacing="reference")
     source = dict(
         checkpoint=os.path.abspath(checkpoint_path), checkpoint_sha256=_sha256(checkpoint_path),
-        args_json=os.path.abspath(args_path), reference_classes=sorted(classes), tensors=len(state),
+        args_json=os.path.abspath(args_path), reference_classes=sorted(classes),
+        tensors=sum(1 for v in mapping.values() if not v.endswith("(attribute)")),
         reference_steps=int(args.get("steps", 100)), reference_sampling_method=sampling,
         dataset=args.get("dataset"),
     )
     return ReferenceConversion(model, scheduler, args, source, warnings, mapping)
-
-
-# ---------------------------------------------------------------------- writing the pipeline
-def source_card_section(conversion: ReferenceConversion) -> str:
-    """The model card's provenance section."""
-    src = conversion.source
-    lines = [
-        "## Source",
-        "",
-        "Converted with `conversion/convert_reference_to_diffusers.py` of diffusers-linearizer from a checkpoint of the",
-        "Linearizer paper's original code (https://github.com/assafshocher/Linearizer, `one_step/`). The pickle was read",
-        "with a restricted unpickler (no code from the file or the reference repository was imported or run).",
-        "",
-        f"* checkpoint: `{os.path.basename(src['checkpoint'])}` (sha256 `{src['checkpoint_sha256']}`)",
-        f"* dataset: `{src.get('dataset')}`; reference sampler: `{src['reference_sampling_method']}` with "
-        f"{src['reference_steps']} steps (`scheduler.solver = {conversion.scheduler.config.solver!r}`, "
-        "`timestep_spacing = 'reference'`; call the pipeline with "
-        f"`num_inference_steps={src['reference_steps']}` to reproduce the reference's sampler)",
-        f"* {src['tensors']} tensors mapped; training arguments (args.json):",
-        "",
-        "```json",
-        json.dumps(conversion.args, indent=2, sort_keys=True, default=str),
-        "```",
-    ]
-    if conversion.warnings:
-        lines += ["", "Conversion warnings:", ""] + [f"* {w}" for w in conversion.warnings]
-    return "\n".join(lines) + "\n"
-
-
-def save_converted_pipeline(conversion: ReferenceConversion, dump_path: str, dtype: Optional[torch.dtype] = None,
-                            push_to_hub: Optional[str] = None):
-    """Write a standard ``LinearizerPipeline`` directory (``model_index.json``, safetensors, scheduler config,
-    ``README.md`` with the source) and optionally upload it to the Hub repo ``push_to_hub``."""
-    from ..pipelines import LinearizerPipeline
-
-    model = conversion.model if dtype is None else conversion.model.to(dtype)
-    pipe = LinearizerPipeline(linearizer=model, scheduler=conversion.scheduler)
-    pipe.save_pretrained(dump_path)
-    readme = os.path.join(dump_path, "README.md")
-    text = open(readme, encoding="utf-8").read() if os.path.isfile(readme) else ""
-    marker = "\n## Usage"
-    section = source_card_section(conversion)
-    text = text.replace(marker, "\n" + section + marker, 1) if marker in text else text + "\n" + section
-    with open(readme, "w", encoding="utf-8") as f:
-        f.write(text)
-    if push_to_hub:
-        from huggingface_hub import HfApi
-
-        api = HfApi()
-        repo_id = api.create_repo(push_to_hub, exist_ok=True).repo_id
-        api.upload_folder(folder_path=dump_path, repo_id=repo_id, commit_message="Convert a reference Linearizer checkpoint")
-    return pipe

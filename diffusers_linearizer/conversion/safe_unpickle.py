@@ -101,11 +101,39 @@ def _record_class(module: str, name: str) -> type:
 
 
 # ---------------------------------------------------------------------- safe rebuild functions
-class _StorageType:
+class _Frozen:
+    """Base of the whitelisted values: immutable, and the pickle cannot ``BUILD`` (set state) on them."""
+
+    __slots__ = ()
+
+    def __setattr__(self, name, value):
+        raise ValueError("Malformed checkpoint: it tries to modify a whitelisted global.")
+
+    def __setstate__(self, state):
+        raise ValueError("Malformed checkpoint: it tries to set the state of a whitelisted global.")
+
+
+class _Safe(_Frozen):
+    """A whitelisted function of ours, called by ``REDUCE`` in place of the global the pickle names."""
+
+    __slots__ = ("name", "func")
+
+    def __init__(self, name: str, func):
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "func", func)
+
+    def __call__(self, *args):
+        return self.func(*args)
+
+
+class _StorageType(_Frozen):
     """Marker for ``torch.<X>Storage`` in persistent ids (carries the element dtype)."""
 
+    __slots__ = ("name", "dtype")
+
     def __init__(self, name: str):
-        self.name, self.dtype = name, _STORAGE_DTYPES[name]
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "dtype", _STORAGE_DTYPES[name])
 
     def __call__(self, *args):
         raise ValueError(f"Refusing to call global 'torch.{self.name}' from the checkpoint.")
@@ -118,11 +146,13 @@ class _Storage:
         self.flat = flat
 
 
-class _Marker:
+class _Marker(_Frozen):
     """A named, inert value (``torch.Tensor``, ``builtins.object``, ...)."""
 
+    __slots__ = ("name",)
+
     def __init__(self, name: str):
-        self.name = name
+        object.__setattr__(self, "name", name)
 
     def __call__(self, *args):
         raise ValueError(f"Refusing to call global {self.name!r} from the checkpoint.")
@@ -163,9 +193,9 @@ def _rebuild_parameter(data, *unused) -> torch.Tensor:
 
 
 def _rebuild_from_type(func, new_type, args, state=None) -> torch.Tensor:
-    if func not in (_rebuild_tensor, _rebuild_parameter):
+    if not isinstance(func, _Safe) or func.func not in (_rebuild_tensor, _rebuild_parameter):
         raise ValueError("Malformed checkpoint: _rebuild_from_type_v2 with a function that is not a tensor rebuild.")
-    return func(*args)
+    return func(*args) if isinstance(args, tuple) else func(args)
 
 
 def _make_set(items=()):
@@ -222,8 +252,7 @@ def _reconstructor(cls, base, state=None):
     return cls.__new__(cls)
 
 
-SAFE_GLOBALS: Dict[Tuple[str, str], Any] = {
-    ("collections", "OrderedDict"): OrderedDict,
+_FUNCTIONS = {
     ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
     ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
     ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
@@ -231,19 +260,25 @@ SAFE_GLOBALS: Dict[Tuple[str, str], Any] = {
     ("torch._tensor", "_rebuild_from_type_v2"): _rebuild_from_type,
     ("torch", "Size"): _torch_size,
     ("torch", "device"): _torch_device,
-    ("torch", "Tensor"): _Marker("torch.Tensor"),
-    ("torch.nn.parameter", "Parameter"): _Marker("torch.nn.parameter.Parameter"),
-    ("builtins", "object"): _Marker("builtins.object"),
     ("builtins", "set"): _make_set,
     ("builtins", "frozenset"): _make_frozenset,
     ("_codecs", "encode"): _codecs_encode,
     ("copyreg", "_reconstructor"): _reconstructor,
-    ("numpy", "dtype"): _NumpyDType,
     ("numpy.core.multiarray", "scalar"): _numpy_scalar,
     ("numpy._core.multiarray", "scalar"): _numpy_scalar,
 }
+SAFE_GLOBALS: Dict[Tuple[str, str], Any] = {
+    ("collections", "OrderedDict"): OrderedDict,
+    ("numpy", "dtype"): _NumpyDType,
+    ("torch", "Tensor"): _Marker("torch.Tensor"),
+    ("torch.nn.parameter", "Parameter"): _Marker("torch.nn.parameter.Parameter"),
+    ("builtins", "object"): _Marker("builtins.object"),
+}
+SAFE_GLOBALS.update({key: _Safe(".".join(key), func) for key, func in _FUNCTIONS.items()})
 SAFE_GLOBALS.update({("torch", n): _StorageType(n) for n in _STORAGE_DTYPES})
 SAFE_GLOBALS.update({("torch", n): getattr(torch, n) for n in _DTYPE_NAMES})
+"""``(module, name)`` the pickle may name → what it gets instead: our own rebuild functions (wrapped so the
+pickle cannot modify them), inert markers, ``OrderedDict`` and torch dtypes. Nothing here is imported by name."""
 
 
 def _denied(module: str) -> bool:

@@ -163,9 +163,9 @@ def _unet_factory(in_channels, out_channels, sample_size, channels, layers, embe
 
 
 CONDITIONERS: Dict[str, Callable[..., nn.Module]] = {"conv": _conv_factory, "unet": _unet_factory}
-CONDITIONERS["edm"] = edm_conditioner  # the paper code's EDM/DDPM++ U-Net (models/edm_unet.py), for converted checkpoints
 """Conditioner kinds: name → factory ``(in_channels, out_channels, sample_size, channels, layers,
 embedding_dim, **kwargs) → nn.Module`` whose ``forward(x, ctx)`` returns ``(N, out_channels, H, W)``."""
+CONDITIONERS["edm"] = edm_conditioner  # the paper code's EDM/DDPM++ U-Net (models/edm_unet.py), for converted checkpoints
 
 
 def build_conditioner(

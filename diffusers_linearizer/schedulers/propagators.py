@@ -172,7 +172,7 @@ class CoordinateOperator:
         return CoordinateOperator(self.a + s, self.X, self.lo, self.hi, self.gram)
 
 
-def structured_collapse(ops: dict, steps, propagator, dtype: torch.dtype) -> Tuple[object, str]:
+def structured_collapse(ops: dict, steps, propagator, dtype: torch.dtype, window: int = 512) -> Tuple[object, str]:
     """``B = P_{n−1} ··· P_0`` for operators ``A_t = a·I + U X Vᵀ`` (low-rank or shared-basis).
 
     ``ops`` maps each time to ``A_t`` (the dict is emptied, so that the core's factors can be freed as
@@ -180,85 +180,124 @@ def structured_collapse(ops: dict, steps, propagator, dtype: torch.dtype) -> Tup
     builds one step from the stages' generators. Writing 𝐔 = [U(t) for each distinct factor pair]
     (one block per distinct time, one in all for a shared basis or a constant core), every ``K(t)`` is
     ``α·I + 𝐔 (block-diagonal) 𝐕ᵀ`` and ``B = c·I + 𝐔 M 𝐕ᵀ``: after one Gram matrix ``G = 𝐕ᵀ𝐔``
-    each step costs ``O(k·R²)`` (``k`` = the step's block columns), exactly, with no ``D × D`` matrix
-    and no truncation. Each step's propagator is built by the formula functions above on
-    :class:`CoordinateOperator` stages. If the blocks have more than ``D`` columns in all they
-    span ``R^D`` and ``B`` carries a full-rank perturbation: ``M`` is then kept in the standard basis
-    (``D × D``, the information content of such a ``B``). Returns ``(B, mode)`` with mode ``"basis"``
-    or ``"dense"``; ``B`` is a ``SharedBasisOperator`` on the core's basis for one shared basis, else
-    an ``IdentityPlusLowRank``.
+    everything is small-matrix algebra in these coordinates — exact, no ``D × D`` matrix, no
+    truncation. Each step's propagator is built by the formula functions above on
+    :class:`CoordinateOperator` stages; runs of steps touching ≤ ``window`` basis columns are
+    multiplied first and folded into ``M`` together (fewer passes over ``M``). If the blocks have more
+    than ``D`` columns in all they span ``R^D`` and ``B`` carries a full-rank perturbation, which is
+    then accumulated as ``c·I + L`` with a ``D × D`` ``L`` (the information content of such a ``B``).
+    Returns ``(B, mode)`` with mode ``"basis"`` or ``"dense"``; ``B`` is a ``SharedBasisOperator`` on
+    the core's basis for one shared basis, else an ``IdentityPlusLowRank``.
     """
-    unique = list(ops)
-    # Blocks: the distinct (U, V) factor pairs, numbered in order of first use; block b owns the
-    # basis columns start[b] : start[b] + width[b]. K(t) = α·I + U_b (β·X) V_bᵀ on its block.
-    block_of, factors, start, gens = {}, [], [0], {}
-    for t in unique:
-        a, U, V, X = _factors(ops[t])
+    # Blocks: the distinct (U, V) factor pairs, numbered in order of first use.
+    # K(t) = α·I + U_b (β·X) V_bᵀ on its block b; gens[t] = (α, b, β·X or None for β·I, β).
+    block_of, factors, gens = {}, [], {}
+    for t, op in ops.items():
+        a, U, V, X = _factors(op)
         b = block_of.setdefault((id(U), id(V)), len(factors))
         if b == len(factors):
             factors.append((U, V))
-            start.append(start[-1] + U.shape[1])
         beta = 1.0 / (1.0 - t)
         gens[t] = ((float(a) - 1.0) * beta, b, None if X is None else X.to(dtype) * beta, beta)
     shared = len(factors) == 1 and X is not None
-    ops.clear()  # from here on only `factors` holds the core's outputs: they can go once copied
-    a = U = V = X = None
-    dim, dev, width = factors[0][0].shape[0], factors[0][0].device, start[-1]
-    basis = width <= dim  # coordinates over all blocks; else the blocks span R^D: dense coordinates
-    if basis:
-        if len(factors) == 1:
-            Uw, Vw = (f.to(dtype) for f in factors[0])
-        else:  # side by side, converted on the way; the core's factors can then be freed
-            Uw, Vw = (factors[0][0].new_empty(dim, width, dtype=dtype) for _ in (0, 1))
-            for (U, V), lo, hi in zip(factors, start, start[1:]):
-                Uw[:, lo:hi].copy_(U)
-                Vw[:, lo:hi].copy_(V)
-            factors = U = V = None
+    ops.clear()  # from here on only `factors` holds the core's outputs
+    a = U = V = X = op = None
+    widths = [U.shape[1] for U, _ in factors]
+    dim, dev, blocks = factors[0][0].shape[0], factors[0][0].device, len(factors)
+    basis = sum(widths) <= dim
+    if basis:  # global coordinates: all blocks side by side
+        start = torch.tensor([0] + widths).cumsum(0).tolist()
+        Uw, Vw = _side_by_side(factors, range(blocks), dtype)
+        factors.clear()
         gram = Vw.T @ Uw
-    M = torch.zeros(width if basis else dim, width if basis else dim, dtype=dtype, device=dev)
-    c, active = 1.0, 0
-    for h, ts in steps:  # B ← P B, B = c·I + 𝐔 M 𝐕ᵀ, P = p·I + 𝐔_P N 𝐕_Pᵀ on the step's blocks
-        used = sorted(dict.fromkeys(gens[t][1] for t in ts))
-        if basis:  # the step's blocks are (nearly) contiguous: take the hull of their columns
+        M, active = torch.zeros(start[-1], start[-1], dtype=dtype, device=dev), 0
+    else:
+        L = torch.zeros(dim, dim, dtype=dtype, device=dev)
+    c = 1.0
+    for run in _runs(steps, gens, widths, min(window, dim)):
+        used = sorted({gens[t][1] for _, ts in run for t in ts})
+        if basis:  # the run's blocks are a contiguous range of the basis (blocks are in order of first use)
             lo, hi = start[used[0]], start[used[-1] + 1]
-            offset = {b: start[b] - lo for b in range(used[0], used[-1] + 1)}
-            local = gram[lo:hi, lo:hi]
-        else:
-            widths = [start[b + 1] - start[b] for b in used]
-            offset = dict(zip(used, [sum(widths[:k]) for k in range(len(used))]))
-            Up, Vp = (torch.cat([factors[b][k] for b in used], 1).to(dtype) for k in (0, 1))
-            lo, hi, local = 0, sum(widths), Vp.T @ Up
+            offsets = {b: start[b] - lo for b in range(used[0], used[-1] + 1)}
+            cw, Mw = _run_product(gram[lo:hi, lo:hi], offsets, widths, gens, run, propagator)
+            active = max(active, hi)
+            _fold(M, active, lo, hi, gram, Mw, cw, c)
+        else:  # local copies of the run's blocks, folded into the D × D perturbation
+            offsets = dict(zip(used, torch.tensor([0] + [widths[b] for b in used[:-1]]).cumsum(0).tolist()))
+            Ur, Vr = _side_by_side(factors, used, dtype)
+            cw, Mw = _run_product(Vr.T @ Ur, offsets, widths, gens, run, propagator)
+            L.addmm_(Ur, Mw @ (Vr.T @ L + c * Vr.T), beta=cw)  # (cw·I + Ur Mw Vrᵀ)(c·I + L)
+        c *= cw
+    c = torch.tensor(c, dtype=dtype, device=dev)
+    if not basis:
+        return IdentityPlusLowRank(c, L, torch.eye(dim, dtype=dtype, device=dev)), "dense"
+    if shared:  # one shared basis: B stays a·I + U (R × R) Vᵀ
+        return SharedBasisOperator(c, M, Uw, Vw, gram=gram), "basis"
+    if blocks > 1:  # Uw is our own copy: overwrite it by Uw·M in row chunks (no second D × R buffer)
+        for i in range(0, dim, 8192):
+            Uw[i:i + 8192] = Uw[i:i + 8192] @ M
+        return IdentityPlusLowRank(c, Uw, Vw), "basis"
+    return IdentityPlusLowRank(c, Uw @ M, Vw), "basis"
+
+
+def _side_by_side(factors, which, dtype):
+    """``[U_b …]``, ``[V_b …]`` for the blocks ``which``, in ``dtype`` (the factors themselves for one block)."""
+    which = list(which)
+    if len(which) == 1:
+        return tuple(f.to(dtype) for f in factors[which[0]])
+    U0 = factors[which[0]][0]
+    width = sum(factors[b][0].shape[1] for b in which)
+    Uw, Vw = (U0.new_empty(U0.shape[0], width, dtype=dtype) for _ in (0, 1))
+    lo = 0
+    for b in which:
+        r = factors[b][0].shape[1]
+        Uw[:, lo:lo + r].copy_(factors[b][0])
+        Vw[:, lo:lo + r].copy_(factors[b][1])
+        lo += r
+    return Uw, Vw
+
+
+def _runs(steps, gens, widths, limit):
+    """Consecutive steps grouped so that each group's distinct blocks span about ``limit`` columns."""
+    run, seen = [], set()
+    for step in steps:
+        run.append(step)
+        seen.update(gens[t][1] for t in step[1])
+        if sum(widths[b] for b in seen) >= limit:
+            yield run
+            run, seen = [], set()
+    if run:
+        yield run
+
+
+def _fold(M, active, lo, hi, gram, N, p, c):
+    """``c·I + 𝐔 M 𝐕ᵀ ← (p·I + 𝐔[:, lo:hi] N 𝐕[:, lo:hi]ᵀ)(c·I + 𝐔 M 𝐕ᵀ)``, in place on ``M``:
+
+    ``M ← p·M + E N (c·Eᵀ + G[lo:hi, :] M)`` with ``E`` the selection of the columns ``lo:hi``.
+    """
+    W = N @ (gram[lo:hi, :active] @ M[:active, :active])
+    W[:, lo:hi] += c * N
+    M[:active, :active].mul_(p)
+    M[lo:hi, :active] += W
+
+
+def _run_product(gram, offsets, widths, gens, run, propagator):
+    """``(c, M)`` with ``P_last ··· P_first = c·I + 𝐔 M 𝐕ᵀ`` in the coordinates of ``gram``."""
+    dtype, dev = gram.dtype, gram.device
+    M, c, active = torch.zeros_like(gram), 1.0, 0
+    for h, ts in run:
+        used = list(dict.fromkeys(gens[t][1] for t in ts))
+        lo, hi = min(offsets[b] for b in used), max(offsets[b] + widths[b] for b in used)
         ks = []
         for t in ts:
             alpha, b, X, beta = gens[t]
-            r = start[b + 1] - start[b]
-            X = X if X is not None else torch.eye(r, dtype=dtype, device=dev) * beta
-            ks.append(CoordinateOperator(alpha, X, offset[b], offset[b] + r, local))
+            X = X if X is not None else torch.eye(widths[b], dtype=dtype, device=dev) * beta
+            ks.append(CoordinateOperator(alpha, X, offsets[b] - lo, offsets[b] - lo + widths[b], gram[lo:hi, lo:hi]))
         P = propagator(ks, h)
-        N = P.padded(0, hi - lo)
-        if basis:  # M ← p·M + E N (c·Fᵀ + Fᵀ G M), with E = F = the selection of columns lo:hi
-            active = max(active, hi)
-            W = N @ (gram[lo:hi, :active] @ M[:active, :active])
-            W[:, lo:hi] += c * N
-            M[:active, :active].mul_(P.a)
-            M[lo:hi, :active] += W
-        else:  # M ← p·M + U_P N (c·V_Pᵀ + V_Pᵀ M)
-            W = N @ (Vp.T @ M + c * Vp.T)
-            M.addmm_(Up, W, beta=P.a)
+        active = max(active, hi)
+        _fold(M, active, lo, hi, gram, P.padded(0, hi - lo), P.a, c)
         c *= P.a
-    factors = gens = None
-    c = torch.tensor(c, dtype=dtype, device=dev)
-    if not basis:  # the exact B has a full-rank perturbation: its factors are D × D whatever the form
-        B = IdentityPlusLowRank(c, M, torch.eye(dim, dtype=dtype, device=dev))
-    elif shared:  # one shared basis: B stays a·I + U (R × R) Vᵀ
-        B = SharedBasisOperator(c, M, Uw, Vw, gram=gram)
-    elif width > start[1]:  # Uw is our own copy: overwrite it by Uw·M in row chunks (no second D × R buffer)
-        for i in range(0, dim, 8192):
-            Uw[i:i + 8192] = Uw[i:i + 8192] @ M
-        B = IdentityPlusLowRank(c, Uw, Vw)
-    else:
-        B = IdentityPlusLowRank(c, Uw @ M, Vw)
-    return B, "basis" if basis else "dense"
+    return c, M
 
 
 def _factors(op):
