@@ -10,7 +10,7 @@ One table, measured in one run, written to stdout and to ``docs/benchmarks.md``:
   the dense rows then time the first few steps of the same ``T = 100`` run and scale linearly in the
   number of steps (marked *extrapolated*); at ``3·64²`` (a 12288³ product per step) the row is scaled
   from ``3·32²`` by ``D³`` (marked *estimated*) unless ``--dense-64`` times one real step;
-* ours alone at ``3·128²`` and ``3·256²`` (``T = 100``);
+* ours alone at ``3·128²`` and ``3·256²`` (``T = 100``; on a CPU RK4 only up to ``3·128²``);
 * growth with ``T ∈ {10, 30, 100, 300, 1000}`` at ``D = 3·32²``;
 * the reference's core (``TimeLowRankCore``, ``r = 8``, ``a ≡ 0``, MLP width 512) and a shared-basis
   core (``R = 64``) beside it.
@@ -317,6 +317,9 @@ def write_markdown(args, device, speedups, total):
                      + (" (dense time extrapolated/estimated as noted in the table)." if device.type != "cuda" else "."))
     if device.type != "cuda":
         lines += [
+            "* CPU run: RK4 is shown up to 3·128² (at 3·256² it takes minutes here); the 3·64² dense row"
+            " is estimated (one 12288³ product per step), the 3·32² dense row extrapolated from its first"
+            " steps, as noted. Wall-clock times on a shared machine vary with its load (recorded above).",
             "* The GPU targets (≥ 100× at 3·64², 3·256² with T = 100 in ≤ 1 s on an H100) could not be"
             " measured: this run had no GPU. Run `python benchmarks/collapse.py` on a CUDA machine to fill"
             " them in; the work per collapse is two D × R GEMMs (R = rank of B) plus O(T·k·R²) small"

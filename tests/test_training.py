@@ -343,6 +343,18 @@ def test_checkpoint_listing_ignores_partial_ones(tmp_path):
     assert [s for s, _ in ttrain.list_checkpoints(str(root))] == [10]
 
 
+def test_report_to_tensorboard_needs_tensorboard(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if "tensorboard" in name else real(name, *a))
+    args = ttrain.parse_args(["--report_to", "tensorboard"])
+    with pytest.raises(ValueError, match="pip install tensorboard"):
+        ttrain.check_args(args)
+    with pytest.raises(ValueError, match="train_batch_size"):
+        ttrain.check_args(ttrain.parse_args(["--train_batch_size", "0"]))
+
+
 def test_cli_has_a_train_command():
     from diffusers_linearizer import cli
 

@@ -10,7 +10,8 @@ Command line: ``python conversion/convert_reference_to_diffusers.py --checkpoint
 --dump_path OUT`` (see ``docs/conversion.md``).
 """
 
-from .safe_unpickle import Record, RestrictedUnpickler, load_checkpoint, record_state_dict
+from .records import Record, record_state_dict
+from .safe_unpickle import RestrictedUnpickler, load_checkpoint
 
 __all__ = ["Record", "RestrictedUnpickler", "load_checkpoint", "record_state_dict", "convert_reference_checkpoint",
            "save_converted_pipeline"]

@@ -30,7 +30,8 @@ from torch import nn
 from ..models import LinearizerModel
 from ..models.edm_unet import SKIP_SCALE, EDMBlock, EDMConv2d, EDMUNet, edm_conditioner
 from ..schedulers import LinearizerScheduler
-from .safe_unpickle import Record, get_path, load_checkpoint, module_children, module_tensors, record_state_dict
+from .records import Record, get_path, module_children, module_tensors, record_state_dict
+from .safe_unpickle import load_checkpoint
 
 LINEAR_MODULES = ("TimeDependentLoRALinearLayer",)
 G_TYPES = ("InverseUnet",)
@@ -174,6 +175,7 @@ def _check_unet(unet: Record, ours: EDMUNet, res: int, path: str) -> None:
             _expect(_attr(rec, "adaptive_scale", where), False, f"{where}.adaptive_scale")
             _expect(float(_attr(rec, "skip_scale", where)), SKIP_SCALE, f"{where}.skip_scale")
             _expect(_attr(rec, "num_heads", where), module.num_heads, f"{where}.num_heads")
+            _expect(float(_attr(rec, "dropout", where)), module.dropout, f"{where}.dropout")
         elif isinstance(module, nn.GroupNorm):
             _need(rec, where, ("GroupNorm",), "a group norm")
             _expect(_attr(rec, "num_groups", where), module.num_groups, f"{where}.num_groups")

@@ -29,6 +29,7 @@ The reference implementation's core is ``"time_lowrank"`` with ``a ≡ 0`` (``id
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Optional, Sequence
 
@@ -178,6 +179,15 @@ class _TimeEmbedded(LinearCore):
             return reference_time_embedding(t, self.embedding_dim)
         return sinusoidal_embedding(t * 1000.0, self.embedding_dim)
 
+    def _wide_factors(self, ts):
+        """``factors`` for a list of times, evaluated in at least fp32 (half-precision MLPs would put
+        ~1e-3 relative noise into every A_t, which a T-step collapse then compounds)."""
+        times = self._times(ts)
+        with torch.no_grad():
+            if times.dtype in (torch.float16, torch.bfloat16):
+                return copy.deepcopy(self).float().factors(times.float())
+            return self.factors(times)
+
     def _times(self, ts) -> Tensor:
         if any(t is None for t in ts):
             raise ValueError(f"{type(self).__name__} is time-dependent: operator(t) needs a time t in [0, 1].")
@@ -225,9 +235,8 @@ class TimeLowRankCore(_TimeEmbedded):
         return a[:, None] * z + torch.einsum("ndr,nr->nd", u, coeff)
 
     def operators(self, ts, dtype=None):
-        with torch.no_grad():
-            a, u, v = self.factors(self._times(ts))
-        dtype = dtype or u.dtype
+        a, u, v = self._wide_factors(ts)
+        dtype = dtype or self.u_mlp[-1].weight.dtype
         return [IdentityPlusLowRank(a[i].to(dtype), u[i].to(dtype), v[i].to(dtype)) for i in range(len(ts))]
 
 
@@ -268,9 +277,8 @@ class SharedBasisCore(_TimeEmbedded):
         return a[:, None] * z + coeff @ self.U.T
 
     def operators(self, ts, dtype=None):
-        with torch.no_grad():
-            a, s = self.factors(self._times(ts))
-        dtype = dtype or s.dtype
+        a, s = self._wide_factors(ts)
+        dtype = dtype or self.U.dtype
         U, V = self.U.detach().to(dtype), self.V.detach().to(dtype)
         gram = V.T @ U
         return [SharedBasisOperator(a[i].to(dtype), s[i].to(dtype), U, V, gram=gram) for i in range(len(ts))]

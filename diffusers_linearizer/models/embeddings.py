@@ -25,7 +25,7 @@ def sinusoidal_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Te
 
     Args:
         t: shape ``(N,)``; integer inputs are converted to the default float dtype, floating inputs
-            keep their dtype (fp64 in, fp64 out).
+            keep their dtype (fp64 in, fp64 out; half inputs are computed in fp32 and cast back).
         dim: number of features, ≥ 1.
         max_period: the longest period P.
 
@@ -40,6 +40,8 @@ def sinusoidal_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Te
         raise ValueError(f"Embedding dim must be ≥ 1, got {dim}.")
     if not t.is_floating_point():
         t = t.to(torch.get_default_dtype())
+    out_dtype = t.dtype
+    t = t.to(torch.promote_types(t.dtype, torch.float32))  # half-precision phases would be off by ~1e-3·ωt
     half = dim // 2
     exponents = torch.arange(half, dtype=t.dtype, device=t.device) / max(half, 1)
     freqs = torch.exp(-math.log(max_period) * exponents)
@@ -47,4 +49,4 @@ def sinusoidal_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Te
     emb = torch.cat([torch.cos(angles), torch.sin(angles)], dim=1)
     if dim % 2:
         emb = torch.nn.functional.pad(emb, (0, 1))
-    return emb
+    return emb.to(out_dtype)

@@ -19,7 +19,8 @@ uses internally. Names follow the usual Butcher-tableau reading: ``K1 = K(t)``, 
 Products: :func:`collapse_product` multiplies any operators left to right, recompressing low-rank
 factors as their rank grows; :func:`structured_collapse` is the exact, fast path for scaled identity
 plus low rank ``A_t``: it runs the same formula functions on :class:`CoordinateOperator` stages
-(small matrices over the basis of all evaluated factors) and never forms a ``D × D`` matrix.
+(small matrices over the basis of all evaluated factors); it forms a ``D × D`` matrix only when
+those factors span all of ``R^D`` (``T·r ≳ D``), where ``B`` itself has a full-rank perturbation.
 """
 
 from __future__ import annotations

@@ -499,15 +499,15 @@ def main(args=None) -> int:
         torch.backends.cudnn.allow_tf32 = True
     num_processes, rank = accelerator.num_processes, accelerator.process_index
     ckpt_root = checkpoint_root(output_dir)
+
+    # -- data (first: a missing dataset fails before anything is written)
+    dataset = build_dataset(
+        args.train_data_dir, args.data_dir, args.resolution, args.channels, args.fashion_mnist_mode, args.max_train_samples
+    )
     if main_process:
         os.makedirs(ckpt_root, exist_ok=True)
         remove_stale(ckpt_root)
     accelerator.wait_for_everyone()
-
-    # -- data
-    dataset = build_dataset(
-        args.train_data_dir, args.data_dir, args.resolution, args.channels, args.fashion_mnist_mode, args.max_train_samples
-    )
     channels = dataset.channels
     shape = (channels, args.resolution, args.resolution)
     global_batch = args.train_batch_size * num_processes
@@ -808,5 +808,15 @@ def save_final(model, output_dir: str, solver: str, metrics: Dict[str, Any], say
         LinearizerScheduler(solver=solver).save_pretrained(os.path.join(output_dir, "scheduler"))
 
 
+def cli_main(argv: Optional[Sequence[str]] = None) -> int:
+    """``python -m diffusers_linearizer.training.train``: like :func:`main`, with errors as one message."""
+    args = parse_args(argv)
+    try:
+        return main(args)
+    except (ValueError, OSError) as err:
+        print(f"diffusers-linearizer train: error: {err}", file=sys.stderr)
+        return 1
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli_main())
