@@ -164,7 +164,7 @@ def _linear_model(A):
     return lambda z, t: z @ A.T
 
 
-def _run(scheduler, model, z, t_of=None):
+def _run(scheduler, model, z):
     for ts in scheduler.timesteps:
         out = model(z, scheduler.t_of(ts))
         z = scheduler.step(out, ts, z).prev_sample
