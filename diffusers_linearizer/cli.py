@@ -19,10 +19,11 @@ images do not depend on the batch size or on how many processes share the work.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 from typing import List, Optional, Sequence
+
+from .image_grid import make_grid
 
 DEFAULT_MODEL_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "default_model")
 DTYPES = ("float32", "float16", "bfloat16", "float64")
@@ -188,26 +189,6 @@ def load_pipeline(model: Optional[str], dtype_name: str, main: bool = True, cls=
         pipe.linearizer.to(dtype)
         return cls(**pipe.components)
     return cls.from_pretrained(model, torch_dtype=dtype)
-
-
-def make_grid(images, nrow: Optional[int] = None, padding: int = 2):
-    """``(N, C, H, W)`` float images in [0, 1] → one PIL image (grayscale or RGB)."""
-    import numpy as np
-    import PIL.Image
-
-    x = images.detach().float().clamp(0, 1).cpu().numpy()
-    n, c, h, w = x.shape
-    nrow = nrow or max(1, math.ceil(math.sqrt(n)))
-    ncol = math.ceil(n / nrow)
-    grid = np.zeros((c, ncol * (h + padding) + padding, nrow * (w + padding) + padding), dtype=np.float32)
-    for i in range(n):
-        r, q = divmod(i, nrow)
-        top, left = padding + r * (h + padding), padding + q * (w + padding)
-        grid[:, top:top + h, left:left + w] = x[i]
-    grid = (grid * 255).round().astype(np.uint8)
-    if c == 1:
-        return PIL.Image.fromarray(grid[0], mode="L")
-    return PIL.Image.fromarray(np.moveaxis(grid[:3], 0, -1))
 
 
 def _to_pil_list(images):

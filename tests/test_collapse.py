@@ -29,15 +29,6 @@ from diffusers_linearizer.schedulers import (
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These are small-matrix tests: one intra-op thread avoids OpenMP spin contention on busy CI hosts."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ---------------------------------------------------------------------------- helpers
 def make_core(kind, dim, rank, seed=0, hidden=32, emb=16, identity=True, scale=1.0):
     """A core with random weights whose A_t really varies with t (zero/small last layers perturbed)."""

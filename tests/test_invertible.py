@@ -22,15 +22,6 @@ from diffusers_linearizer.models.invertible import (
 TOL = {torch.float32: 1e-5, torch.float64: 1e-10}
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """These tensors are tiny: intra-op threads only add overhead (and stall on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @torch.no_grad()
 def perturb(module, scale=0.1, seed=0):
     """Add N(0, scale²) noise to every parameter, so zero-initialised layers act."""

@@ -20,15 +20,6 @@ FAST = settings(max_examples=30, deadline=None)
 Case = namedtuple("Case", "kind c U V")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The matrices here are tiny: intra-op threads only add synchronisation cost (10× on 2 cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def rand(g, *shape):
     return torch.randn(*shape, generator=g, dtype=F64)
 

@@ -13,15 +13,6 @@ from diffusers_linearizer.schedulers import SOLVERS, LinearizerScheduler
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These are small-matrix tests: one intra-op thread avoids OpenMP spin contention on busy CI hosts."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _shifted(sigma, shift):
     return shift * sigma / (1 + (shift - 1) * sigma)
 

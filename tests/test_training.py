@@ -95,16 +95,6 @@ def _assert_same_checkpoint(c1, c2):
     assert s1["global_step"] == s2["global_step"] and s1["micro_step"] == s2["micro_step"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These tests use tiny tensors: one intra-op thread is faster, and on a busy machine several threads
-    can be two orders of magnitude slower (OpenMP workers waiting for cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def image_dir(tmp_path_factory):
     import PIL.Image

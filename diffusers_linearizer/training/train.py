@@ -62,6 +62,8 @@ import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
+from ..image_grid import make_grid
+
 CHECKPOINT_DIR = "checkpoints"
 CHECKPOINT_PREFIX = "checkpoint-"
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
@@ -373,24 +375,6 @@ def prune_checkpoints(root: str, keep: int) -> None:
 
 
 # ---------------------------------------------------------------------- images
-def image_grid(images, nrow: Optional[int] = None, padding: int = 2):
-    """``(N, C, H, W)`` floats in [0, 1] → a PIL image grid."""
-    import numpy as np
-    import PIL.Image
-
-    x = images.detach().float().clamp(0, 1).cpu().numpy()
-    n, c, h, w = x.shape
-    nrow = nrow or max(1, math.ceil(math.sqrt(n)))
-    rows = math.ceil(n / nrow)
-    grid = np.zeros((c, rows * (h + padding) + padding, nrow * (w + padding) + padding), dtype=np.float32)
-    for i in range(n):
-        r, q = divmod(i, nrow)
-        grid[:, padding + r * (h + padding):padding + r * (h + padding) + h,
-             padding + q * (w + padding):padding + q * (w + padding) + w] = x[i]
-    grid = (grid * 255).round().astype(np.uint8)
-    return PIL.Image.fromarray(grid[0], mode="L") if c == 1 else PIL.Image.fromarray(np.moveaxis(grid[:3], 0, -1))
-
-
 def generate_samples(model, num: int, num_inference_steps: int, solver: str, seed: int):
     """One-step samples ``(num, C, H, W)`` from ``model`` (noise of image i from seed + i).
 
@@ -663,11 +647,14 @@ def main(args=None) -> int:
                 folder = os.path.join(output_dir, SAMPLES_DIR)
                 os.makedirs(folder, exist_ok=True)
                 path = os.path.join(folder, f"step-{step:07d}.png")
-                image_grid(images).save(path + ".tmp.png")
+                grid_image = make_grid(images)
+                grid_image.save(path + ".tmp.png")
                 os.replace(path + ".tmp.png", path)
                 for tracker in accelerator.trackers:
                     if tracker.name == "tensorboard":
-                        grid = torch.from_numpy(__import__("numpy").asarray(image_grid(images), dtype="float32") / 255.0)
+                        import numpy as np
+
+                        grid = torch.from_numpy(np.asarray(grid_image, dtype="float32") / 255.0)
                         grid = grid[None] if grid.ndim == 2 else grid.permute(2, 0, 1)
                         tracker.writer.add_image("samples", grid, step)
         accelerator.wait_for_everyone()
