@@ -25,7 +25,7 @@ from typing import List, Optional, Sequence
 
 from .image_grid import make_grid
 
-DEFAULT_MODEL_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "default_model")
+DEFAULT_MODEL_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "default_model")  # = pipelines' DEFAULT_MODEL_DIR
 DTYPES = ("float32", "float16", "bfloat16", "float64")
 
 

@@ -443,3 +443,15 @@ def test_mixed_precision_run_keeps_float32_weights(image_dir, tmp_path):
     assert state["global_step"] == 2
     for w in (_weights(out / "linearizer"), _weights(_ckpt(out, 2) / "linearizer")):
         assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in w.values() if v.is_floating_point())
+
+
+def test_time_budget_stops_and_saves(image_dir, tmp_path):
+    out = tmp_path / "budget"
+    _run(_train_cmd(image_dir, out, "--train_batch_size", "4", "--max_train_steps", "50", "--checkpointing_steps", "0",
+                    "--max_train_seconds", "0.001"))
+    state = json.loads((_ckpt(out, 1) / "trainer_state.json").read_text())
+    assert state["global_step"] == 1 and state["train_seconds_this_run"] > 0
+    assert (out / "linearizer" / "diffusion_pytorch_model.safetensors").is_file()
+    assert not _ckpt(out, 2).exists()
+    with pytest.raises(ValueError, match="max_train_seconds"):
+        ttrain.check_args(ttrain.parse_args(["--output_dir", str(tmp_path / "bad"), "--max_train_seconds", "0"]))

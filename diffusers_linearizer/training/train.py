@@ -141,6 +141,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     t.add_argument(*_flag("max_train_steps"), type=int, default=None,
                    help="Optimizer steps to train (overrides --num_train_epochs).")
     t.add_argument(*_flag("num_train_epochs"), type=int, default=100, help="Epochs, if --max_train_steps is not given.")
+    t.add_argument(*_flag("max_train_seconds"), type=float, default=None,
+                   help="Also stop (and save as usual) once this run has trained for this many seconds of wall-clock "
+                        "time: a time budget, e.g. to compare models at equal training time.")
     t.add_argument(*_flag("learning_rate"), type=float, default=1e-4, help="Adam learning rate. Default: 1e-4 (the paper's).")
     t.add_argument(*_flag("lr_scheduler"), default="constant",
                    help="diffusers.optimization scheduler: constant, constant_with_warmup, linear, cosine, ...")
@@ -215,6 +218,8 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--max_train_steps must be ≥ 0, got {args.max_train_steps}.")
     if args.max_train_steps is None and args.num_train_epochs < 1:
         raise ValueError(f"--num_train_epochs must be ≥ 1, got {args.num_train_epochs}.")
+    if args.max_train_seconds is not None and not args.max_train_seconds > 0:
+        raise ValueError(f"--max_train_seconds must be > 0, got {args.max_train_seconds}.")
     if args.sample_inference_steps < 2:
         raise ValueError("--sample_inference_steps must be ≥ 2.")
     if not 0.0 <= args.ema_decay < 1.0:
@@ -619,6 +624,7 @@ def main(args=None) -> int:
                 "global_step": step, "micro_step": step * args.gradient_accumulation_steps,
                 "global_batch_size": global_batch, "gradient_accumulation_steps": args.gradient_accumulation_steps,
                 "num_processes": num_processes, "objective": args.objective, "seed": args.seed, "time": time.time(),
+                "train_seconds_this_run": round(time.perf_counter() - t_start, 3),
             })
             _fsync_tree(tmp)
             if os.environ.get(ENV_KILL_IN_SAVE) == str(step):
@@ -673,6 +679,15 @@ def main(args=None) -> int:
     last_logs: Dict[str, float] = {}
     t_start = time.perf_counter()
     steps_this_run = 0
+
+    def out_of_time() -> bool:
+        """True once ``--max_train_seconds`` have passed (decided by the main process, so all processes stop together)."""
+        if args.max_train_seconds is None:
+            return False
+        late = torch.tensor(float(time.perf_counter() - t_start >= args.max_train_seconds), device=device)
+        if num_processes > 1:
+            late = accelerator.reduce(late, reduction="max")  # any process out of time stops every process
+        return bool(late.item())
 
     while global_step < max_train_steps:
         sampler.set_epoch(epoch)
@@ -742,7 +757,7 @@ def main(args=None) -> int:
                 save_checkpoint(global_step)
             if args.sample_steps and global_step % args.sample_steps == 0:
                 write_samples(global_step)
-            if global_step >= max_train_steps:
+            if global_step >= max_train_steps or out_of_time():
                 break
         else:
             epoch, skip = epoch + 1, 0
@@ -763,7 +778,7 @@ def main(args=None) -> int:
             "learning_rate": args.learning_rate, "ema_decay": None if ema is None else args.ema_decay,
             "dataset": args.train_data_dir or f"Fashion-MNIST ({args.fashion_mnist_mode} to {args.resolution}×{args.resolution})",
             "final_loss": last_logs.get("loss"), "mixed_precision": accelerator.mixed_precision,
-            "num_processes": num_processes, "device": str(device),
+            "num_processes": num_processes, "device": str(device), "train_seconds_this_run": round(elapsed, 1),
         }
         save_final(final_model, output_dir, args.solver, metrics, say)
         say(f"Saved the {'EMA' if ema is not None else 'trained'} pipeline to {output_dir} after {global_step} steps "

@@ -43,6 +43,8 @@ from ...schedulers import SOLVERS, LinearizerScheduler
 logger = logging.get_logger(__name__)
 
 PACKAGE = "diffusers_linearizer"
+#: the trained Fashion-MNIST 32×32 pipeline shipped inside the package: what ``from_pretrained()`` loads
+DEFAULT_MODEL_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "default_model")
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 #: component name → (file that marks a saved component, whether weights must be present)
 COMPONENT_FILES = {"linearizer": ("config.json", True), "scheduler": ("scheduler_config.json", False)}
@@ -477,8 +479,11 @@ class LinearizerPipelineMixin:
 
     # -------------------------------------------------------------- Hub layout: load
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: Union[str, os.PathLike], **kwargs):
+    def from_pretrained(cls, pretrained_model_name_or_path: Optional[Union[str, os.PathLike]] = None, **kwargs):
         """Load from a local directory or a Hub repo id (the Hugging Face cache, ``HF_HUB_OFFLINE=1`` works).
+
+        With no path, the trained Fashion-MNIST 32×32 pipeline shipped inside the package
+        (``diffusers_linearizer/default_model/``, :data:`DEFAULT_MODEL_DIR`) is loaded — no network needed.
 
         Takes diffusers' arguments: ``torch_dtype``/``dtype`` (a dtype or ``{"linearizer": ..., "default":
         ...}``), ``device_map``, ``variant``, ``use_safetensors``, ``low_cpu_mem_usage``, ``cache_dir``,
@@ -491,6 +496,13 @@ class LinearizerPipelineMixin:
         if kwargs.get("custom_pipeline") is not None:
             return DiffusionPipeline.from_pretrained.__func__(cls, pretrained_model_name_or_path, **kwargs)
         kwargs = dict(kwargs)
+        if pretrained_model_name_or_path is None:
+            if not os.path.isfile(os.path.join(DEFAULT_MODEL_DIR, cls.config_name)):
+                raise FileNotFoundError(
+                    f"No path given and the packaged default pipeline is missing ({DEFAULT_MODEL_DIR} has no "
+                    f"{cls.config_name}); reinstall diffusers-linearizer or pass a pipeline directory or Hub repo id."
+                )
+            pretrained_model_name_or_path = DEFAULT_MODEL_DIR
         path = os.fspath(pretrained_model_name_or_path)
         passed = {name: kwargs.pop(name) for name in cls._component_names if name in kwargs}
         hub_kwargs = {k: kwargs.pop(k) for k in _HUB_KWARGS if k in kwargs}

@@ -1,0 +1,121 @@
+"""Package two finished training runs for the results page (and ship ours as the default model).
+
+Given a ``diffusers-linearizer train`` output folder and a ``benchmarks/baseline.py`` output folder that
+were trained side by side with the same time budget, this writes:
+
+* ``diffusers_linearizer/default_model/`` — our final EMA pipeline (``save_pretrained``: safetensors,
+  model card with the training facts): what ``LinearizerPipeline.from_pretrained()`` and
+  ``diffusers-linearizer generate`` load;
+* ``benchmarks/models/linearizer_equal_steps/`` — our EMA weights at the checkpoint whose step equals
+  the baseline's final step (``--checkpointing_steps`` must divide it; the baseline's step count is
+  rounded down to the nearest checkpoint otherwise, and the page says so);
+* ``benchmarks/models/baseline_unet/`` — the baseline's final EMA ``UNet2DModel`` snapshot;
+* ``benchmarks/models/training_runs.json`` — steps, seconds, parameters, hardware of both runs.
+
+    python benchmarks/export_runs.py --linearizer runs/default --baseline runs/baseline \\
+        --note "one torch thread each, on the same 2-core machine, at the same time"
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+for path in (REPO, HERE):
+    if path not in sys.path:
+        sys.path.insert(0, path)
+
+from diffusers_linearizer import LinearizerModel, LinearizerPipeline, LinearizerScheduler  # noqa: E402
+from diffusers_linearizer.pipelines.linearizer.pipeline_linearizer import DEFAULT_MODEL_DIR  # noqa: E402
+
+MODELS = os.path.join(HERE, "models")
+
+
+def _checkpoints(run: str):
+    root = os.path.join(run, "checkpoints")
+    found = {}
+    for name in os.listdir(root):
+        m = re.fullmatch(r"checkpoint-(\d+)", name)
+        if m:
+            found[int(m.group(1))] = os.path.join(root, name)
+    if not found:
+        raise FileNotFoundError(f"No checkpoints under {root}.")
+    return dict(sorted(found.items()))
+
+
+def _pipeline_from_checkpoint(ckpt: str, solver: str) -> LinearizerPipeline:
+    model = LinearizerModel.from_pretrained(os.path.join(ckpt, "linearizer_ema")).eval()
+    return LinearizerPipeline(linearizer=model, scheduler=LinearizerScheduler(solver=solver))
+
+
+def _replace_dir(src_writer, dst: str) -> None:
+    tmp = dst + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    src_writer(tmp)
+    shutil.rmtree(dst, ignore_errors=True)
+    os.replace(tmp, dst)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--linearizer", required=True, help="Output folder of diffusers-linearizer train.")
+    p.add_argument("--baseline", required=True, help="Output folder of benchmarks/baseline.py.")
+    p.add_argument("--hardware", required=True, help="Where both were trained (named on the results page).")
+    p.add_argument("--note", default="", help="How they shared the machine.")
+    p.add_argument("--default-dir", default=DEFAULT_MODEL_DIR)
+    args = p.parse_args(argv)
+
+    with open(os.path.join(args.linearizer, "training_args.json")) as f:
+        train_args = json.load(f)
+    ckpts = _checkpoints(args.linearizer)
+    final_step = max(ckpts)
+    with open(os.path.join(ckpts[final_step], "trainer_state.json")) as f:
+        final_state = json.load(f)
+    with open(os.path.join(args.baseline, "snapshots.json")) as f:
+        base = json.load(f)
+    base_final = max(base["snapshots"].values(), key=lambda r: r["step"])
+    equal = max(s for s in ckpts if s <= base_final["step"])
+    with open(os.path.join(ckpts[equal], "trainer_state.json")) as f:
+        equal_state = json.load(f)
+    solver = train_args.get("solver") or "euler"
+
+    final = _pipeline_from_checkpoint(ckpts[final_step], solver)
+    params = sum(p.numel() for p in final.linearizer.parameters())
+    config = ", ".join(f"{k}={train_args[k]}" for k in ("num_blocks", "conditioner_channels", "conditioner_layers")
+                       if train_args.get(k) is not None) or "defaults"
+    metrics = {"dataset": "Fashion-MNIST (train split, padded to 32×32)", "training_steps": final_step,
+               "train_seconds": final_state["train_seconds_this_run"], "global_batch_size": train_args["train_batch_size"],
+               "objective": train_args["objective"], "learning_rate": train_args["learning_rate"],
+               "ema_decay": train_args["ema_decay"], "hardware": args.hardware,
+               "results": "docs/results.md of the diffusers-linearizer repository"}
+    os.makedirs(MODELS, exist_ok=True)
+    _replace_dir(lambda d: final.save_pretrained(d, metrics=metrics), args.default_dir)
+    _replace_dir(lambda d: _pipeline_from_checkpoint(ckpts[equal], solver).save_pretrained(
+        d, metrics=dict(metrics, training_steps=equal, train_seconds=equal_state["train_seconds_this_run"])),
+        os.path.join(MODELS, "linearizer_equal_steps"))
+    _replace_dir(lambda d: shutil.copytree(os.path.join(args.baseline, "snapshots", f"step-{base_final['step']}"), d),
+                 os.path.join(MODELS, "baseline_unet"))
+    runs = {
+        "hardware": args.hardware, "note": args.note,
+        "linearizer": {"config": config, "parameters": params, "steps": final_step,
+                       "seconds": final_state["train_seconds_this_run"], "learning_rate": train_args["learning_rate"],
+                       "ema_decay": train_args["ema_decay"], "equal_steps_checkpoint": equal,
+                       "seconds_at_equal_steps": equal_state["train_seconds_this_run"]},
+        "baseline": {"width": base["width"], "parameters": base["parameters"], "steps": base_final["step"],
+                     "seconds": base_final["train_seconds"], "learning_rate": base["learning_rate"],
+                     "ema_decay": base["ema_decay"]},
+    }
+    with open(os.path.join(MODELS, "training_runs.json"), "w") as f:
+        json.dump(runs, f, indent=2)
+    print(json.dumps(runs, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,274 @@
+"""The results page: one-step exactness, inversion, Fréchet distance and throughput, measured in one run.
+
+Writes ``docs/results.md``, ``docs/results.json`` and the pictures under ``docs/images/``::
+
+    python benchmarks/results.py                     # the issue's sizes (10,000 FD samples, 1,000 inversions)
+    python benchmarks/results.py --fd-samples 2000   # what fits a CPU in half an hour (the page says which)
+
+Models (all in the repository, so a clean checkout reruns the page):
+
+* **ours** — the packaged default pipeline ``diffusers_linearizer/default_model`` (``--model``);
+* **ours at equal steps** — the same training run's EMA weights at the step count the baseline reached
+  (``--model-equal-steps``, default ``benchmarks/models/linearizer_equal_steps``);
+* **baseline** — the diffusers ``UNet2DModel`` flow-matching model of ``benchmarks/baseline.py``, trained
+  side by side on the same machine for the same wall-clock time (``--baseline``, default
+  ``benchmarks/models/baseline_unet``).
+
+The training facts (steps, seconds, hardware) of both runs are read from ``benchmarks/models/training_runs.json``.
+Every random choice is seeded: all quality numbers are identical on a rerun on the same hardware and
+library versions; timings (seconds, images/s) vary with the machine's load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import sys
+import time
+from typing import Dict, List
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+for path in (REPO, HERE):
+    if path not in sys.path:
+        sys.path.insert(0, path)
+
+from baseline import sample as baseline_sample  # noqa: E402
+from fmnist_classifier import extract_features, frechet_distance, gaussian_stats, load_classifier  # noqa: E402
+
+from diffusers_linearizer import LinearizerInversionPipeline, LinearizerPipeline  # noqa: E402
+from diffusers_linearizer.image_grid import make_grid  # noqa: E402
+from diffusers_linearizer.pipelines.linearizer.pipeline_linearizer import DEFAULT_MODEL_DIR, psnr  # noqa: E402
+from diffusers_linearizer.training.data import FashionMNIST, derive_seed  # noqa: E402
+
+MODELS = os.path.join(HERE, "models")
+DOCS = os.path.join(REPO, "docs")
+IMAGES = os.path.join(DOCS, "images")
+SOLVERS = ("euler", "heun", "rk4")
+T = 100  # sampler grid points of "ours" (99 solver steps; the one-step operator reproduces this run)
+
+
+# ---------------------------------------------------------------------- helpers
+def hardware() -> str:
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{name}, {os.cpu_count()} logical CPUs, {torch.get_num_threads()} torch threads"
+
+
+def noise_batch(n: int, seed: int, start: int) -> torch.Tensor:
+    """The noise of images ``start … start+n−1`` of stream ``seed`` (independent of the batch split)."""
+    return torch.randn((n, 1, 32, 32), generator=torch.Generator().manual_seed(derive_seed(seed, "noise", start)))
+
+
+@torch.no_grad()
+def generate(pipe, n: int, seed: int, one_step: bool = True, solver: str = "euler", steps: int = T,
+             batch: int = 64, clamp: bool = True) -> torch.Tensor:
+    """``n`` images (N, 1, 32, 32) of our pipeline, in batches of ``batch``."""
+    out = []
+    for start in range(0, n, batch):
+        m = min(batch, n - start)
+        z = noise_batch(m, seed, start).to(pipe.linearizer.dtype)
+        out.append(pipe(m, num_inference_steps=steps, solver=solver, one_step=one_step, latents=z,
+                        output_type="pt", clamp=clamp).images.cpu())
+    return torch.cat(out)
+
+
+def timed(fn, *args, **kwargs):
+    t0 = time.perf_counter()
+    value = fn(*args, **kwargs)
+    return value, time.perf_counter() - t0
+
+
+def ks_pvalue(lam: float) -> float:
+    """P(K > λ) for the Kolmogorov distribution (the two classical series, each where it converges fast)."""
+    if lam <= 0:
+        return 1.0
+    if lam < 1.18:
+        cdf = math.sqrt(2 * math.pi) / lam * sum(math.exp(-((2 * k - 1) ** 2) * math.pi**2 / (8 * lam * lam)) for k in range(1, 40))
+        return 1.0 - cdf
+    return 2 * sum((-1) ** (k - 1) * math.exp(-2 * k * k * lam * lam) for k in range(1, 40))
+
+
+def normality(noise: torch.Tensor) -> Dict[str, float]:
+    """Moments of all values and two normality tests against N(0, 1): Kolmogorov–Smirnov (asymptotic
+    p-value) and Jarque–Bera (χ²₂ p-value = exp(−JB/2))."""
+    v = noise.double().flatten()
+    n = v.numel()
+    mean, std = float(v.mean()), float(v.std())
+    c = (v - v.mean()) / v.std()
+    skew, kurt = float(c.pow(3).mean()), float(c.pow(4).mean() - 3)
+    jb = n / 6 * (skew**2 + kurt**2 / 4)
+    s = v.sort().values
+    cdf = 0.5 * (1 + torch.erf(s / math.sqrt(2)))
+    i = torch.arange(1, n + 1, dtype=torch.float64)
+    d = float(torch.maximum(i / n - cdf, cdf - (i - 1) / n).max())
+    lam = (math.sqrt(n) + 0.12 + 0.11 / math.sqrt(n)) * d
+    p_ks = min(1.0, max(0.0, ks_pvalue(lam)))
+    per_image_std = noise.double().flatten(1).std(1)
+    return {"mean": mean, "std": std, "skewness": skew, "excess_kurtosis": kurt, "ks_D": d, "ks_p": p_ks,
+            "jarque_bera": jb, "jb_p": math.exp(-jb / 2), "per_image_std_min": float(per_image_std.min()),
+            "per_image_std_max": float(per_image_std.max()), "values": n}
+
+
+def save_grid(images: torch.Tensor, name: str, nrow: int = 8, scale: int = 3) -> str:
+    os.makedirs(IMAGES, exist_ok=True)
+    img = make_grid(images, nrow=nrow)
+    img = img.resize((img.width * scale, img.height * scale), resample=0)
+    path = os.path.join(IMAGES, name)
+    img.save(path + ".tmp.png")
+    os.replace(path + ".tmp.png", path)
+    return os.path.relpath(path, DOCS)
+
+
+def load_ours(path: str, dtype=torch.float32) -> LinearizerPipeline:
+    pipe = LinearizerPipeline.from_pretrained(path, torch_dtype=dtype)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+# ---------------------------------------------------------------------- sections
+def exactness(pipe32, pipe64, n: int, seed: int) -> List[Dict]:
+    """One-step (collapsed B) vs stepped (T − 1 scheduler steps) images from the same noise."""
+    rows = []
+    for dtype, pipe in (("float32", pipe32), ("float64", pipe64)):
+        for solver in SOLVERS + ("reference_rk",):
+            z = noise_batch(n, seed, 0).to(pipe.linearizer.dtype)
+            one = pipe(n, num_inference_steps=T, solver=solver, one_step=True, latents=z, output_type="pt", clamp=False).images
+            stepped_solver = "rk4" if solver == "reference_rk" else solver
+            multi = pipe(n, num_inference_steps=T, solver=stepped_solver, one_step=False, latents=z, output_type="pt", clamp=False).images
+            p = psnr(one, multi)
+            rows.append({"n": n, "dtype": dtype, "solver": solver, "stepped": stepped_solver, "psnr_min": float(p.min()),
+                         "psnr_mean": float(p[torch.isfinite(p)].mean()) if torch.isfinite(p).any() else math.inf})
+            print(f"exactness {dtype} {solver}: min {p.min():.1f} dB", flush=True)
+    return rows
+
+
+def inversion(pipe, test: torch.Tensor, generated: torch.Tensor, true_noise: torch.Tensor) -> Dict:
+    inv = LinearizerInversionPipeline(**pipe.components)
+    inv.set_progress_bar_config(disable=True)
+    B = inv.collapsed_operator(T)
+    out = {"cond_B": float(B.cond()), "rank_B": int(getattr(B, "rank", -1)), "dtype": str(pipe.linearizer.dtype)}
+    for name, images in (("test", test), ("generated", generated)):
+        res = [inv(images[i:i + 100].to(pipe.linearizer.dtype), num_inference_steps=T) for i in range(0, images.shape[0], 100)]
+        p = torch.cat([r.psnr for r in res])
+        noise = torch.cat([r.noise.cpu() for r in res])
+        entry = {"images": images.shape[0], "psnr_min": float(p.min()), "psnr_median": float(p.median()),
+                 "psnr_mean": float(p.mean()), "noise": normality(noise)}
+        if name == "generated":
+            entry["noise_rel_error_max"] = float(((noise.double() - true_noise.double()).flatten(1).norm(dim=1)
+                                                  / true_noise.double().flatten(1).norm(dim=1)).max())
+        out[name] = entry
+        print(f"inversion {out['dtype']} {name}: min PSNR {p.min():.1f} dB", flush=True)
+    return out
+
+
+def pictures(pipe, baseline, test: torch.Tensor, seed: int) -> Dict[str, str]:
+    """Sample grids, inversions and interpolations."""
+    pics = {}
+    n = 64
+    pics["ours_one_step"] = save_grid(generate(pipe, n, seed, one_step=True), "results_ours_one_step.png")
+    pics["ours_stepped"] = save_grid(generate(pipe, n, seed, one_step=False), "results_ours_100_steps.png")
+    pics["baseline_50"] = save_grid(baseline_sample(baseline, n, 50, seed=seed), "results_baseline_50_steps.png")
+    pics["baseline_1"] = save_grid(baseline_sample(baseline, n, 1, seed=seed), "results_baseline_1_step.png")
+    inv = LinearizerInversionPipeline(**pipe.components)
+    inv.set_progress_bar_config(disable=True)
+    x = test[:8]
+    r = inv(x, num_inference_steps=T)
+    noise_vis = (r.noise.cpu().float() / 6 + 0.5).clamp(0, 1)  # N(0, 1) shown as mid-grey ± 3σ
+    pics["inversion"] = save_grid(torch.cat([x, noise_vis, r.reconstruction.cpu().float()]), "results_inversion.png")
+    frames = []
+    for a, b in ((0, 1), (2, 3), (4, 5), (6, 7)):
+        f = inv.interpolate(test[a + 8], test[b + 8], num_frames=8, num_inference_steps=T, output_type="pt").frames
+        frames.append(f.cpu().float())
+    pics["interpolation"] = save_grid(torch.cat(frames), "results_interpolation.png")
+    return pics
+
+
+def fd_table(classifier, test_feats, rows_spec, n: int) -> List[Dict]:
+    mu_t, s_t = gaussian_stats(test_feats)
+    rows = []
+    for spec in rows_spec:
+        images, seconds = timed(spec["fn"], n)
+        mu, s = gaussian_stats(extract_features(classifier, images))
+        fd = frechet_distance(mu, s, mu_t, s_t)
+        rows.append({k: v for k, v in spec.items() if k != "fn"} | {"fd": fd, "seconds": seconds, "images_per_s": n / seconds})
+        print(f"FD {spec['name']}: {fd:.3f} ({n / seconds:.1f} images/s)", flush=True)
+    return rows
+
+
+# ---------------------------------------------------------------------- main
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=DEFAULT_MODEL_DIR)
+    p.add_argument("--model-equal-steps", default=os.path.join(MODELS, "linearizer_equal_steps"))
+    p.add_argument("--baseline", default=os.path.join(MODELS, "baseline_unet"))
+    p.add_argument("--runs", default=os.path.join(MODELS, "training_runs.json"))
+    p.add_argument("--fd-samples", type=int, default=10000)
+    p.add_argument("--inversions", type=int, default=1000)
+    p.add_argument("--exactness-samples", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--output", default=os.path.join(DOCS, "results.md"))
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from diffusers import UNet2DModel
+
+    t_start = time.perf_counter()
+    with open(args.runs) as f:
+        runs = json.load(f)
+    classifier = load_classifier()
+    test_set = FashionMNIST(split="test")
+    test = test_set.images.float() / 255.0
+    accuracy = float((torch.cat([classifier(test[i:i + 1000]).argmax(1) for i in range(0, 10000, 1000)]) == test_set.labels).double().mean())
+    pipe32, pipe64 = load_ours(args.model), load_ours(args.model, torch.float64)
+    equal_steps = load_ours(args.model_equal_steps)
+    baseline = UNet2DModel.from_pretrained(args.baseline).eval()
+
+    results = {"hardware": hardware(), "torch": torch.__version__, "date": datetime.date.today().isoformat(),
+               "T": T, "runs": runs, "classifier_test_accuracy": accuracy, "fd_samples": args.fd_samples}
+    with torch.no_grad():
+        _, results["collapse_seconds"] = timed(pipe32.collapsed_operator, T)  # first call: the collapse (then cached)
+        results["exactness"] = exactness(pipe32, pipe64, args.exactness_samples, args.seed)
+        gen_noise = noise_batch(args.inversions, args.seed + 1, 0)
+        generated = pipe32(args.inversions, num_inference_steps=T, latents=gen_noise, output_type="pt", clamp=False).images.cpu()
+        results["inversion"] = [inversion(pipe32, test[:args.inversions], generated, gen_noise),
+                                inversion(pipe64, test[:args.inversions].double(), generated.double(), gen_noise)]
+        results["pictures"] = pictures(pipe32, baseline, test, args.seed)
+
+        # Fréchet distance against the whole test set; the training set gives the floor of this metric
+        test_feats = extract_features(classifier, test)
+        train = FashionMNIST(split="train").images[:args.fd_samples].float() / 255.0
+        n_ours, n_base = runs["linearizer"]["steps"], runs["baseline"]["steps"]
+        specs = [
+            {"name": "Fashion-MNIST train images (floor)", "fn": lambda n: train[:n]},
+            {"name": f"ours one-step (T = {T}), {n_ours} steps", "clock": "equal time", "fn": lambda n: generate(pipe32, n, 10)},
+            {"name": f"ours {T - 1} Euler steps, {n_ours} steps", "clock": "equal time", "fn": lambda n: generate(pipe32, n, 10, one_step=False)},
+            {"name": f"ours one-step (T = {T}), {n_base} steps", "clock": "equal steps", "fn": lambda n: generate(equal_steps, n, 10)},
+            {"name": f"ours {T - 1} Euler steps, {n_base} steps", "clock": "equal steps", "fn": lambda n: generate(equal_steps, n, 10, one_step=False)},
+            {"name": f"baseline 50 steps, {n_base} steps", "clock": "both", "fn": lambda n: baseline_sample(baseline, n, 50, seed=10)},
+            {"name": f"baseline 1 step, {n_base} steps", "clock": "both", "fn": lambda n: baseline_sample(baseline, n, 1, seed=10)},
+        ]
+        results["fd"] = fd_table(classifier, test_feats, specs, args.fd_samples)
+    results["total_seconds"] = time.perf_counter() - t_start
+    with open(os.path.splitext(args.output)[0] + ".json", "w") as f:
+        json.dump(results, f, indent=2)
+    from results_page import write_page
+
+    write_page(results, args, args.output)
+    print(f"wrote {args.output} in {results['total_seconds']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

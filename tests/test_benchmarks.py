@@ -1,0 +1,89 @@
+"""The measuring tools of ``benchmarks/``: Fréchet distance, normality statistics and baseline sampling,
+each against an independent computation."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+fmnist_classifier = pytest.importorskip("fmnist_classifier")
+baseline = pytest.importorskip("baseline")
+results = pytest.importorskip("results")
+
+
+def test_frechet_distance_of_commuting_gaussians():
+    # Diagonal covariances commute: FD = ‖μ₁ − μ₂‖² + Σ (√a − √b)².
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.rand(6, generator=gen, dtype=torch.float64) + 0.1, torch.rand(6, generator=gen, dtype=torch.float64) + 0.1
+    mu1, mu2 = torch.randn(6, generator=gen, dtype=torch.float64), torch.randn(6, generator=gen, dtype=torch.float64)
+    q, _ = torch.linalg.qr(torch.randn(6, 6, generator=gen, dtype=torch.float64))  # same rotation of both
+    s1, s2 = q @ torch.diag(a) @ q.T, q @ torch.diag(b) @ q.T
+    expected = float((mu1 - mu2).square().sum() + (a.sqrt() - b.sqrt()).square().sum())
+    assert fmnist_classifier.frechet_distance(mu1, s1, mu2, s2) == pytest.approx(expected, rel=1e-10, abs=1e-12)
+    assert fmnist_classifier.frechet_distance(mu1, s1, mu1, s1) == pytest.approx(0.0, abs=1e-10)
+
+
+def test_frechet_distance_general_case_matches_dense_sqrtm():
+    # Non-commuting covariances: compare with tr(S1 + S2 − 2 sqrtm(S1 S2)) from an eigen-decomposition of S1 S2.
+    gen = torch.Generator().manual_seed(1)
+    x, y = torch.randn(5, 5, generator=gen, dtype=torch.float64), torch.randn(5, 5, generator=gen, dtype=torch.float64)
+    s1, s2 = x @ x.T + 0.1 * torch.eye(5, dtype=torch.float64), y @ y.T + 0.1 * torch.eye(5, dtype=torch.float64)
+    w = torch.linalg.eigvals(s1 @ s2)  # real positive: S1 S2 is similar to S1^½ S2 S1^½
+    expected = float(torch.trace(s1) + torch.trace(s2) - 2 * w.real.clamp_min(0).sqrt().sum())
+    zero = torch.zeros(5, dtype=torch.float64)
+    assert fmnist_classifier.frechet_distance(zero, s1, zero, s2) == pytest.approx(expected, rel=1e-9)
+
+
+def test_gaussian_stats_are_mean_and_unbiased_covariance():
+    f = torch.randn(50, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    mu, cov = fmnist_classifier.gaussian_stats(f)
+    assert torch.allclose(mu, f.mean(0))
+    assert torch.allclose(cov, torch.cov(f.T))
+
+
+def test_classifier_shapes_and_bad_input():
+    model = fmnist_classifier.FashionClassifier().eval()
+    feats = fmnist_classifier.extract_features(model, torch.rand(3, 1, 32, 32), batch_size=2)
+    assert feats.shape == (3, fmnist_classifier.FEATURES) and feats.dtype == torch.float64
+    with pytest.raises(ValueError, match=r"\(N, 1, 32, 32\)"):
+        model.features(torch.rand(3, 1, 28, 28))
+    assert sum(p.numel() for p in model.parameters()) * 4 <= 5 * 2**20  # weights ≤ 5 MB
+
+
+def test_normality_statistics():
+    gen = torch.Generator().manual_seed(3)
+    normal = results.normality(torch.randn(200, 100, generator=gen, dtype=torch.float64))
+    assert abs(normal["mean"]) < 0.03 and abs(normal["std"] - 1) < 0.03
+    assert normal["ks_p"] > 1e-3 and normal["jb_p"] > 1e-3
+    uniform = results.normality((torch.rand(200, 100, generator=gen, dtype=torch.float64) - 0.5) * math.sqrt(12))
+    assert uniform["excess_kurtosis"] == pytest.approx(-1.2, abs=0.05)  # the uniform law's excess kurtosis
+    assert uniform["ks_p"] < 1e-6 and uniform["jb_p"] < 1e-6
+    # the two series of the Kolmogorov tail agree where both converge, and hit the textbook 5% point
+    assert results.ks_pvalue(1.1) == pytest.approx(2 * sum((-1) ** (k - 1) * math.exp(-2 * k * k * 1.21) for k in range(1, 40)), rel=1e-9)
+    assert results.ks_pvalue(1.358) == pytest.approx(0.05, abs=1e-3)
+
+
+def test_baseline_one_step_sample_is_the_velocity_extrapolation():
+    # One FlowMatchEuler step from σ = 1 to 0 gives x = ε − v(ε, 1000): checked by hand on a tiny UNet.
+    from diffusers import UNet2DModel
+
+    torch.manual_seed(0)
+    unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 8), layers_per_block=1,
+                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+                       norm_num_groups=4).eval()
+    images = baseline.sample(unet, 3, 1, seed=5, batch_size=2)
+    assert images.shape == (3, 1, 8, 8)
+    first = baseline.derive_seed(5, "baseline-sample", 0)
+    eps = torch.randn((2, 1, 8, 8), generator=torch.Generator().manual_seed(first))
+    with torch.no_grad():
+        x = eps - unet(eps, torch.full((2,), 1000.0)).sample
+    assert torch.allclose(images[:2], ((x + 1) / 2).clamp(0, 1), atol=1e-5)
+    with pytest.raises(ValueError, match="num_inference_steps"):
+        baseline.sample(unet, 1, 0)
