@@ -26,7 +26,6 @@ import datetime
 import json
 import math
 import os
-import platform
 import sys
 import time
 from typing import Dict, List
@@ -40,6 +39,7 @@ for path in (REPO, HERE):
         sys.path.insert(0, path)
 
 from baseline import sample as baseline_sample  # noqa: E402
+from collapse import hardware as collapse_hardware  # noqa: E402
 from fmnist_classifier import extract_features, frechet_distance, gaussian_stats, load_classifier  # noqa: E402
 
 from diffusers_linearizer import LinearizerInversionPipeline, LinearizerPipeline  # noqa: E402
@@ -56,13 +56,7 @@ T = 100  # sampler grid points of "ours" (99 solver steps; the one-step operator
 
 # ---------------------------------------------------------------------- helpers
 def hardware() -> str:
-    name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{name}, {os.cpu_count()} logical CPUs, {torch.get_num_threads()} torch threads"
+    return collapse_hardware(torch.device("cpu"))
 
 
 def noise_batch(n: int, seed: int, start: int) -> torch.Tensor:
@@ -250,12 +244,15 @@ def main(argv=None) -> int:
         test_feats = extract_features(classifier, test)
         train = FashionMNIST(split="train").images[:args.fd_samples].float() / 255.0
         n_ours, n_base = runs["linearizer"]["steps"], runs["baseline"]["steps"]
+        n_equal = runs["linearizer"]["equal_steps_checkpoint"]
         specs = [
-            {"name": "Fashion-MNIST train images (floor)", "fn": lambda n: train[:n]},
+            {"name": "Fashion-MNIST train images (floor)", "floor": True, "fn": lambda n: train[:n]},
             {"name": f"ours one-step (T = {T}), {n_ours} steps", "clock": "equal time", "fn": lambda n: generate(pipe32, n, 10)},
             {"name": f"ours {T - 1} Euler steps, {n_ours} steps", "clock": "equal time", "fn": lambda n: generate(pipe32, n, 10, one_step=False)},
-            {"name": f"ours one-step (T = {T}), {n_base} steps", "clock": "equal steps", "fn": lambda n: generate(equal_steps, n, 10)},
-            {"name": f"ours {T - 1} Euler steps, {n_base} steps", "clock": "equal steps", "fn": lambda n: generate(equal_steps, n, 10, one_step=False)},
+            {"name": f"ours one-step (T = {T}, Heun), {n_ours} steps", "clock": "equal time", "fn": lambda n: generate(pipe32, n, 10, solver="heun")},
+            {"name": f"ours one-step (T = {T}, RK4), {n_ours} steps", "clock": "equal time", "fn": lambda n: generate(pipe32, n, 10, solver="rk4")},
+            {"name": f"ours one-step (T = {T}), {n_equal} steps", "clock": "equal steps", "fn": lambda n: generate(equal_steps, n, 10)},
+            {"name": f"ours {T - 1} Euler steps, {n_equal} steps", "clock": "equal steps", "fn": lambda n: generate(equal_steps, n, 10, one_step=False)},
             {"name": f"baseline 50 steps, {n_base} steps", "clock": "both", "fn": lambda n: baseline_sample(baseline, n, 50, seed=10)},
             {"name": f"baseline 1 step, {n_base} steps", "clock": "both", "fn": lambda n: baseline_sample(baseline, n, 1, seed=10)},
         ]

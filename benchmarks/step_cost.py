@@ -49,6 +49,8 @@ CANDIDATES = {
     "default": {},
     "c32": {"conditioner_channels": 32},
     "c32-l1": {"conditioner_channels": 32, "conditioner_layers": 1},
+    # the packaged default model (diffusers_linearizer/default_model)
+    "shipped": {"num_blocks": 2, "conditioner_channels": 32, "conditioner_layers": 1},
 }
 
 
