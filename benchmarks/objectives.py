@@ -58,11 +58,23 @@ def train_both(out_root: str, seconds: float, config_args) -> None:
         log.close()
 
 
+def _verdict(fast, ref) -> str:
+    if fast["fd"] <= ref["fd"]:
+        return "`fast` is as good or better."
+    if fast["fd_min"] <= ref["fd_max"]:
+        return ("`reference` is ahead on average, but by less than the spread between sample seeds: no difference "
+                "this measurement can resolve.")
+    return "**`reference` is better**, beyond the spread between sample seeds."
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seconds", type=float, default=720.0, help="Training time of each run. Default: 720.")
     p.add_argument("--fd-samples", type=int, default=1000)
     p.add_argument("--work-dir", default=None, help="Keep the two runs here (default: a temporary folder).")
+    p.add_argument("--reuse", action="store_true", help="Measure the runs already in --work-dir instead of training.")
+    p.add_argument("--seeds", type=int, nargs="+", default=[10, 11, 12],
+                   help="Sample seeds: each FD is reported as the mean over them, with their spread. Default: 10 11 12.")
     p.add_argument("--output", default=os.path.join(DOCS, "objectives.md"))
     args = p.parse_args(argv)
 
@@ -75,9 +87,12 @@ def main(argv=None) -> int:
     config_args += ["--learning_rate", "5e-4", "--train_batch_size", "64"]
 
     t0 = time.perf_counter()
+    if args.reuse and not args.work_dir:
+        raise ValueError("--reuse needs --work-dir (the folder of the earlier runs).")
     work = args.work_dir or tempfile.mkdtemp(prefix="objectives-")
     os.makedirs(work, exist_ok=True)
-    train_both(work, args.seconds, config_args)
+    if not args.reuse:
+        train_both(work, args.seconds, config_args)
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     classifier = load_classifier()
@@ -96,9 +111,12 @@ def main(argv=None) -> int:
             seconds = json.load(f)["train_seconds_this_run"]
         pipe = _pipeline_from_checkpoint(ckpts[step], "euler")
         pipe.set_progress_bar_config(disable=True)
-        mu, s = gaussian_stats(extract_features(classifier, generate(pipe, args.fd_samples, 10)))
+        fds = []
+        for seed in args.seeds:
+            mu, s = gaussian_stats(extract_features(classifier, generate(pipe, args.fd_samples, seed)))
+            fds.append(frechet_distance(mu, s, mu_t, s_t))
         rows.append({"objective": name, "comparison": clock, "steps": step, "train_seconds": seconds,
-                     "fd": frechet_distance(mu, s, mu_t, s_t)})
+                     "fd": sum(fds) / len(fds), "fd_min": min(fds), "fd_max": max(fds), "fd_per_seed": fds})
         print(rows[-1], flush=True)
 
     result = {"date": datetime.date.today().isoformat(), "hardware": hardware(), "seconds": args.seconds,
@@ -117,20 +135,24 @@ def main(argv=None) -> int:
         f"one torch thread each, for {args.seconds / 60:.0f} minutes each. Fréchet distance in our classifier's features "
         f"(one-step samples, {args.fd_samples:,} vs the 10,000 test images; lower is better).",
         "",
-        "| objective | comparison | training steps | training time | FD |",
-        "|---|---|---|---|---|",
+        f"| objective | comparison | training steps | training time | FD (mean of {len(args.seeds)} sample seeds) | FD range over the seeds |",
+        "|---|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(f"| `{r['objective']}` | {r['comparison']} | {r['steps']:,} | {r['train_seconds'] / 60:.1f} min | {r['fd']:.2f} |")
+        lines.append(f"| `{r['objective']}` | {r['comparison']} | {r['steps']:,} | {r['train_seconds'] / 60:.1f} min | {r['fd']:.2f} | {r['fd_min']:.2f} – {r['fd_max']:.2f} |")
     lines += [
         "",
         f"- Equal time: `fast` FD {fast_t['fd']:.2f} vs `reference` {ref_t['fd']:.2f} — "
-        + ("`fast` is as good or better, so it is the default." if fast_t["fd"] <= ref_t["fd"] else "**`reference` is better here.**"),
-        f"- Equal steps ({ref_steps:,}): `fast` {fast_s['fd']:.2f} vs `reference` {ref_t['fd']:.2f} — the price of the fast "
+        + _verdict(fast_t, ref_t),
+        f"- Equal steps (`fast` at its checkpoint {equal:,}, `reference` at {ref_steps:,}): `fast` {fast_s['fd']:.2f} vs "
+        f"`reference` {ref_t['fd']:.2f} — the price of the fast "
         "objective's noisier decode terms per step" + (" is not visible." if fast_s["fd"] <= ref_t["fd"] else " is visible."),
         "",
         "Both objectives have the same expected loss (`diffusers_linearizer/training/objective.py`); `fast` runs g three "
-        "times per step instead of five.",
+        "times per step instead of five, so per step it learns a little less (its decode terms see a third of the batch "
+        "each) but it takes more steps in the same time. What users pay is time, so the comparison that decides the "
+        "default is the equal-time one. The budget here is short (the packaged default trained 75 minutes) and the runs "
+        "share one seed; the sample-seed spread shows the resolution of the FD estimate, not the training noise.",
     ]
     with open(args.output + ".tmp", "w") as f:
         f.write("\n".join(lines) + "\n")

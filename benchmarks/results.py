@@ -200,6 +200,28 @@ def fd_table(classifier, test_feats, rows_spec, n: int) -> List[Dict]:
     return rows
 
 
+def verify(stored: Dict, rerun: Dict) -> int:
+    """Compare the quality numbers of a rerun with the stored ones; 0 when all agree."""
+    pairs = [("classifier accuracy", stored["classifier_test_accuracy"], rerun["classifier_test_accuracy"], 0.0)]
+    for a, b in zip(stored["exactness"], rerun["exactness"]):
+        pairs.append((f"exactness {a['dtype']} {a['solver']} min PSNR", a["psnr_min"], b["psnr_min"], 0.1))
+    for a, b in zip(stored["inversion"], rerun["inversion"]):
+        pairs.append((f"cond(B) {a['dtype']}", a["cond_B"], b["cond_B"], 1e-6 * a["cond_B"]))
+        for name in ("test", "generated"):
+            pairs.append((f"inversion {a['dtype']} {name} min PSNR", a[name]["psnr_min"], b[name]["psnr_min"], 0.1))
+            pairs.append((f"inversion {a['dtype']} {name} noise std", a[name]["noise"]["std"], b[name]["noise"]["std"], 1e-6))
+    old = {row["name"]: row["fd"] for row in stored["fd"]}
+    for row in rerun["fd"]:
+        pairs.append((f"FD {row['name']}", old.get(row["name"], math.nan), row["fd"], 1e-4 * max(1.0, abs(row["fd"]))))
+    bad = 0
+    for name, a, b, tol in pairs:
+        same = abs(a - b) <= tol or (math.isinf(a) and a == b)
+        bad += not same
+        print(f"{'ok ' if same else 'DIFF'} {name}: stored {a:.6g}, rerun {b:.6g}")
+    print(f"{len(pairs) - bad}/{len(pairs)} numbers match the stored results")
+    return 1 if bad else 0
+
+
 # ---------------------------------------------------------------------- main
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -213,7 +235,17 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--output", default=os.path.join(DOCS, "results.md"))
+    p.add_argument("--verify", action="store_true",
+                   help="Rerun with the settings stored in the output's .json and compare every quality number with "
+                        "it (nothing is written); the slow baseline 50-step row is skipped unless --verify-all.")
+    p.add_argument("--verify-all", action="store_true", help="With --verify: also rerun the baseline 50-step row.")
     args = p.parse_args(argv)
+    stored = None
+    if args.verify:
+        with open(os.path.splitext(args.output)[0] + ".json") as f:
+            stored = json.load(f)
+        for key, value in stored["args"].items():
+            setattr(args, key, value)
     if args.threads:
         torch.set_num_threads(args.threads)
     from diffusers import UNet2DModel
@@ -230,7 +262,8 @@ def main(argv=None) -> int:
     baseline = UNet2DModel.from_pretrained(args.baseline).eval()
 
     results = {"hardware": hardware(), "torch": torch.__version__, "date": datetime.date.today().isoformat(),
-               "T": T, "runs": runs, "classifier_test_accuracy": accuracy, "fd_samples": args.fd_samples}
+               "T": T, "runs": runs, "classifier_test_accuracy": accuracy, "fd_samples": args.fd_samples,
+               "args": {k: getattr(args, k) for k in ("fd_samples", "inversions", "exactness_samples", "seed", "threads")}}
     with torch.no_grad():
         _, results["collapse_seconds"] = timed(pipe32.collapsed_operator, T)  # first call: the collapse (then cached)
         results["exactness"] = exactness(pipe32, pipe64, args.exactness_samples, args.seed)
@@ -238,7 +271,8 @@ def main(argv=None) -> int:
         generated = pipe32(args.inversions, num_inference_steps=T, latents=gen_noise, output_type="pt", clamp=False).images.cpu()
         results["inversion"] = [inversion(pipe32, test[:args.inversions], generated, gen_noise),
                                 inversion(pipe64, test[:args.inversions].double(), generated.double(), gen_noise)]
-        results["pictures"] = pictures(pipe32, baseline, test, args.seed)
+        if not args.verify:
+            results["pictures"] = pictures(pipe32, baseline, test, args.seed)
 
         # Fréchet distance against the whole test set; the training set gives the floor of this metric
         test_feats = extract_features(classifier, test)
@@ -256,7 +290,11 @@ def main(argv=None) -> int:
             {"name": f"baseline 50 steps, {n_base} steps", "clock": "both", "fn": lambda n: baseline_sample(baseline, n, 50, seed=10)},
             {"name": f"baseline 1 step, {n_base} steps", "clock": "both", "fn": lambda n: baseline_sample(baseline, n, 1, seed=10)},
         ]
+        if args.verify and not args.verify_all:
+            specs = [spec for spec in specs if not spec["name"].startswith("baseline 50")]
         results["fd"] = fd_table(classifier, test_feats, specs, args.fd_samples)
+    if args.verify:
+        return verify(stored, results)
     results["total_seconds"] = time.perf_counter() - t_start
     with open(os.path.splitext(args.output)[0] + ".json", "w") as f:
         json.dump(results, f, indent=2)
