@@ -239,7 +239,14 @@ def main(argv=None) -> int:
                    help="Rerun with the settings stored in the output's .json and compare every quality number with "
                         "it (nothing is written); the slow baseline 50-step row is skipped unless --verify-all.")
     p.add_argument("--verify-all", action="store_true", help="With --verify: also rerun the baseline 50-step row.")
+    p.add_argument("--page-only", action="store_true", help="Rewrite the page from the stored .json (no measuring).")
     args = p.parse_args(argv)
+    if args.page_only:
+        from results_page import write_page
+
+        with open(os.path.splitext(args.output)[0] + ".json") as f:
+            write_page(json.load(f), args, args.output)
+        return 0
     stored = None
     if args.verify:
         with open(os.path.splitext(args.output)[0] + ".json") as f:
@@ -296,6 +303,7 @@ def main(argv=None) -> int:
     if args.verify:
         return verify(stored, results)
     results["total_seconds"] = time.perf_counter() - t_start
+    results["command"] = "python benchmarks/results.py " + " ".join(sys.argv[1:] if argv is None else argv)
     with open(os.path.splitext(args.output)[0] + ".json", "w") as f:
         json.dump(results, f, indent=2)
     from results_page import write_page
