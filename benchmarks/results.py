@@ -237,7 +237,7 @@ def main(argv=None) -> int:
     p.add_argument("--output", default=os.path.join(DOCS, "results.md"))
     p.add_argument("--verify", action="store_true",
                    help="Rerun with the settings stored in the output's .json and compare every quality number with "
-                        "it (nothing is written); the slow baseline 50-step row is skipped unless --verify-all.")
+                        "it (prints the comparison, writes nothing); the slow baseline 50-step row is skipped unless --verify-all.")
     p.add_argument("--verify-all", action="store_true", help="With --verify: also rerun the baseline 50-step row.")
     p.add_argument("--page-only", action="store_true", help="Rewrite the page from the stored .json (no measuring).")
     args = p.parse_args(argv)

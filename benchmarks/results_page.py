@@ -204,7 +204,17 @@ def write_page(r: Dict, args, path: str) -> None:
             "fewer samples are biased upwards, equally for every row.",
             "",
         ]
-    lines += _summary(r) + _models(r) + _pictures(r) + _exactness(r) + _inversion(r) + _fd(r)
+    lines += _summary(r) + _models(r) + _pictures(r) + _exactness(r) + _inversion(r) + _fd(r) + [
+        "## Reproducing",
+        "",
+        "`python benchmarks/results.py --verify` reruns everything with the settings stored in `docs/results.json` "
+        "(except the slow baseline 50-step row; `--verify-all` includes it) and compares every quality number; the "
+        "report of the last check is `docs/results_verify.txt`. The models are in the repository "
+        "(`diffusers_linearizer/default_model`, `benchmarks/models/`); `benchmarks/export_runs.py` made them from the "
+        "two training runs (`diffusers-linearizer train ... --max_train_seconds 4500` and `benchmarks/baseline.py "
+        "--max_train_seconds 4500`, commands in the README and in the scripts' docstrings).",
+        "",
+    ]
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         f.write("\n".join(lines).rstrip() + "\n")
