@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from typing import Dict, Optional
@@ -39,26 +40,17 @@ for path in (REPO, os.path.dirname(os.path.abspath(__file__))):
 from step_cost import baseline_unet, count_params, flow_matching_loss  # noqa: E402
 
 from diffusers_linearizer.training.data import FASHION_MNIST_DIR, EpochShuffleSampler, FashionMNIST, derive_seed  # noqa: E402
-from diffusers_linearizer.training.train import EMA  # noqa: E402
+from diffusers_linearizer.training.train import EMA, write_json_atomic  # noqa: E402
 
 SNAPSHOTS = "snapshots"
 SNAPSHOT_INDEX = "snapshots.json"
 
 
-def _write_json_atomic(path: str, data) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2)
-    os.replace(tmp, path)
-
-
-def _save_atomic(model, folder: str) -> None:
-    """``save_pretrained`` into a temporary folder, then rename (never a half-written snapshot)."""
-    import shutil
-
+def replace_dir(write, folder: str) -> None:
+    """``write(tmp)`` fills a temporary sibling folder, which then replaces ``folder`` (never half-written)."""
     tmp = folder + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
+    write(tmp)
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)
 
@@ -148,9 +140,11 @@ def train(args) -> Dict:
                 print(f"step {step}: loss={loss.item():.5f} elapsed={elapsed:.0f}s", flush=True)
             if step % args.save_every == 0 or done:
                 name = f"step-{step}"
-                _save_atomic(ema.averaged_copy(unet).eval(), os.path.join(args.output_dir, SNAPSHOTS, name))
+                snapshot = ema.averaged_copy(unet).eval()
+                replace_dir(lambda d: snapshot.save_pretrained(d, safe_serialization=True),
+                            os.path.join(args.output_dir, SNAPSHOTS, name))
                 summary["snapshots"][name] = {"step": step, "train_seconds": round(elapsed, 3), "loss": loss.item()}
-                _write_json_atomic(os.path.join(args.output_dir, SNAPSHOT_INDEX), summary)
+                write_json_atomic(os.path.join(args.output_dir, SNAPSHOT_INDEX), summary)
             if done:
                 break
         epoch += 1

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import sys
 
@@ -31,35 +30,26 @@ for path in (REPO, HERE):
     if path not in sys.path:
         sys.path.insert(0, path)
 
+from baseline import replace_dir  # noqa: E402
+
 from diffusers_linearizer import LinearizerModel, LinearizerPipeline, LinearizerScheduler  # noqa: E402
 from diffusers_linearizer.pipelines.linearizer.pipeline_linearizer import DEFAULT_MODEL_DIR  # noqa: E402
+from diffusers_linearizer.training.train import checkpoint_root, list_checkpoints  # noqa: E402
 
 MODELS = os.path.join(HERE, "models")
 
 
-def _checkpoints(run: str):
-    root = os.path.join(run, "checkpoints")
-    found = {}
-    for name in os.listdir(root):
-        m = re.fullmatch(r"checkpoint-(\d+)", name)
-        if m:
-            found[int(m.group(1))] = os.path.join(root, name)
+def run_checkpoints(run: str):
+    """``{step: path}`` of the complete checkpoints of a ``diffusers-linearizer train`` run, oldest first."""
+    found = dict(list_checkpoints(checkpoint_root(run)))
     if not found:
-        raise FileNotFoundError(f"No checkpoints under {root}.")
-    return dict(sorted(found.items()))
+        raise FileNotFoundError(f"No complete checkpoints under {checkpoint_root(run)}.")
+    return found
 
 
 def _pipeline_from_checkpoint(ckpt: str, solver: str) -> LinearizerPipeline:
     model = LinearizerModel.from_pretrained(os.path.join(ckpt, "linearizer_ema")).eval()
     return LinearizerPipeline(linearizer=model, scheduler=LinearizerScheduler(solver=solver))
-
-
-def _replace_dir(src_writer, dst: str) -> None:
-    tmp = dst + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    src_writer(tmp)
-    shutil.rmtree(dst, ignore_errors=True)
-    os.replace(tmp, dst)
 
 
 def main(argv=None) -> int:
@@ -73,7 +63,7 @@ def main(argv=None) -> int:
 
     with open(os.path.join(args.linearizer, "training_args.json")) as f:
         train_args = json.load(f)
-    ckpts = _checkpoints(args.linearizer)
+    ckpts = run_checkpoints(args.linearizer)
     final_step = max(ckpts)
     with open(os.path.join(ckpts[final_step], "trainer_state.json")) as f:
         final_state = json.load(f)
@@ -95,11 +85,11 @@ def main(argv=None) -> int:
                "ema_decay": train_args["ema_decay"], "hardware": args.hardware,
                "results": "docs/results.md of the diffusers-linearizer repository"}
     os.makedirs(MODELS, exist_ok=True)
-    _replace_dir(lambda d: final.save_pretrained(d, metrics=metrics), args.default_dir)
-    _replace_dir(lambda d: _pipeline_from_checkpoint(ckpts[equal], solver).save_pretrained(
+    replace_dir(lambda d: final.save_pretrained(d, metrics=metrics), args.default_dir)
+    replace_dir(lambda d: _pipeline_from_checkpoint(ckpts[equal], solver).save_pretrained(
         d, metrics=dict(metrics, training_steps=equal, train_seconds=equal_state["train_seconds_this_run"])),
         os.path.join(MODELS, "linearizer_equal_steps"))
-    _replace_dir(lambda d: shutil.copytree(os.path.join(args.baseline, "snapshots", f"step-{base_final['step']}"), d),
+    replace_dir(lambda d: shutil.copytree(os.path.join(args.baseline, "snapshots", f"step-{base_final['step']}"), d),
                  os.path.join(MODELS, "baseline_unet"))
     runs = {
         "hardware": args.hardware, "note": args.note,

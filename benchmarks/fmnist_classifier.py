@@ -104,7 +104,8 @@ def accuracy(model: FashionClassifier, images: Tensor, labels: Tensor) -> float:
     return float((logits.argmax(1) == labels).double().mean())
 
 
-def _split(root: str, split: str) -> Tuple[Tensor, Tensor]:
+def load_split(split: str, root: str = FASHION_MNIST_DIR) -> Tuple[Tensor, Tensor]:
+    """Images ``(N, 1, 32, 32)`` in ``[0, 1]`` and labels of a Fashion-MNIST split."""
     data = FashionMNIST(root, split, 32)
     return data.images.float() / 255.0, data.labels
 
@@ -112,7 +113,8 @@ def _split(root: str, split: str) -> Tuple[Tensor, Tensor]:
 def train(root: str = FASHION_MNIST_DIR, epochs: int = 3, batch_size: int = 128, lr: float = 1e-3, seed: int = 0) -> Tuple[FashionClassifier, float]:
     """Train from scratch (deterministic on CPU for a given seed); returns ``(model, test accuracy)``."""
     torch.manual_seed(seed)
-    images, labels = _split(root, "train")
+    images, labels = load_split("train", root)
+    test_x, test_y = load_split("test", root)
     model = FashionClassifier()
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     sampler = EpochShuffleSampler(images.shape[0], seed=seed)
@@ -128,7 +130,6 @@ def train(root: str = FASHION_MNIST_DIR, epochs: int = 3, batch_size: int = 128,
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-        test_x, test_y = _split(root, "test")
         acc = accuracy(model.eval(), test_x, test_y)
         print(f"epoch {epoch + 1}/{epochs}: last loss {loss.item():.4f}, test accuracy {acc:.4f}", flush=True)
     return model.eval(), acc
@@ -142,7 +143,7 @@ def main(argv=None) -> int:
     p.add_argument("--evaluate", action="store_true", help="Only report the test accuracy of the saved weights.")
     args = p.parse_args(argv)
     if args.evaluate:
-        x, y = _split(args.data_dir, "test")
+        x, y = load_split("test", args.data_dir)
         print(f"test accuracy {accuracy(load_classifier(args.output), x, y):.4f}")
         return 0
     from safetensors.torch import save_file

@@ -32,12 +32,11 @@ for path in (REPO, HERE):
     if path not in sys.path:
         sys.path.insert(0, path)
 
-from export_runs import _checkpoints, _pipeline_from_checkpoint  # noqa: E402
-from fmnist_classifier import extract_features, frechet_distance, gaussian_stats, load_classifier  # noqa: E402
+from export_runs import _pipeline_from_checkpoint, run_checkpoints  # noqa: E402
+from fmnist_classifier import extract_features, frechet_distance, gaussian_stats, load_classifier, load_split  # noqa: E402
 from results import generate, hardware  # noqa: E402
 
 from diffusers_linearizer.pipelines.linearizer.pipeline_linearizer import DEFAULT_MODEL_DIR  # noqa: E402
-from diffusers_linearizer.training.data import FashionMNIST  # noqa: E402
 
 DOCS = os.path.join(REPO, "docs")
 
@@ -78,17 +77,20 @@ def main(argv=None) -> int:
     p.add_argument("--output", default=os.path.join(DOCS, "objectives.md"))
     args = p.parse_args(argv)
 
-    # the packaged default's architecture and optimiser settings
+    if args.reuse and not args.work_dir:
+        raise ValueError("--reuse needs --work-dir (the folder of the earlier runs).")
+
+    # the packaged default's architecture (its config) and learning rate (its training run); batch 64 as there
     with open(os.path.join(DEFAULT_MODEL_DIR, "linearizer", "config.json")) as f:
         shipped = json.load(f)
+    with open(os.path.join(HERE, "models", "training_runs.json")) as f:
+        learning_rate = json.load(f)["linearizer"]["learning_rate"]
     config_args = []
     for key in ("num_blocks", "conditioner_channels", "conditioner_layers", "core_rank"):
         config_args += [f"--{key}", str(shipped[key])]
-    config_args += ["--learning_rate", "5e-4", "--train_batch_size", "64"]
+    config_args += ["--learning_rate", f"{learning_rate:g}", "--train_batch_size", "64"]
 
     t0 = time.perf_counter()
-    if args.reuse and not args.work_dir:
-        raise ValueError("--reuse needs --work-dir (the folder of the earlier runs).")
     work = args.work_dir or tempfile.mkdtemp(prefix="objectives-")
     os.makedirs(work, exist_ok=True)
     if not args.reuse:
@@ -96,9 +98,9 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     classifier = load_classifier()
-    test = FashionMNIST(split="test").images.float() / 255.0
+    test = load_split("test")[0]
     mu_t, s_t = gaussian_stats(extract_features(classifier, test))
-    fast, ref = _checkpoints(os.path.join(work, "fast")), _checkpoints(os.path.join(work, "reference"))
+    fast, ref = run_checkpoints(os.path.join(work, "fast")), run_checkpoints(os.path.join(work, "reference"))
     ref_steps = max(ref)
     equal = max(s for s in fast if s <= ref_steps)
     rows = []

@@ -40,12 +40,12 @@ for path in (REPO, HERE):
 
 from baseline import sample as baseline_sample  # noqa: E402
 from collapse import hardware as collapse_hardware  # noqa: E402
-from fmnist_classifier import extract_features, frechet_distance, gaussian_stats, load_classifier  # noqa: E402
+from fmnist_classifier import accuracy, extract_features, frechet_distance, gaussian_stats, load_classifier, load_split  # noqa: E402
 
 from diffusers_linearizer import LinearizerInversionPipeline, LinearizerPipeline  # noqa: E402
 from diffusers_linearizer.image_grid import make_grid  # noqa: E402
 from diffusers_linearizer.pipelines.linearizer.pipeline_linearizer import DEFAULT_MODEL_DIR, psnr  # noqa: E402
-from diffusers_linearizer.training.data import FashionMNIST, derive_seed  # noqa: E402
+from diffusers_linearizer.training.data import derive_seed  # noqa: E402
 
 MODELS = os.path.join(HERE, "models")
 DOCS = os.path.join(REPO, "docs")
@@ -261,15 +261,13 @@ def main(argv=None) -> int:
     with open(args.runs) as f:
         runs = json.load(f)
     classifier = load_classifier()
-    test_set = FashionMNIST(split="test")
-    test = test_set.images.float() / 255.0
-    accuracy = float((torch.cat([classifier(test[i:i + 1000]).argmax(1) for i in range(0, 10000, 1000)]) == test_set.labels).double().mean())
+    test, test_labels = load_split("test")
     pipe32, pipe64 = load_ours(args.model), load_ours(args.model, torch.float64)
     equal_steps = load_ours(args.model_equal_steps)
     baseline = UNet2DModel.from_pretrained(args.baseline).eval()
 
     results = {"hardware": hardware(), "torch": torch.__version__, "date": datetime.date.today().isoformat(),
-               "T": T, "runs": runs, "classifier_test_accuracy": accuracy, "fd_samples": args.fd_samples,
+               "T": T, "runs": runs, "classifier_test_accuracy": accuracy(classifier, test, test_labels), "fd_samples": args.fd_samples,
                "args": {k: getattr(args, k) for k in ("fd_samples", "inversions", "exactness_samples", "seed", "threads")}}
     with torch.no_grad():
         _, results["collapse_seconds"] = timed(pipe32.collapsed_operator, T)  # first call: the collapse (then cached)
@@ -283,7 +281,7 @@ def main(argv=None) -> int:
 
         # Fréchet distance against the whole test set; the training set gives the floor of this metric
         test_feats = extract_features(classifier, test)
-        train = FashionMNIST(split="train").images[:args.fd_samples].float() / 255.0
+        train = load_split("train")[0][:args.fd_samples]
         n_ours, n_base = runs["linearizer"]["steps"], runs["baseline"]["steps"]
         n_equal = runs["linearizer"]["equal_steps_checkpoint"]
         specs = [

@@ -348,7 +348,8 @@ def _fsync_dir(path: str) -> None:
         pass
 
 
-def _write_json_atomic(path: str, data: Dict[str, Any]) -> None:
+def write_json_atomic(path: str, data: Dict[str, Any]) -> None:
+    """Write ``data`` as JSON to ``path`` through a temporary file and a rename (never half-written)."""
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(data, f, indent=2, sort_keys=True, default=str)
@@ -596,7 +597,7 @@ def main(args=None) -> int:
 
     if main_process:
         os.makedirs(output_dir, exist_ok=True)
-        _write_json_atomic(os.path.join(output_dir, "training_args.json"), dict(vars(args), command=None))
+        write_json_atomic(os.path.join(output_dir, "training_args.json"), dict(vars(args), command=None))
     if args.report_to == "tensorboard":
         tracker_config = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))}
         accelerator.init_trackers("linearizer", config=tracker_config)
@@ -620,7 +621,7 @@ def main(args=None) -> int:
         accelerator.save_state(tmp)
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
-            _write_json_atomic(os.path.join(tmp, TRAINER_STATE), {
+            write_json_atomic(os.path.join(tmp, TRAINER_STATE), {
                 "global_step": step, "micro_step": step * args.gradient_accumulation_steps,
                 "global_batch_size": global_batch, "gradient_accumulation_steps": args.gradient_accumulation_steps,
                 "num_processes": num_processes, "objective": args.objective, "seed": args.seed, "time": time.time(),
@@ -681,13 +682,14 @@ def main(args=None) -> int:
     steps_this_run = 0
 
     def out_of_time() -> bool:
-        """True once ``--max_train_seconds`` have passed (decided by the main process, so all processes stop together)."""
+        """True once ``--max_train_seconds`` have passed; with several processes, as soon as any one of them
+        is out of time, so that all stop at the same step."""
         if args.max_train_seconds is None:
             return False
-        late = torch.tensor(float(time.perf_counter() - t_start >= args.max_train_seconds), device=device)
-        if num_processes > 1:
-            late = accelerator.reduce(late, reduction="max")  # any process out of time stops every process
-        return bool(late.item())
+        late = time.perf_counter() - t_start >= args.max_train_seconds
+        if num_processes > 1:  # a collective (a device sync) only where processes must agree
+            late = bool(accelerator.reduce(torch.tensor(float(late), device=device), reduction="max").item())
+        return late
 
     while global_step < max_train_steps:
         sampler.set_epoch(epoch)
