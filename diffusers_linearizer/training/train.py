@@ -30,6 +30,8 @@ What it does
   loads) and ``linearizer_ema/``. A checkpoint is written to a hidden temporary directory and renamed
   into place when complete, so ``latest`` is always a complete one; the oldest are pruned beyond
   ``--checkpoints_total_limit``.
+* ``--max_train_seconds`` is a wall-clock budget: training stops at the first step past it (every process
+  at the same step) and saves as at the end of a full run; checkpoints record the seconds trained.
 * ``--resume_from_checkpoint latest`` (or a path) continues exactly: the data order depends only on
   ``(seed, epoch)`` and consumed batches are skipped, and every step's noise comes from a generator
   seeded by ``(seed, step)``, so on CPU a resumed run ends with the same weights as an uninterrupted
