@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(f(x) = g_y^-1(A g_x(x))) diffusers pipeline. Images are PNG grids with values in [0, 1]. "
         "Run `diffusers-linearizer COMMAND --help` for each command's options.",
     )
-    sub = parser.add_subparsers(dest="command", metavar="{generate,invert,interpolate,train}")
+    sub = parser.add_subparsers(dest="command", metavar="{generate,invert,interpolate,train,distill-data}")
     sub.required = True
 
     gen = sub.add_parser(
@@ -145,6 +145,17 @@ def build_parser() -> argparse.ArgumentParser:
         "processes. See `python -m diffusers_linearizer.training.train --help`.",
     )
     add_train_arguments(trn)
+
+    from .training.teacher import add_arguments as add_teacher_arguments
+
+    dd = sub.add_parser(
+        "distill-data",
+        help="Sample a diffusers flow-matching teacher into (noise, image) pairs for --objective distill.",
+        description="Write teacher pairs: the noise of pair i is row i % CHUNK of the seeded chunk i // CHUNK "
+        "(regenerated, not stored) and its image the teacher's Euler sample as uint8. Resumable: finished chunks "
+        "are kept in OUTPUT.parts/.",
+    )
+    add_teacher_arguments(dd)
     return parser
 
 
@@ -352,7 +363,14 @@ def cmd_train(args) -> int:
     return train_main(args)
 
 
-COMMANDS = {"generate": cmd_generate, "invert": cmd_invert, "interpolate": cmd_interpolate, "train": cmd_train}
+def cmd_distill_data(args) -> int:
+    from .training.teacher import main as teacher_main
+
+    return teacher_main(args=args)
+
+
+COMMANDS = {"generate": cmd_generate, "invert": cmd_invert, "interpolate": cmd_interpolate, "train": cmd_train,
+            "distill-data": cmd_distill_data}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -9,9 +9,11 @@ Every core is an ``nn.Module`` with
   (``t`` of shape ``(N,)``, one time per sample, or ``None`` for time-independent cores);
 * ``operator(t=None, dtype=None)`` — ``A_t`` as a structured operator from
   :mod:`diffusers_linearizer.operators`, for algebra (pinv, SVD, products, collapse);
-* ``operators(ts, dtype=None)`` — the operators for many times at once (one MLP pass); the
-  shared-basis core returns operators that share the same ``U``/``V`` tensors so that their
-  products stay in ``R × R`` coordinates.
+* ``operators(ts, dtype=None, grad=False)`` — the operators for many times at once (one MLP pass);
+  the shared-basis core returns operators that share the same ``U``/``V`` tensors so that their
+  products stay in ``R × R`` coordinates. By default the operators are detached (what algebra,
+  caches and samplers want); ``grad=True`` keeps them attached to the parameters, so that a
+  collapse built from them can be differentiated (training through the one-step generator).
 
 The four kinds:
 
@@ -72,13 +74,18 @@ class LinearCore(nn.Module):
     def _param_dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype
 
-    def operator(self, t: Optional[float] = None, dtype: Optional[torch.dtype] = None):
+    def operator(self, t: Optional[float] = None, dtype: Optional[torch.dtype] = None, grad: bool = False):
         """``A_t`` as a structured operator (in ``dtype``, default the parameters' dtype)."""
-        return self.operators([t], dtype=dtype)[0]
+        return self.operators([t], dtype=dtype, grad=grad)[0]
 
-    def operators(self, ts: Sequence[Optional[float]], dtype: Optional[torch.dtype] = None) -> list:
-        """``[A_t for t in ts]``; override to evaluate all times in one pass."""
+    def operators(self, ts: Sequence[Optional[float]], dtype: Optional[torch.dtype] = None, grad: bool = False) -> list:
+        """``[A_t for t in ts]``; override to evaluate all times in one pass. ``grad``: keep the graph."""
         raise NotImplementedError
+
+
+def _keep(x: Tensor, grad: bool) -> Tensor:
+    """``x`` itself when gradients are wanted, else ``x.detach()``."""
+    return x if grad else x.detach()
 
 
 class DenseCore(LinearCore):
@@ -93,8 +100,8 @@ class DenseCore(LinearCore):
         self._check(z, t)
         return z @ self.weight.T
 
-    def operators(self, ts, dtype=None):
-        w = self.weight.detach()
+    def operators(self, ts, dtype=None, grad=False):
+        w = _keep(self.weight, grad)
         return [DenseOperator(w.to(dtype or w.dtype)) for _ in ts]
 
 
@@ -114,9 +121,10 @@ class LowRankCore(LinearCore):
         self._check(z, t)
         return self.scale * z + (z @ self.V) @ self.U.T
 
-    def operators(self, ts, dtype=None):
+    def operators(self, ts, dtype=None, grad=False):
         dtype = dtype or self.U.dtype
-        op = IdentityPlusLowRank(self.scale.detach().to(dtype), self.U.detach().to(dtype), self.V.detach().to(dtype))
+        c, U, V = (_keep(p, grad).to(dtype) for p in (self.scale, self.U, self.V))
+        op = IdentityPlusLowRank(c, U, V)
         return [op for _ in ts]
 
     @classmethod
@@ -179,10 +187,13 @@ class _TimeEmbedded(LinearCore):
             return reference_time_embedding(t, self.embedding_dim)
         return sinusoidal_embedding(t * 1000.0, self.embedding_dim)
 
-    def _wide_factors(self, ts):
+    def _wide_factors(self, ts, grad: bool = False):
         """``factors`` for a list of times, evaluated in at least fp32 (half-precision MLPs would put
-        ~1e-3 relative noise into every A_t, which a T-step collapse then compounds)."""
+        ~1e-3 relative noise into every A_t, which a T-step collapse then compounds). ``grad=True``
+        keeps the graph (half-precision weights are then evaluated in their own dtype)."""
         times = self._times(ts)
+        if grad:
+            return self.factors(times)
         with torch.no_grad():
             if times.dtype in (torch.float16, torch.bfloat16):
                 return copy.deepcopy(self).float().factors(times.float())
@@ -234,8 +245,8 @@ class TimeLowRankCore(_TimeEmbedded):
         coeff = torch.einsum("nd,ndr->nr", z, v)
         return a[:, None] * z + torch.einsum("ndr,nr->nd", u, coeff)
 
-    def operators(self, ts, dtype=None):
-        a, u, v = self._wide_factors(ts)
+    def operators(self, ts, dtype=None, grad=False):
+        a, u, v = self._wide_factors(ts, grad)
         dtype = dtype or self.u_mlp[-1].weight.dtype
         return [IdentityPlusLowRank(a[i].to(dtype), u[i].to(dtype), v[i].to(dtype)) for i in range(len(ts))]
 
@@ -276,10 +287,10 @@ class SharedBasisCore(_TimeEmbedded):
         coeff = torch.einsum("nrk,nk->nr", s, z @ self.V)
         return a[:, None] * z + coeff @ self.U.T
 
-    def operators(self, ts, dtype=None):
-        a, s = self._wide_factors(ts)
+    def operators(self, ts, dtype=None, grad=False):
+        a, s = self._wide_factors(ts, grad)
         dtype = dtype or self.U.dtype
-        U, V = self.U.detach().to(dtype), self.V.detach().to(dtype)
+        U, V = _keep(self.U, grad).to(dtype), _keep(self.V, grad).to(dtype)
         gram = V.T @ U
         return [SharedBasisOperator(a[i].to(dtype), s[i].to(dtype), U, V, gram=gram) for i in range(len(ts))]
 

@@ -53,6 +53,28 @@ def as_scalar(name: str, s, dtype: torch.dtype, device) -> Tensor:
     raise ValueError(f"Expected {name} to be a real number or a 0-dim tensor, got {type(s).__name__}.")
 
 
+def check_invertible(coefficient: Tensor, capacitance: Tensor, dim: int, name: str = "the operator") -> None:
+    """``ValueError`` unless ``c·I_D + U X Vᵀ`` is invertible, judged from its identity coefficient ``c``
+    and its ``R × R`` capacitance matrix ``K = c·I_R + (Vᵀ U) X``: ``det = c^{D−R}·det K``, so it is
+    invertible iff ``c ≠ 0`` (when ``R < D``) and ``K`` is well conditioned in its dtype."""
+    c = float(coefficient)
+    rank = capacitance.shape[0]
+    if rank < dim and not abs(c) > 0:
+        raise ValueError(
+            f"{name} is not invertible: its identity coefficient is {c:g}, so it has rank ≤ R = {rank} < D = {dim}. "
+            "A likelihood (or an inverse) needs a core with an identity term (core_identity=True)."
+        )
+    if rank:
+        with torch.no_grad():
+            cond = float(torch.linalg.cond(capacitance.detach().to(work_dtype(capacitance.dtype))))
+        limit = 1.0 / torch.finfo(work_dtype(capacitance.dtype)).eps
+        if not cond < limit:
+            raise ValueError(
+                f"{name} is numerically singular: identity coefficient {c:g}, condition number of its "
+                f"R × R capacitance matrix {cond:.3g} (limit {limit:.3g})."
+            )
+
+
 def is_scalar(s) -> bool:
     """True for the scalars ``op * s`` accepts: real numbers and 0-dim tensors."""
     return (isinstance(s, numbers.Real) and not isinstance(s, bool)) or (isinstance(s, Tensor) and s.ndim == 0)

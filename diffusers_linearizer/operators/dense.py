@@ -136,6 +136,21 @@ class DenseOperator(LinearOperator):
         """``torch.linalg.slogdet(M)`` (in the working dtype, ≥ float32)."""
         return torch.linalg.slogdet(self._work())
 
+    def solve(self, z: Tensor) -> Tensor:
+        """``M⁻¹ z`` for every vector (rows ``Z``: ``Z M⁻ᵀ``), by ``torch.linalg.solve``; differentiable."""
+        z, dtype = self._vectors(z)
+        return torch.linalg.solve(self.matrix.to(dtype), z.mT).mT
+
+    def logabsdet(self) -> Tensor:
+        """``log|det M|`` (working dtype, ≥ float32); differentiable."""
+        return torch.linalg.slogdet(self._work()).logabsdet
+
+    def check_invertible(self, name: str = "the operator") -> None:
+        """``ValueError`` unless ``M`` is numerically invertible (condition number below 1/eps)."""
+        cond = float(torch.linalg.cond(self._work().detach()))
+        if not cond < 1.0 / torch.finfo(self._work().dtype).eps:
+            raise ValueError(f"{name} is numerically singular (condition number {cond:.3g}).")
+
     def compress(self, tol: Optional[float] = None, rank: Optional[int] = None) -> Tuple["DenseOperator", float]:
         """Truncated SVD ``M ≈ U_k diag(σ_k) V_kᵀ`` keeping ``σ_i > tol · σ_max`` (default
         ``tol = eps · D``) and at most ``rank`` values; returns it with ``sqrt(Σ dropped σᵢ²)``."""

@@ -20,6 +20,7 @@ from .base import (
     LinearOperator,
     as_scalar,
     check_factor,
+    check_invertible,
     check_k,
     check_power,
     default_rtol,
@@ -254,6 +255,25 @@ class IdentityPlusLowRank(LinearOperator):
         Q, K, c = self._reduced()
         spectrum = self._spectrum(torch.linalg.svdvals(K), c, Q.shape[1])
         return ratio(float(spectrum.max()), float(spectrum.min()))
+
+    def capacitance(self) -> Tensor:
+        """``K = c·I_R + Vᵀ U``: ``M`` is invertible iff ``c ≠ 0`` (for ``R < D``) and ``K`` is."""
+        return self.c * torch.eye(self.rank, dtype=self.dtype, device=self.device) + self.V.mT @ self.U
+
+    def check_invertible(self, name: str = "the operator") -> None:
+        """``ValueError`` naming the identity coefficient unless ``M`` is invertible."""
+        check_invertible(self.c, self.capacitance(), self.dim, name)
+
+    def solve(self, z: Tensor) -> Tensor:
+        """``M⁻¹ z`` by the Woodbury identity ``M⁻¹ = c⁻¹·(I − U K⁻¹ Vᵀ)``, ``K = c·I + Vᵀ U``; rows ``Z``:
+        ``(Z − (Z V K⁻ᵀ) Uᵀ) / c``. Exact and differentiable; one ``R × R`` solve."""
+        z, dtype = self._vectors(z)
+        y = torch.linalg.solve(self.capacitance().to(dtype), (z @ self.V.to(dtype)).mT).mT
+        return (z - y @ self.U.to(dtype).mT) / self.c.to(dtype)
+
+    def logabsdet(self) -> Tensor:
+        """``log|det M| = (D − R)·log|c| + log|det K|`` (matrix determinant lemma; differentiable)."""
+        return (self.dim - self.rank) * torch.log(self.c.abs()) + torch.linalg.slogdet(self.capacitance()).logabsdet
 
     def slogdet(self) -> Tuple[Tensor, Tensor]:
         """``det M = c^{D−k} · det K`` as ``(sign, log|det M|)`` (in the working dtype, ≥ float32)."""

@@ -17,7 +17,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from .base import LinearOperator, as_scalar, check_factor
+from .base import LinearOperator, as_scalar, check_factor, check_invertible
 from .dense import DenseOperator
 from .lowrank import IdentityPlusLowRank
 
@@ -207,6 +207,32 @@ class SharedBasisOperator(LinearOperator):
     def to_lowrank(self) -> IdentityPlusLowRank:
         """``IdentityPlusLowRank(a, U X, V)`` — the same matrix, no longer tied to the basis."""
         return IdentityPlusLowRank(self.a, self.U @ self.X, self.V)
+
+    # ------------------------------------------- inverse and determinant (exact, differentiable)
+    def capacitance(self) -> Tensor:
+        """``K = a·I_R + G X`` (``G = Vᵀ U``): ``M`` is invertible iff ``a ≠ 0`` (for ``R < D``) and ``K`` is."""
+        eye = torch.eye(self.rank, dtype=self.dtype, device=self.device)
+        return self.a * eye + self.gram @ self.X
+
+    def check_invertible(self, name: str = "the operator") -> None:
+        """``ValueError`` naming the identity coefficient unless ``M`` is invertible."""
+        check_invertible(self.a, self.capacitance(), self.dim, name)
+
+    def solve(self, z: Tensor) -> Tensor:
+        """``M⁻¹ z`` by the Woodbury identity ``M⁻¹ = a⁻¹·(I − U X K⁻¹ Vᵀ)``, ``K = a·I + G X``.
+
+        Rows ``Z`` of shape ``(N, D)``: ``(Z − (Z V K⁻ᵀ) Xᵀ Uᵀ) / a``. One ``R × R`` solve, no ``D × D``
+        matrix; exact and differentiable (also with respect to ``a``, ``X``, ``U``, ``V``).
+        """
+        z, dtype = self._vectors(z)
+        U, V, X, a = (t.to(dtype) for t in (self.U, self.V, self.X, self.a))
+        K = self.capacitance().to(dtype)
+        y = torch.linalg.solve(K, (z @ V).mT).mT
+        return (z - (y @ X.mT) @ U.mT) / a
+
+    def logabsdet(self) -> Tensor:
+        """``log|det M| = (D − R)·log|a| + log|det K|`` (matrix determinant lemma; differentiable)."""
+        return (self.dim - self.rank) * torch.log(self.a.abs()) + torch.linalg.slogdet(self.capacitance()).logabsdet
 
     # ------------------------------------------- decompositions (through the low-rank form)
     def reduce(self) -> Tuple[Tensor, Tensor]:

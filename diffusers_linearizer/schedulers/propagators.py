@@ -29,7 +29,7 @@ from typing import Iterable, Optional, Tuple
 
 import torch
 
-from ..operators import IdentityPlusLowRank, SharedBasisOperator
+from ..operators import DenseOperator, IdentityPlusLowRank, SharedBasisOperator
 
 __all__ = [
     "latent_generator",
@@ -40,6 +40,7 @@ __all__ = [
     "collapse_product",
     "CoordinateOperator",
     "structured_collapse",
+    "autograd_collapse",
 ]
 
 
@@ -306,3 +307,42 @@ def _factors(op):
     if isinstance(op, SharedBasisOperator):
         return op.a, op.U, op.V, op.X
     return op.c, op.U, op.V, None
+
+
+def autograd_collapse(ops: dict, steps, propagator, dtype: torch.dtype):
+    """``B = P_{n−1} ··· P_0`` by plain, functional operator algebra, for operators attached to autograd.
+
+    :func:`structured_collapse` updates its coordinate matrix in place and reads the identity
+    coefficients as Python floats, which is fast but not differentiable. Here every ``A_t`` stays a
+    tensor-valued operator and every product is a new operator, so ``B`` (and ``B.apply``) can be
+    differentiated with respect to the core's parameters. Identity-plus-low-rank operators are first
+    written on one basis, as :func:`structured_collapse` does: ``𝐔 = [U(t) for each distinct factor]``
+    and ``A_t = c_t·I + 𝐔 E_t 𝐕ᵀ`` with ``E_t`` selecting its block, so every product stays in
+    ``W × W`` coordinates (``W = r`` for a constant core, ``R`` for the shared basis; memory
+    ``O(D·W + T·W²)`` for the backward pass). When the blocks have more than ``D`` columns in all,
+    the operators are multiplied as ``D × D`` matrices (no truncation, so no SVD in the graph).
+    """
+    gens = {t: latent_generator(op, t).to(dtype=dtype) for t, op in _on_one_basis(ops).items()}
+    B, _ = collapse_product((propagator([gens[t] for t in ts], h) for h, ts in steps), growth=float("inf"))
+    return B
+
+
+def _on_one_basis(ops: dict) -> dict:
+    """``{t: A_t}`` with every identity-plus-low-rank ``A_t`` rewritten on the shared basis of all their
+    distinct factors (``SharedBasisOperator`` with a block-selector ``X``), or as ``DenseOperator`` when
+    that basis would exceed ``D`` columns. Other operators are returned unchanged."""
+    if not all(isinstance(op, IdentityPlusLowRank) for op in ops.values()):
+        return ops
+    blocks = list({id(op): op for op in ops.values()}.values())
+    width, dim = sum(op.rank for op in blocks), blocks[0].dim
+    if width > dim:
+        return {t: DenseOperator(op.to_dense(max_dim=dim)) for t, op in ops.items()}
+    U = blocks[0].U if len(blocks) == 1 else torch.cat([op.U for op in blocks], 1)
+    V = blocks[0].V if len(blocks) == 1 else torch.cat([op.V for op in blocks], 1)
+    gram, start, rewritten = V.mT @ U, 0, {}
+    for op in blocks:
+        X = torch.zeros(width, width, dtype=U.dtype, device=U.device)
+        X[start:start + op.rank, start:start + op.rank] = torch.eye(op.rank, dtype=U.dtype, device=U.device)
+        rewritten[id(op)] = SharedBasisOperator(op.c, X, U, V, gram=gram)
+        start += op.rank
+    return {t: rewritten[id(op)] for t, op in ops.items()}

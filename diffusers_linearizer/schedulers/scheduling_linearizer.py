@@ -43,6 +43,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutpu
 
 from ..operators import IdentityPlusLowRank, SharedBasisOperator
 from .propagators import (
+    autograd_collapse,
     collapse_product,
     euler_propagator,
     heun_propagator,
@@ -327,6 +328,13 @@ class LinearizerScheduler(SchedulerMixin, ConfigMixin):
         ``collapse_cache_size``, thread-safe) by grid, solver, dtype, ``tol`` and the core's identity,
         device and weights (``data_ptr``, in-place version counter, shape). Edits through ``.data``
         bypass the version counter: pass ``cache=False`` or call :meth:`clear_collapse_cache` then.
+
+        **Differentiable.** With ``cache=False``, gradients enabled and a core whose parameters require
+        grad, ``B`` is built from operators attached to the graph (``core.operators(..., grad=True)``)
+        by plain operator algebra (:func:`.propagators.autograd_collapse`, mode ``"autograd"``): the
+        same exact product, with gradients for every core parameter through ``B.apply``,
+        ``B.solve`` and ``B.slogdet_exact``. Memory stays ``O(D·R)``: the shared-basis core and the
+        constant low-rank core keep every step in ``R × R`` coordinates.
         """
         T = num_inference_steps if num_inference_steps is not None else self.num_inference_steps
         if T is None:
@@ -335,6 +343,12 @@ class LinearizerScheduler(SchedulerMixin, ConfigMixin):
         solver = self._check_solver(solver or self.config.solver)
         if dtype not in (torch.float64, torch.float32):
             raise ValueError(f"collapse accumulates in torch.float64 or torch.float32, got {dtype}.")
+        if not cache and torch.is_grad_enabled() and _requires_grad(core):
+            start = time.perf_counter()
+            _, hs, _, t_eval = self._schedule(T, solver)
+            B, info = _collapse(core, solver, hs, t_eval, len(STAGE_FRACTIONS[solver]), dtype, tol, grad=True)
+            info = CollapseInfo(seconds=time.perf_counter() - start, **info)
+            return (B, info) if return_info else B
         prints = _fingerprint(core) if cache else None
         key = None if prints is None else (
             T, solver, self.config.timestep_spacing, float(self.config.shift), self.config.num_train_timesteps,
@@ -378,17 +392,24 @@ def _fingerprint(core):
     return (id(core), prints), str(tensors[0][1].device)
 
 
-def _operators(core, times):
-    """``A_t`` for every time (in the core's dtype) from one ``core.operators`` call."""
+def _requires_grad(core) -> bool:
+    """Whether ``core`` is a module with a parameter that requires grad."""
+    return isinstance(core, torch.nn.Module) and any(p.requires_grad for p in core.parameters())
+
+
+def _operators(core, times, grad: bool = False, dtype: Optional[torch.dtype] = None):
+    """``A_t`` for every time from one ``core.operators`` call (in the core's dtype; with ``grad``,
+    attached to the graph and converted to ``dtype`` inside the core, once per call)."""
     if hasattr(core, "apply") and hasattr(core, "add_identity"):  # a constant operator
         return [core] * len(times)
     if not hasattr(core, "operators") or not hasattr(core, "time_dependent"):
         raise ValueError(f"collapse needs a linear core with `time_dependent` and `operators(ts, dtype)` (the "
                          f"solvers evaluate A_t at {len(times)} times), got {type(core).__name__}.")
+    kwargs = dict(grad=True, dtype=dtype) if grad else {}
     if not core.time_dependent:
-        return list(core.operators([None])) * len(times)
+        return list(core.operators([None], **kwargs)) * len(times)
     try:
-        ops = list(core.operators(list(times)))
+        ops = list(core.operators(list(times), **kwargs))
     except TypeError as err:
         raise ValueError(f"{type(core).__name__} does not take a time t, but the solver evaluates A_t at "
                          f"{len(times)} times: {err}") from err
@@ -397,12 +418,17 @@ def _operators(core, times):
     return ops
 
 
-def _collapse(core, solver, hs, t_eval, order, dtype, tol):
+def _collapse(core, solver, hs, t_eval, order, dtype, tol, grad: bool = False):
     unique = list(dict.fromkeys(t_eval))
-    ops = dict(zip(unique, _operators(core, unique)))
+    ops = dict(zip(unique, _operators(core, unique, grad, dtype)))
     steps = [(hs[i], t_eval[i * order:(i + 1) * order]) for i in range(len(hs))]
     propagator = functools.partial(_propagator, solver)
-    if all(isinstance(op, (IdentityPlusLowRank, SharedBasisOperator)) for op in ops.values()):
+    if grad:
+        B = autograd_collapse(ops, steps, propagator, dtype)
+        dropped, mode = 0.0, "autograd"
+        if tol is not None:
+            B, dropped = B.compress(tol=tol)
+    elif all(isinstance(op, (IdentityPlusLowRank, SharedBasisOperator)) for op in ops.values()):
         B, mode = structured_collapse(ops, steps, propagator, dtype)
         dropped = 0.0
         if tol is not None:

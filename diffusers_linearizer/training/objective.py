@@ -48,6 +48,15 @@ networks (``shared_g=False``) the batched calls become one call per network.
 
 Both objectives share the term functions below; :class:`LinearizerObjective` wraps a model so that
 ``accelerate``/DDP see one ``forward`` that returns the loss.
+
+One-step objectives and mixtures
+--------------------------------
+``"distill"`` (:mod:`.distill`: regress a teacher's ODE samples through the collapsed one-step generator,
+and its inverse back to the teacher's noise) and ``"likelihood"`` (:mod:`.likelihood`: exact maximum
+likelihood of the one-step generator) train through ``B``, the differentiable collapse of the sampler run
+the model will be used with (``num_inference_steps``, ``solver``). Objectives combine by weights:
+``"distill,fast"`` or ``"distill:1,likelihood:0.02"`` (:func:`parse_objective`); the weighted sum of every
+component's terms is the loss. ``B`` is built once per step and shared by the components that need it.
 """
 
 from __future__ import annotations
@@ -59,9 +68,43 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-OBJECTIVES = ("fast", "reference")
+OBJECTIVES = ("fast", "reference", "distill", "likelihood")
+ONE_STEP_OBJECTIVES = ("distill", "likelihood")
 PIXEL_LOSSES = ("mse", "mse+ssim")
 TERMS = ("latent_flow", "noise_reconstruction", "image_reconstruction", "prediction")
+COMPONENT_TERMS = {"distill": ("distill_image", "distill_noise"), "likelihood": ("likelihood_bpd",)}
+
+
+def parse_objective(spec) -> Dict[str, float]:
+    """``"fast"``, ``"distill,fast"`` or ``"distill:1,likelihood:0.02"`` → ``{name: weight}`` (weight 1 by default).
+
+    ``ValueError`` for unknown names, repeated names, non-positive or non-finite weights, and for
+    ``fast`` together with ``reference`` (two estimates of the same flow-matching loss).
+    """
+    if isinstance(spec, dict):
+        items = list(spec.items())
+    else:
+        if not isinstance(spec, str) or not spec.strip():
+            raise ValueError(f"objective must be a non-empty string like 'fast' or 'distill:1,likelihood:0.02', got {spec!r}.")
+        items = []
+        for part in spec.split(","):
+            name, _, weight = part.strip().partition(":")
+            try:
+                items.append((name.strip(), float(weight) if weight.strip() else 1.0))
+            except ValueError:
+                raise ValueError(f"objective {spec!r}: the weight of {name.strip()!r} is not a number ({weight!r}).") from None
+    mix: Dict[str, float] = {}
+    for name, weight in items:
+        if name not in OBJECTIVES:
+            raise ValueError(f"Unknown objective {name!r}; expected some of {', '.join(OBJECTIVES)} (e.g. 'distill,fast').")
+        if name in mix:
+            raise ValueError(f"objective {spec!r} names {name!r} twice.")
+        if not (math.isfinite(weight) and weight > 0):
+            raise ValueError(f"objective {spec!r}: the weight of {name!r} must be a finite number > 0, got {weight}.")
+        mix[name] = float(weight)
+    if "fast" in mix and "reference" in mix:
+        raise ValueError("objective: 'fast' and 'reference' estimate the same loss; choose one.")
+    return mix
 
 
 # ---------------------------------------------------------------------- distances
@@ -238,47 +281,92 @@ def fast_objective(
 class LinearizerObjective(nn.Module):
     """The training loss as a module around a ``LinearizerModel`` (what ``accelerator.prepare`` wraps).
 
-    ``forward(images, noise, t, eps_y, eps_x, offset=0)`` returns a dict with ``"loss"`` (the weighted
-    sum) and every term. All randomness is passed in, so a step is a pure function of its inputs and
-    the weights (what makes resumed runs bit-identical).
+    ``forward(images, noise, t, eps_y, eps_x, offset=0, uniform=None)`` returns a dict with ``"loss"`` (the
+    weighted sum) and every term. All randomness is passed in, so a step is a pure function of its inputs
+    and the weights (what makes resumed runs bit-identical). With ``distill`` in the mix, ``images`` and
+    ``noise`` must be teacher pairs; ``likelihood`` needs ``uniform`` (dequantisation noise, ``U(0, 1)``).
 
     Args:
         model: the ``LinearizerModel``.
-        objective: ``"fast"`` (default) or ``"reference"``.
+        objective: a name or a weighted mix (:func:`parse_objective`): ``"fast"`` (default), ``"reference"``,
+            ``"distill"``, ``"likelihood"``, e.g. ``"distill,fast"``.
         noise_level: σ of the latent perturbations (the reference's 0.3).
         pixel_loss / ssim_weight: the LPIPS substitute (:func:`pixel_distance`).
-        weights: per-term multipliers (keys of :data:`TERMS`, default 1 each).
+        weights: per-term multipliers (keys of :data:`TERMS`, ``distill_noise``; default 1 each).
+        num_inference_steps / solver: the sampler run whose collapsed ``B`` the one-step objectives train.
     """
 
     def __init__(
-        self, model: nn.Module, objective: str = "fast", noise_level: float = 0.3, pixel_loss: str = "mse",
-        ssim_weight: float = 0.1, weights: Optional[Dict[str, float]] = None,
+        self, model: nn.Module, objective="fast", noise_level: float = 0.3, pixel_loss: str = "mse",
+        ssim_weight: float = 0.1, weights: Optional[Dict[str, float]] = None, num_inference_steps: int = 100,
+        solver: str = "euler",
     ):
         super().__init__()
-        if objective not in OBJECTIVES:
-            raise ValueError(f"Unknown objective {objective!r}; expected one of {', '.join(OBJECTIVES)}.")
+        self.mix = parse_objective(objective)
         if pixel_loss not in PIXEL_LOSSES:
             raise ValueError(f"Unknown pixel_loss {pixel_loss!r}; expected one of {', '.join(PIXEL_LOSSES)}.")
         if not (noise_level >= 0 and math.isfinite(noise_level)):
             raise ValueError(f"noise_level must be a finite number ≥ 0, got {noise_level}.")
-        unknown = set(weights or {}) - set(TERMS)
+        known = set(TERMS) | {"distill_noise"}
+        unknown = set(weights or {}) - known
         if unknown:
-            raise ValueError(f"Unknown loss terms {sorted(unknown)}; expected some of {', '.join(TERMS)}.")
+            raise ValueError(f"Unknown loss terms {sorted(unknown)}; expected some of {', '.join(sorted(known))}.")
         self.model = model
-        self.objective, self.noise_level = objective, float(noise_level)
+        self.objective = ",".join(self.mix)
+        self.noise_level = float(noise_level)
         self.pixel_loss, self.ssim_weight = pixel_loss, float(ssim_weight)
-        self.weights = {k: 1.0 for k in TERMS}
+        self.weights = {k: 1.0 for k in known}
         self.weights.update({k: float(v) for k, v in (weights or {}).items()})
+        self.scheduler = None
+        if any(name in self.mix for name in ONE_STEP_OBJECTIVES):
+            from ..schedulers import LinearizerScheduler
 
-    def terms(self, images, noise, t, eps_y, eps_x, offset: int = 0) -> Dict[str, Tensor]:
+            self.scheduler = LinearizerScheduler(solver=solver)
+            self.num_inference_steps = self.scheduler._check_steps(num_inference_steps)
+            self.solver = self.scheduler._check_solver(solver)
+        if "likelihood" in self.mix:
+            from .likelihood import check_likelihood_model
+
+            check_likelihood_model(model, self.scheduler, self.num_inference_steps, self.solver)
+
+    def _distance(self, target: Tensor, prediction: Tensor) -> Tensor:
+        return pixel_distance(target, prediction, self.pixel_loss, self.ssim_weight)
+
+    def terms(self, images, noise, t, eps_y, eps_x, offset: int = 0, uniform: Optional[Tensor] = None) -> Dict[str, Tensor]:
+        """Every term of every component of the mix (unweighted)."""
         kwargs = dict(noise_level=self.noise_level, pixel_loss=self.pixel_loss, ssim_weight=self.ssim_weight)
-        if self.objective == "reference":
-            return reference_objective(self.model, images, noise, t, eps_y, eps_x, **kwargs)
-        return fast_objective(self.model, images, noise, t, eps_y, eps_x, offset=offset, **kwargs)
+        out: Dict[str, Tensor] = {}
+        if "reference" in self.mix:
+            out.update(reference_objective(self.model, images, noise, t, eps_y, eps_x, **kwargs))
+        if "fast" in self.mix:
+            out.update(fast_objective(self.model, images, noise, t, eps_y, eps_x, offset=offset, **kwargs))
+        if self.scheduler is not None:
+            from .one_step import collapsed_operator
 
-    def forward(self, images, noise, t, eps_y, eps_x, offset: int = 0) -> Dict[str, Tensor]:
-        terms = self.terms(images, noise, t, eps_y, eps_x, offset)
-        loss = sum(self.weights[k] * v for k, v in terms.items() if self.weights[k] != 0)
+            B = collapsed_operator(self.model, self.scheduler, self.num_inference_steps, self.solver)
+            if "distill" in self.mix:
+                from .distill import distill_terms
+
+                out.update(distill_terms(self.model, B, images, noise, self._distance))
+            if "likelihood" in self.mix:
+                from .likelihood import likelihood_terms
+
+                if uniform is None:
+                    raise ValueError("The likelihood objective needs `uniform` (dequantisation noise U(0, 1)).")
+                out.update(likelihood_terms(self.model, B, images, uniform))
+        return out
+
+    def term_weight(self, term: str) -> float:
+        """The weight of ``term`` in the loss: the component's mix weight × the term's own weight."""
+        for name, names in COMPONENT_TERMS.items():
+            if term in names:
+                return self.mix[name] * self.weights.get(term, 1.0)
+        flow = self.mix.get("fast", self.mix.get("reference", 0.0))
+        return flow * self.weights[term]
+
+    def forward(self, images, noise, t, eps_y, eps_x, offset: int = 0, uniform: Optional[Tensor] = None) -> Dict[str, Tensor]:
+        terms = self.terms(images, noise, t, eps_y, eps_x, offset, uniform)
+        loss = sum(self.term_weight(k) * v for k, v in terms.items() if self.term_weight(k) != 0)
         out = {"loss": loss}
         out.update(terms)
         return out

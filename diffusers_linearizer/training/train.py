@@ -117,6 +117,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     d.add_argument(*_flag("max_train_samples"), type=int, default=None, help="Use only the first N images.")
     d.add_argument(*_flag("dataloader_num_workers"), type=int, default=0, help="DataLoader worker processes.")
     d.add_argument(*_flag("random_flip"), action="store_true", help="Random horizontal flips (seeded per step).")
+    d.add_argument(*_flag("teacher_pairs"), default=None,
+                   help="A teacher-pairs .npz (`diffusers-linearizer distill-data`): train on (noise, teacher sample) "
+                   "pairs instead of the images; required by --objective distill.")
 
     m = parser.add_argument_group("model")
     m.add_argument(*_flag("pretrained_model"), default=None,
@@ -127,14 +130,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         m.add_argument(*_flag(name), type=typ, default=None, help=f"{text.capitalize()}. Default: the model's.")
 
     o = parser.add_argument_group("objective")
-    o.add_argument("--objective", choices=OBJECTIVES, default="fast",
-                   help="fast (default: one batched forward and one batched inverse of g, each term estimated "
-                   "on part of the batch) or reference (the paper's five passes of g).")
+    o.add_argument("--objective", default="fast",
+                   help=f"One of {', '.join(OBJECTIVES)} or a weighted mix such as 'distill,fast' or "
+                   "'distill:1,likelihood:0.02'. fast (default): latent flow matching with one batched forward and "
+                   "one batched inverse of g; reference: the paper's five passes of g; distill: the one-step output "
+                   "regresses a teacher's samples (--teacher_pairs) and the inverse its noise; likelihood: exact "
+                   "bits/dim of the one-step generator. distill and likelihood train through the collapsed B of "
+                   "--sample_inference_steps and --solver.")
     o.add_argument(*_flag("noise_level"), type=float, default=0.3, help="σ of the latent perturbations. Default: 0.3.")
     o.add_argument(*_flag("pixel_loss"), choices=PIXEL_LOSSES, default="mse",
                    help="Pixel-space distance replacing the paper's LPIPS. Default: mse.")
     o.add_argument(*_flag("ssim_weight"), type=float, default=0.1, help="Weight of 1 − SSIM in mse+ssim. Default: 0.1.")
-    for term in ("latent_flow", "noise_reconstruction", "image_reconstruction", "prediction"):
+    for term in ("latent_flow", "noise_reconstruction", "image_reconstruction", "prediction", "distill_noise"):
         o.add_argument(*_flag(f"weight_{term}"), type=float, default=1.0, help=f"Weight of the {term} term. Default: 1.")
 
     t = parser.add_argument_group("optimisation")
@@ -228,6 +235,15 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--ema_decay must be in [0, 1), got {args.ema_decay}.")
     if args.learning_rate <= 0:
         raise ValueError(f"--learning_rate must be positive, got {args.learning_rate}.")
+    from .objective import parse_objective
+
+    mix = parse_objective(args.objective)
+    if "distill" in mix and not args.teacher_pairs:
+        raise ValueError("--objective distill needs --teacher_pairs FILE (make one with `diffusers-linearizer distill-data`).")
+    if args.teacher_pairs and args.random_flip:
+        raise ValueError("--random_flip would break teacher pairs (a flipped teacher sample is not the sample of its noise).")
+    if args.teacher_pairs and args.train_data_dir:
+        raise ValueError("Give either --teacher_pairs or --train_data_dir, not both.")
     if args.report_to == "tensorboard":
         import importlib.util
 
@@ -470,7 +486,8 @@ def main(args=None) -> int:
     from tqdm.auto import tqdm
 
     from .data import EpochShuffleSampler, build_dataset, derive_seed, stack_images
-    from .objective import LinearizerObjective, draw_step_noise, initialize_actnorm
+    from .distill import TeacherPairs, stack_pairs
+    from .objective import LinearizerObjective, draw_step_noise, initialize_actnorm, parse_objective
 
     output_dir = os.path.abspath(args.output_dir)
     accelerator = Accelerator(
@@ -493,9 +510,17 @@ def main(args=None) -> int:
     ckpt_root = checkpoint_root(output_dir)
 
     # -- data (first: a missing dataset fails before anything is written)
-    dataset = build_dataset(
-        args.train_data_dir, args.data_dir, args.resolution, args.channels, args.fashion_mnist_mode, args.max_train_samples
-    )
+    if args.teacher_pairs:
+        dataset = TeacherPairs(args.teacher_pairs, max_samples=args.max_train_samples)
+        if dataset.resolution != args.resolution or dataset.channels != (args.channels or dataset.channels):
+            raise ValueError(f"{args.teacher_pairs} holds {dataset.channels}×{dataset.resolution}×{dataset.resolution} "
+                             f"images; --resolution {args.resolution} / --channels {args.channels} ask for others.")
+    else:
+        dataset = build_dataset(
+            args.train_data_dir, args.data_dir, args.resolution, args.channels, args.fashion_mnist_mode,
+            args.max_train_samples,
+        )
+    uses_likelihood = "likelihood" in parse_objective(args.objective)
     if main_process:
         os.makedirs(ckpt_root, exist_ok=True)
         remove_stale(ckpt_root)
@@ -510,7 +535,8 @@ def main(args=None) -> int:
         )
     sampler = EpochShuffleSampler(len(dataset), seed=args.seed)
     loader = DataLoader(
-        dataset, batch_size=args.train_batch_size, sampler=sampler, drop_last=True, collate_fn=stack_images,
+        dataset, batch_size=args.train_batch_size, sampler=sampler, drop_last=True,
+        collate_fn=stack_pairs if args.teacher_pairs else stack_images,
         num_workers=args.dataloader_num_workers, pin_memory=accelerator.device.type == "cuda",
     )
 
@@ -529,7 +555,9 @@ def main(args=None) -> int:
 
     objective = LinearizerObjective(
         model, args.objective, noise_level=args.noise_level, pixel_loss=args.pixel_loss, ssim_weight=args.ssim_weight,
-        weights={t: getattr(args, f"weight_{t}") for t in ("latent_flow", "noise_reconstruction", "image_reconstruction", "prediction")},
+        weights={t: getattr(args, f"weight_{t}") for t in
+                 ("latent_flow", "noise_reconstruction", "image_reconstruction", "prediction", "distill_noise")},
+        num_inference_steps=args.sample_inference_steps, solver=args.solver,
     )
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
@@ -708,8 +736,13 @@ def main(args=None) -> int:
                 n_step = global_batch * args.gradient_accumulation_steps
                 step_inputs = list(draw_step_noise(shape, n_step, gen))
                 step_inputs.append(torch.rand(n_step, generator=gen) < 0.5)  # flips (used with --random_flip)
+                if uses_likelihood:  # dequantisation noise
+                    step_inputs.append(torch.rand((n_step, *shape), generator=gen))
             first = (micro_in_step * num_processes + rank) * args.train_batch_size
-            noise, t, eps_y, eps_x, flip = (v[first:first + args.train_batch_size] for v in step_inputs)
+            noise, t, eps_y, eps_x, flip, *rest = (v[first:first + args.train_batch_size] for v in step_inputs)
+            uniform = rest[0].to(device, non_blocking=True) if rest else None
+            if isinstance(images, (tuple, list)):  # teacher pairs: the pair's noise replaces the drawn one
+                images, noise = images
             if args.random_flip:
                 images = torch.where(flip.view(-1, 1, 1, 1).to(images.device), images.flip(-1), images)
             noise, t, eps_y, eps_x = (v.to(device, non_blocking=True) for v in (noise, t, eps_y, eps_x))
@@ -718,7 +751,7 @@ def main(args=None) -> int:
             # round-robin assignment of decode terms continues across batches, processes and steps)
             offset = global_step * args.gradient_accumulation_steps * global_batch + first
             with accelerator.accumulate(objective):
-                out = objective(images, noise, t, eps_y, eps_x, offset=offset)
+                out = objective(images, noise, t, eps_y, eps_x, offset=offset, uniform=uniform)
                 accelerator.backward(out["loss"])
                 if accelerator.sync_gradients and args.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(objective.parameters(), args.max_grad_norm)

@@ -1,0 +1,135 @@
+r"""Distillation of a diffusers flow-matching model into a one-step Linearizer: teacher pairs and the loss.
+
+The pairs
+---------
+A *teacher* is a diffusers ``UNet2DModel`` trained with the flow-matching objective on images in
+``[−1, 1]`` (``x_σ = σ·ε + (1 − σ)·x``, timestep ``1000·σ``, velocity target ``ε − x``), sampled with a
+``FlowMatchEulerDiscreteScheduler`` (a folder holding the UNet, or a pipeline folder with ``unet/`` and
+``scheduler/``). A pair is ``(ε, x_T)``: the noise and the teacher's ODE sample from it, stored as
+``round(255·clamp((x_T + 1)/2, 0, 1))`` in uint8. The noise is not stored: pair ``i`` belongs to chunk
+``k = i // chunk_size`` at position ``j = i % chunk_size`` and its noise is row ``j`` of
+``torch.randn((chunk_size, C, H, W), generator=torch.Generator().manual_seed(seed_base + k))`` drawn on
+the CPU in float32. :func:`write_teacher_pairs` (``diffusers-linearizer distill-data``) writes such a
+file chunk by chunk (resumable: finished chunks are kept in ``OUTPUT.parts/``) and
+:class:`TeacherPairs` reads it back with its noise.
+
+The loss (``objective="distill"``)
+----------------------------------
+With ``B`` the collapsed operator of the sampler run the student will be used with::
+
+    L = D(x_T, g_x⁻¹(B g_y(ε)))                one step reproduces the teacher's sample   (distill_image)
+      + w_inv · MSE(ε, g_y⁻¹(B⁻¹ g_x(x_T)))     inversion returns the teacher's noise      (distill_noise)
+
+``D`` is the trainer's pixel distance (MSE, or MSE + SSIM), images in ``[0, 1]``. Gradients reach every
+parameter of ``g`` and of the core (through the differentiable collapse). The two terms run as two
+batched passes of ``g``: one forward of ``[ε, x_T]`` and one inverse of ``[B z_ε, B⁻¹ z_x]``. Mixed with
+``fast`` (``--objective distill,fast``) the pairs' noise also serves as ``z₀`` of the latent flow term.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Dict, Optional, Tuple
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from .one_step import _apply
+
+PAIRS_CHUNK_SIZE = 1000
+PAIRS_SEED_BASE = 1_000_000
+
+
+def chunk_noise(chunk: int, shape: Tuple[int, int, int], chunk_size: int = PAIRS_CHUNK_SIZE,
+                seed_base: int = PAIRS_SEED_BASE) -> Tensor:
+    """The noise of chunk ``chunk``: ``randn((chunk_size, C, H, W))`` from the CPU generator seeded ``seed_base + chunk``."""
+    gen = torch.Generator().manual_seed(int(seed_base) + int(chunk))
+    return torch.randn((chunk_size, *shape), generator=gen, dtype=torch.float32)
+
+
+def pairs_noise(n: int, shape, chunk_size: int = PAIRS_CHUNK_SIZE, seed_base: int = PAIRS_SEED_BASE) -> Tensor:
+    """The noise of pairs ``0 … n−1`` (chunks drawn whole, then cut)."""
+    chunks = [chunk_noise(k, shape, chunk_size, seed_base) for k in range((n + chunk_size - 1) // chunk_size)]
+    return torch.cat(chunks)[:n] if chunks else torch.empty((0, *shape))
+
+
+class TeacherPairs(Dataset):
+    """``(image, noise)`` pairs from a teacher-pairs ``.npz`` (module docstring): images as float in ``[0, 1]``.
+
+    Args:
+        path: the ``.npz`` file with key ``images`` (uint8, ``(N, H, W)`` or ``(N, C, H, W)``) and optionally
+            ``chunk_size`` / ``seed_base`` (written by :func:`write_teacher_pairs`; defaults 1000 / 1,000,000).
+        shape: the expected ``(C, H, W)`` (the student's), checked before anything else is done.
+        max_samples: keep the first N pairs.
+
+    All noise is regenerated once at construction (``N·D`` float32 numbers; 184 MB for 45,000 pairs of 32×32).
+    """
+
+    def __init__(self, path: str, shape: Optional[Tuple[int, int, int]] = None, max_samples: Optional[int] = None):
+        images, self.chunk_size, self.seed_base = read_pairs_file(path)
+        if images.ndim == 3:
+            images = images[:, None]
+        if shape is not None and tuple(images.shape[1:]) != tuple(shape):
+            raise ValueError(
+                f"{path}: the pairs are {tuple(images.shape[1:])} images (C, H, W) but the student makes "
+                f"{tuple(shape)} images: distill from a teacher of the student's size and channels."
+            )
+        if max_samples is not None:
+            images = images[:max_samples]
+        self.images = torch.from_numpy(np.ascontiguousarray(images))
+        self.noise = pairs_noise(len(self.images), tuple(self.images.shape[1:]), self.chunk_size, self.seed_base)
+        self.channels, self.resolution = int(self.images.shape[1]), int(self.images.shape[2])
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, index: int):
+        return self.images[index].float() / 255.0, self.noise[index]
+
+
+def read_pairs_file(path: str):
+    """``(images uint8 array, chunk_size, seed_base)`` of a pairs file; ``ValueError`` naming what is wrong."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Teacher pairs file {path} does not exist (make one with `diffusers-linearizer distill-data`).")
+    try:
+        data = np.load(path, allow_pickle=False)  # pickles are refused: pairs are data, never code
+        keys = data.files
+    except (OSError, EOFError, ValueError) as err:  # not a zip, truncated, or a pickle
+        raise ValueError(f"{path} is not a readable .npz file: {err}") from err
+    with data:
+        if "images" not in keys:
+            raise ValueError(f"{path} has no 'images' array (keys: {', '.join(keys) or 'none'}).")
+        images = data["images"]
+        chunk = int(data["chunk_size"]) if "chunk_size" in keys else PAIRS_CHUNK_SIZE
+        seed = int(data["seed_base"]) if "seed_base" in keys else PAIRS_SEED_BASE
+    if images.dtype != np.uint8:
+        raise ValueError(f"{path}: 'images' must be uint8 (round(255·(x + 1)/2)), got {images.dtype}.")
+    if images.ndim not in (3, 4) or images.shape[0] == 0 or images.shape[-1] != images.shape[-2]:
+        raise ValueError(f"{path}: 'images' must be (N, H, W) or (N, C, H, W) with H = W and N ≥ 1, got {images.shape}.")
+    if chunk < 1:
+        raise ValueError(f"{path}: chunk_size must be ≥ 1, got {chunk}.")
+    return images, chunk, seed
+
+
+def stack_pairs(batch):
+    """``collate_fn`` for :class:`TeacherPairs`: ``(images (N, C, H, W), noise (N, C, H, W))``."""
+    return torch.stack([b[0] for b in batch]), torch.stack([b[1] for b in batch])
+
+
+# ---------------------------------------------------------------------- the loss
+def distill_terms(model, B, images: Tensor, noise: Tensor, distance) -> Dict[str, Tensor]:
+    """``distill_image`` = ``D(x_T, g_x⁻¹(B g_y(ε)))`` and ``distill_noise`` = ``MSE(ε, g_y⁻¹(B⁻¹ g_x(x_T)))``.
+
+    ``distance(target, prediction)`` is the pixel distance. Two batched passes of ``g`` (module docstring).
+    """
+    from .objective import mse, run_g
+
+    n = images.shape[0]
+    dev = images.device
+    is_x = torch.cat([torch.zeros(n, dtype=torch.bool, device=dev), torch.ones(n, dtype=torch.bool, device=dev)])
+    z = run_g(model, torch.cat([noise, images.to(noise.dtype)]), is_x)
+    moved = torch.cat([_apply(B, z[:n]), _apply(B, z[n:], inverse=True)])
+    decoded = run_g(model, moved, ~is_x, inverse=True)  # B z_ε decodes with g_x, B⁻¹ z_x with g_y
+    return {"distill_image": distance(images, decoded[:n]), "distill_noise": mse(decoded[n:], noise)}
