@@ -1,0 +1,253 @@
+"""Sample quality of every training objective, trained side by side with the same CPU budget.
+
+Each objective continues training the same starting model (``--start``, by default the previous packaged
+default, ``benchmarks/models/fashion_mnist_v1``) for the same wall-clock budget on one CPU thread, one run
+after the other, with the same optimiser, learning rate, batch and EMA. Every run is then measured the same
+way, in one process:
+
+* Fréchet distance (FD) of one-step samples (``--fd-samples``, seeded) to the 10,000 Fashion-MNIST test
+  images, in the features of the project's classifier (``benchmarks/fmnist_classifier.py``);
+* bits per dimension of 1,000 dequantised test images under the one-step generator (exact change of variables);
+* one-step vs stepped PSNR (64 images, the same noise, float32, no clamping) and inversion PSNR
+  (``B⁻¹``/``B†`` of 1,000 test images, regenerated);
+* a 64-sample grid per run and a temperature sweep (FD against τ) for the best run and the shipped model.
+
+The teacher's FD is that of its own 50-step samples stored in the pairs file; its training time (on other
+hardware) is reported on its own line, never folded into a ratio.
+
+    python benchmarks/quality.py --budget 600 --fd-samples 5000          # train every run, then measure
+    python benchmarks/quality.py --skip-training                          # measure existing runs again
+Writes ``docs/quality.md``, ``docs/quality.json`` and ``docs/images/quality_*.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+for path in (REPO, HERE):
+    if path not in sys.path:
+        sys.path.insert(0, path)
+
+from fmnist_classifier import extract_features, frechet_distance, gaussian_stats, load_classifier, load_split  # noqa: E402
+
+from diffusers_linearizer import LinearizerInversionPipeline, LinearizerPipeline  # noqa: E402
+from diffusers_linearizer.image_grid import make_grid  # noqa: E402
+from diffusers_linearizer.training.distill import read_pairs_file  # noqa: E402
+from diffusers_linearizer.training.one_step import bits_per_dim, dequantize, log_likelihood  # noqa: E402
+
+DOCS = os.path.join(REPO, "docs")
+IMAGES = os.path.join(DOCS, "images")
+PAIRS = os.path.join(os.path.dirname(REPO), "shared", "distill", "fmnist32_teacher_pairs.npz")
+START = os.path.join(HERE, "models", "fashion_mnist_v1")
+T = 100
+TEMPERATURES = (0.7, 0.85, 1.0, 1.15, 1.3, 1.5)
+
+# name → (objective, uses teacher pairs, extra trainer options)
+RUNS = {
+    "fast": ("fast", False, []),
+    "reference": ("reference", False, []),
+    "likelihood": ("likelihood", False, []),
+    "distill": ("distill", True, ["--weight_distill_noise", "0.1"]),
+    "distill+likelihood": ("distill,likelihood:0.01", True, ["--weight_distill_noise", "0.1"]),
+}
+COMMON = ["--learning_rate", "3e-4", "--train_batch_size", "64", "--checkpointing_steps", "0", "--sample_steps", "0",
+          "--no_final_samples", "--no_progress", "--log_every", "50", "--cpu", "--seed", "0"]
+
+
+def hardware() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__}"
+
+
+def train_run(name: str, out: str, start: str, budget: float, pairs: str) -> None:
+    """Train ``name`` from ``start`` for ``budget`` seconds (one thread); skipped when ``out`` is complete."""
+    objective, paired, extra = RUNS[name]
+    if not os.path.isfile(os.path.join(out, "model_index.json")):
+        cmd = [sys.executable, "-m", "diffusers_linearizer.training.train", "--output_dir", out, "--pretrained_model",
+               start, "--objective", objective, "--max_train_seconds", str(budget), *COMMON, *extra]
+        if paired:
+            cmd += ["--teacher_pairs", pairs]
+        env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=REPO, HF_HUB_OFFLINE="1")
+        print(f"training {name}: {' '.join(cmd[3:])}", flush=True)
+        with open(out + ".log", "w", encoding="utf-8") as log:
+            subprocess.run(cmd, env=env, check=True, stdout=log, stderr=subprocess.STDOUT)
+    if not os.path.isfile(os.path.join(out, "model_index.json")):
+        raise RuntimeError(f"training {name} left no pipeline in {out}; see {out}.log")
+
+
+def read_metrics(run_dir: str) -> Dict:
+    """Steps and seconds of a finished run (from its final checkpoint's trainer state)."""
+    root = os.path.join(run_dir, "checkpoints")
+    if not os.path.isdir(root):
+        return {}
+    last = sorted((int(n.split("-")[1]), n) for n in os.listdir(root) if n.startswith("checkpoint-"))
+    if not last:
+        return {}
+    with open(os.path.join(root, last[-1][1], "trainer_state.json"), encoding="utf-8") as f:
+        state = json.load(f)
+    return {"steps": state["global_step"], "train_seconds": state.get("train_seconds_this_run")}
+
+
+def noise(n: int, seed: int) -> torch.Tensor:
+    return torch.randn((n, 1, 32, 32), generator=torch.Generator().manual_seed(seed))
+
+
+@torch.no_grad()
+def one_step(pipe, eps: torch.Tensor, temperature: float = 1.0, batch: int = 500) -> torch.Tensor:
+    """One-step images of ``temperature·eps`` (the pipeline's initial noise scaled by τ), clamped to [0, 1]."""
+    out = [pipe(b.shape[0], num_inference_steps=T, latents=b * temperature, output_type="pt").images
+           for b in eps.split(batch)]
+    return torch.cat(out)
+
+
+def fd(classifier, images: torch.Tensor, ref) -> float:
+    return frechet_distance(*gaussian_stats(extract_features(classifier, images)), *ref)
+
+
+@torch.no_grad()
+def bpd(pipe, test: torch.Tensor, seed: int = 0) -> float:
+    model = pipe.linearizer.eval()
+    B = pipe.scheduler.collapse(model.core, T)
+    u = torch.rand(test.shape, generator=torch.Generator().manual_seed(seed))
+    x = dequantize(test, u)
+    logp = torch.cat([log_likelihood(model, B, b)[0] for b in x.split(250)])
+    return float(bits_per_dim(logp, x[0].numel()).mean())
+
+
+@torch.no_grad()
+def exactness(pipe, n: int = 64, seed: int = 7) -> float:
+    from diffusers_linearizer.pipelines.linearizer.pipeline_linearizer import psnr
+
+    eps = noise(n, seed)
+    a = pipe(n, num_inference_steps=T, latents=eps, output_type="pt", clamp=False).images
+    b = pipe(n, num_inference_steps=T, latents=eps, one_step=False, output_type="pt", clamp=False).images
+    return float(psnr(a, b).min())
+
+
+@torch.no_grad()
+def inversion(pipe, test: torch.Tensor) -> Dict[str, float]:
+    inv = LinearizerInversionPipeline(**pipe.components)
+    inv.set_progress_bar_config(disable=True)
+    p = torch.cat([inv(b, num_inference_steps=T).psnr for b in test.split(250)])
+    return {"min": float(p.min()), "median": float(p.median())}
+
+
+def load(path: str) -> LinearizerPipeline:
+    pipe = LinearizerPipeline.from_pretrained(path)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def measure(name: str, path: str, classifier, ref, test, fd_eps, args) -> Dict:
+    t0 = time.perf_counter()
+    pipe = load(path)
+    images = one_step(pipe, fd_eps)
+    row = {"name": name, "path": os.path.relpath(path, REPO), "fd": fd(classifier, images, ref),
+           "bits_per_dim": bpd(pipe, test[: args.bpd_images]), "one_step_vs_stepped_db": exactness(pipe),
+           "inversion_db": inversion(pipe, test[: args.inversion_images])}
+    grid = os.path.join(IMAGES, f"quality_{name.replace('+', '_')}.png")
+    make_grid(images[:64], nrow=8).resize((8 * 34 * 3, 8 * 34 * 3), 0).save(grid)
+    row["grid"] = os.path.relpath(grid, DOCS)
+    row["seconds_to_measure"] = round(time.perf_counter() - t0, 1)
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def temperature_sweep(path: str, classifier, ref, fd_eps) -> List[Dict]:
+    pipe = load(path)
+    rows = [{"temperature": tau, "fd": fd(classifier, one_step(pipe, fd_eps, tau), ref)} for tau in TEMPERATURES]
+    print(f"temperature sweep {path}: {rows}", flush=True)
+    return rows
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--budget", type=float, default=600, help="Training seconds per objective. Default: 600.")
+    parser.add_argument("--fd-samples", type=int, default=5000, help="One-step samples per FD. Default: 5000.")
+    parser.add_argument("--bpd-images", type=int, default=1000)
+    parser.add_argument("--inversion-images", type=int, default=1000)
+    parser.add_argument("--runs-dir", default=os.path.join(REPO, "runs", "quality"))
+    parser.add_argument("--start", default=START, help="Starting model of every run. Default: %(default)s.")
+    parser.add_argument("--pairs", default=PAIRS, help="Teacher pairs for the distillation runs.")
+    parser.add_argument("--shipped", default=os.path.join(REPO, "diffusers_linearizer", "default_model"),
+                        help="The packaged default, measured alongside.")
+    parser.add_argument("--shipped-training", default=None, help="A JSON file describing how the shipped model was trained.")
+    parser.add_argument("--runs", nargs="*", default=list(RUNS), choices=list(RUNS))
+    parser.add_argument("--skip-training", action="store_true")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    os.makedirs(args.runs_dir, exist_ok=True)
+    os.makedirs(IMAGES, exist_ok=True)
+
+    train_info = {}
+    for name in args.runs:
+        out = os.path.join(args.runs_dir, name.replace("+", "_"))
+        if not args.skip_training:
+            train_run(name, out, args.start, args.budget, args.pairs)
+        train_info[name] = read_metrics(out)
+
+    classifier = load_classifier()
+    test, _ = load_split("test")
+    ref = gaussian_stats(extract_features(classifier, test))
+    fd_eps = noise(args.fd_samples, 2026)
+    teacher_images = torch.from_numpy(read_pairs_file(args.pairs)[0][: args.fd_samples]).float()[:, None] / 255.0
+    train_images, _ = load_split("train")
+    rows = {
+        "teacher (50 Euler steps, stored pairs)": {"fd": fd(classifier, teacher_images, ref)},
+        "Fashion-MNIST train images (floor)": {"fd": fd(classifier, train_images[: args.fd_samples], ref)},
+    }
+    measured = [measure("start", args.start, classifier, ref, test, fd_eps, args)]
+    for name in args.runs:
+        row = measure(name, os.path.join(args.runs_dir, name.replace("+", "_")), classifier, ref, test, fd_eps, args)
+        row.update(train_info.get(name, {}), objective=RUNS[name][0])
+        measured.append(row)
+    shipped = None
+    if args.shipped and os.path.isdir(args.shipped):
+        shipped = measure("shipped", args.shipped, classifier, ref, test, fd_eps, args)
+        if args.shipped_training:
+            with open(args.shipped_training, encoding="utf-8") as f:
+                shipped["training"] = json.load(f)
+    best = min((r for r in measured if r["name"] != "start"), key=lambda r: r["fd"])
+    sweeps = {best["name"]: temperature_sweep(os.path.join(REPO, best["path"]), classifier, ref, fd_eps)}
+    if shipped is not None:
+        sweeps["shipped"] = temperature_sweep(args.shipped, classifier, ref, fd_eps)
+    result = {
+        "date": datetime.date.today().isoformat(), "hardware": hardware(), "budget_seconds": args.budget,
+        "fd_samples": args.fd_samples, "references": rows, "runs": measured, "shipped": shipped, "best": best["name"],
+        "temperature": sweeps, "teacher_training": "3,214 steps in 230 s on one NVIDIA H200 (its README); "
+        "its pairs took 150 s on that GPU",
+    }
+    with open(os.path.join(DOCS, "quality.json"), "w", encoding="utf-8") as f:
+        json.dump(result, f, indent=2)
+    write_page(result)
+    return 0
+
+
+def write_page(r: Dict) -> None:
+    from quality_page import render
+
+    with open(os.path.join(DOCS, "quality.md"), "w", encoding="utf-8") as f:
+        f.write(render(r))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

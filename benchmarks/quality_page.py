@@ -1,0 +1,92 @@
+"""``docs/quality.md`` from ``docs/quality.json`` (written by ``benchmarks/quality.py``; ``python
+benchmarks/quality_page.py`` re-renders the page alone)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Dict
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DOCS = os.path.join(os.path.dirname(HERE), "docs")
+FD_GOAL = 98.0
+
+
+def _fmt(x, digits=1):
+    return "–" if x is None else f"{x:,.{digits}f}"
+
+
+def _row(r: Dict) -> str:
+    inv = r.get("inversion_db") or {}
+    return (f"| {r['name']} | {r.get('objective', '–')} | {_fmt(r.get('steps'), 0)} | {_fmt(r.get('train_seconds'), 0)} | "
+            f"**{_fmt(r['fd'])}** | {_fmt(r.get('bits_per_dim'), 3)} | {_fmt(r.get('one_step_vs_stepped_db'))} | "
+            f"{_fmt(inv.get('min'))} / {_fmt(inv.get('median'))} |")
+
+
+def render(r: Dict) -> str:
+    teacher = r["references"]["teacher (50 Euler steps, stored pairs)"]["fd"]
+    floor = r["references"]["Fashion-MNIST train images (floor)"]["fd"]
+    runs = r["runs"]
+    start = next(x for x in runs if x["name"] == "start")
+    lines = [
+        "# Sample quality by training objective",
+        "",
+        f"Measured on {r['date']} with `benchmarks/quality.py` on {r['hardware']}. Every run continues training the "
+        f"same starting model (`{start['path']}`) for **{r['budget_seconds']:.0f} s** of wall-clock time on one CPU "
+        "thread, with AdamW 3e-4, batch 64 and EMA 0.999, one run after the other on the same machine. Sampling "
+        f"uses the collapsed operator of T = 100 Euler grid points. FD: Fréchet distance of {r['fd_samples']:,} "
+        "one-step samples to the 10,000 Fashion-MNIST test images in the features of the project's classifier "
+        "(`benchmarks/fmnist_classifier.py`; lower is better). Bits/dim: 1,000 dequantised test images under the "
+        "one-step generator (exact change of variables). One-step vs stepped: worst PSNR of 64 images, float32, "
+        "unclamped. Inversion: PSNR of 1,000 test images regenerated from their recovered noise (worst / median).",
+        "",
+        "| run | objective | steps | seconds | FD | bits/dim | one-step vs stepped (dB) | inversion (dB) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    lines += [_row(x) for x in runs]
+    if r.get("shipped"):
+        lines.append(_row(dict(r["shipped"], objective=r["shipped"].get("training", {}).get("objective", "see below"))))
+    lines += [
+        "",
+        f"References: the teacher's own 50-step samples (the stored pairs) reach FD **{teacher:.1f}**; "
+        f"{r['fd_samples']:,} Fashion-MNIST *training* images reach {floor:.1f} (the floor of this measurement). "
+        f"The teacher (a diffusers `UNet2DModel`, 3.6 M parameters) was trained separately: {r['teacher_training']}.",
+        "",
+    ]
+    shipped = r.get("shipped")
+    if shipped:
+        fd = shipped["fd"]
+        lines += [
+            "## Goals",
+            "",
+            f"* Packaged default's one-step FD ≤ {FD_GOAL:.0f}: **{fd:.1f}** — "
+            + ("met." if fd <= FD_GOAL else "**not met**."),
+            f"* Distilled student ≤ 3× its teacher's 50-step FD ({3 * teacher:.1f}): **{fd:.1f}** "
+            f"({fd / teacher:.1f}× the teacher) — " + ("met." if fd <= 3 * teacher else "**not met**."),
+            f"* One-step vs stepped ≥ 60 dB (float32): {shipped['one_step_vs_stepped_db']:.1f} dB; inversion ≥ 60 dB: "
+            f"{shipped['inversion_db']['min']:.1f} dB (worst of 1,000 test images).",
+            "",
+        ]
+        if "training" in shipped:
+            lines += ["How the packaged default was trained:", "", "```json", json.dumps(shipped["training"], indent=2),
+                      "```", ""]
+    lines += ["## Temperature", "", "FD of one-step samples with the noise scaled by τ before `g_y` (exact: B(τ·ε) = τ·B ε).", "",
+              "| model | " + " | ".join(f"τ = {row['temperature']}" for row in next(iter(r["temperature"].values()))) + " |",
+              "|---|" + "---:|" * len(next(iter(r["temperature"].values())))]
+    for name, rows in r["temperature"].items():
+        lines.append(f"| {name} | " + " | ".join(f"{row['fd']:.1f}" for row in rows) + " |")
+    lines += ["", "## Samples", ""]
+    for x in runs + ([shipped] if shipped else []):
+        lines.append(f"**{x['name']}** (FD {x['fd']:.1f})  ")
+        lines.append(f"![{x['name']}]({x['grid']})")
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    with open(os.path.join(DOCS, "quality.json"), encoding="utf-8") as f:
+        result = json.load(f)
+    with open(os.path.join(DOCS, "quality.md"), "w", encoding="utf-8") as f:
+        f.write(render(result))
+    sys.exit(0)
