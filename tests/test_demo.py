@@ -2,7 +2,6 @@
 sampler, a dense fp64 SVD of the core), bad input refused with a message, concurrent users, and the gradio
 layer's error handling (when gradio is installed)."""
 
-import os
 import re
 import subprocess
 import sys
@@ -16,7 +15,8 @@ import torch
 
 from diffusers_linearizer import LinearizerPipeline
 from diffusers_linearizer.demo import DemoError, LinearizerDemo
-from diffusers_linearizer.demo.callbacks import EDIT_SCALE, pipeline_features
+from diffusers_linearizer.demo.callbacks import EDIT_SCALE
+from diffusers_linearizer.demo.inputs import pipeline_features
 
 from .test_pipeline import STEPS, make_pipe
 

@@ -40,10 +40,13 @@ def _find(*names):
 
 CHROMIUM = _find("chromium", "chromium-browser", "google-chrome")
 CHROMEDRIVER = _find("chromedriver", "/usr/lib/chromium/chromedriver")
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None or CHROMEDRIVER is None,
-    reason="no chromium/chromedriver on this machine (apt-get install chromium chromium-driver)",
-)
+pytestmark = [
+    pytest.mark.skipif(
+        CHROMIUM is None or CHROMEDRIVER is None,
+        reason="no chromium/chromedriver on this machine (apt-get install chromium chromium-driver)",
+    ),
+    pytest.mark.filterwarnings("ignore::Warning:gradio.queueing"),  # gradio's own use of pandas
+]
 
 
 class NetworkGuard:

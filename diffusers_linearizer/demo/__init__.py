@@ -4,7 +4,8 @@ One-step generation that equals the stepped sampler, exact inversion of an image
 interpolation between two images in noise space, and edits along the singular vectors of the linear core.
 
 * :mod:`.callbacks` — the callbacks behind the tabs (plain Python, no gradio): :class:`LinearizerDemo`,
-  :func:`get_demo` (one loaded pipeline per process);
+  :func:`get_demo` (one loaded pipeline per process); :mod:`.images` (uploads, fitting, pictures of noise,
+  GIFs) and :mod:`.inputs` (checks of the page's values, what the pipeline's call accepts);
 * :mod:`.app` — the gradio page (:func:`build_app`, :func:`launch`); gradio is imported only there, so the
   package works without it (``pip install "diffusers-linearizer[demo]"`` installs it).
 

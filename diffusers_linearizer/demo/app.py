@@ -217,7 +217,6 @@ def launch(model: Optional[str] = None, port: Optional[int] = None, share: bool 
     ``host``/``port`` default to gradio's (``GRADIO_SERVER_NAME`` / ``GRADIO_SERVER_PORT`` or
     127.0.0.1:7860), which is what a Hugging Face Space sets.
     """
-    gr = import_gradio()
     blocks = build_app(demo=demo, model=model)
     blocks.launch(server_name=host, server_port=port, share=share, css=CSS, **kwargs)
     return blocks

@@ -16,7 +16,6 @@ and regenerates to round-off too.
 
 from __future__ import annotations
 
-import inspect
 import os
 import shutil
 import tempfile
@@ -33,6 +32,7 @@ from ..pipelines.linearizer.pipeline_linearizer import psnr
 from ..schedulers import SOLVERS
 from . import images as im
 from .images import DemoError
+from .inputs import as_float, as_int, pipeline_features
 
 MAX_IMAGES = 64
 MAX_STEPS = 1000
@@ -50,33 +50,6 @@ Progress = Optional[Callable[..., Any]]
 def _tick(progress: Progress, fraction: float, desc: str) -> None:
     if progress is not None:
         progress(fraction, desc=desc)
-
-
-def as_int(value, name: str, low: int, high: Optional[int] = None, hint: str = "") -> int:
-    """``value`` (an int, or a float with an integral value, as number fields send) within ``[low, high]``."""
-    if isinstance(value, bool) or value is None or value == "":
-        raise DemoError(f"{name} is missing; enter a whole number ≥ {low}.")
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise DemoError(f"{name} must be a whole number, got {value!r}.") from None
-    if not number.is_integer():
-        raise DemoError(f"{name} must be a whole number, got {value!r}.")
-    number = int(number)
-    if number < low or (high is not None and number > high):
-        bound = f"between {low} and {high}" if high is not None else f"at least {low}"
-        raise DemoError(f"{name} must be {bound}{hint}; got {number}.")
-    return number
-
-
-def as_float(value, name: str, low: float, high: float) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise DemoError(f"{name} must be a number between {low} and {high}, got {value!r}.") from None
-    if not low <= number <= high:
-        raise DemoError(f"{name} must be between {low} and {high}; got {number}.")
-    return number
 
 
 STEPS_HINT = " (T grid points give T − 1 solver steps)"
@@ -410,34 +383,6 @@ class LinearizerDemo:
             message = (f"All sliders at 0: g_x⁻¹(g_x(x)) gives back the original, **PSNR {im.format_db(quality)}**. "
                        f"Coordinates ⟨z, vᵢ⟩ of its latent: {coords}.")
         return im.to_pil(edited.clamp(0, 1))[0], message
-
-
-def pipeline_features(pipe) -> Dict[str, Any]:
-    """What the pipeline's ``__call__`` accepts beyond unconditional generation, found from its signature.
-
-    ``temperature`` (noise scale), a class label argument (``class_labels``) with the model's class names
-    (``class_names`` or ``id2label`` in the model or pipeline config) or count (``num_classes`` /
-    ``num_class_embeds``), ``prompt`` and ``guidance_scale``.
-    """
-    params = inspect.signature(pipe.__call__).parameters
-    class_arg = next((n for n in ("class_labels", "class_label") if n in params), None)
-    names: List[str] = []
-    count = None
-    for config in (pipe.linearizer.config, pipe.config):
-        if not names and config.get("class_names"):
-            names = [str(n) for n in config["class_names"]]
-        if not names and config.get("id2label"):
-            id2label = config["id2label"]
-            names = [str(id2label.get(str(i), id2label.get(i))) for i in range(len(id2label))]
-        count = count or config.get("num_classes") or config.get("num_class_embeds")
-    return {
-        "temperature": "temperature" in params,
-        "class_labels": class_arg,
-        "class_names": names,
-        "num_classes": count or (len(names) or None),
-        "prompt": "prompt" in params,
-        "guidance_scale": "guidance_scale" in params,
-    }
 
 
 _DEMOS: Dict[Tuple[Optional[str], str, Optional[str]], LinearizerDemo] = {}
