@@ -293,3 +293,12 @@ def test_gradio_handlers_show_messages_instead_of_tracebacks(demo):
 def test_space_entry_point_only_launches():
     text = (REPO_ROOT / "app.py").read_text()
     assert "from diffusers_linearizer.demo import launch" in text and 'if __name__ == "__main__"' in text
+
+
+def test_the_model_loads_once_per_process(monkeypatch):
+    from diffusers_linearizer.demo import callbacks, get_demo
+
+    monkeypatch.setattr(callbacks, "_DEMOS", {})
+    first = get_demo()  # the packaged model, no network
+    assert get_demo() is first and len(callbacks._DEMOS) == 1
+    assert "packaged default" in first.describe()
