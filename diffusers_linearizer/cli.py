@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(f(x) = g_y^-1(A g_x(x))) diffusers pipeline. Images are PNG grids with values in [0, 1]. "
         "Run `diffusers-linearizer COMMAND --help` for each command's options.",
     )
-    sub = parser.add_subparsers(dest="command", metavar="{generate,invert,interpolate,train,distill-data}")
+    sub = parser.add_subparsers(dest="command", metavar="{generate,invert,interpolate,train,distill-data,demo}")
     sub.required = True
 
     gen = sub.add_parser(
@@ -156,6 +156,18 @@ def build_parser() -> argparse.ArgumentParser:
         "are kept in OUTPUT.parts/.",
     )
     add_teacher_arguments(dd)
+
+    dem = sub.add_parser(
+        "demo",
+        help="Start the web demo (gradio): generate, invert, interpolate and edit in a browser.",
+        description="Serve the web demo on http://HOST:PORT (needs gradio: pip install \"diffusers-linearizer[demo]\"). "
+        "The model is loaded once; with the packaged default no network is used.",
+    )
+    dem.add_argument("--model", default=None, help="A saved pipeline directory or a Hub repo id. Default: the packaged model.")
+    dem.add_argument("--host", default="127.0.0.1", help="Address to listen on (0.0.0.0: every interface). Default: 127.0.0.1.")
+    dem.add_argument("--port", type=int, default=7860, help="Port. Default: 7860.")
+    dem.add_argument("--share", action=argparse.BooleanOptionalAction, default=False,
+                     help="Also open a public gradio.live link (needs network). Default: --no-share.")
     return parser
 
 
@@ -369,8 +381,22 @@ def cmd_distill_data(args) -> int:
     return teacher_main(args=args)
 
 
+def cmd_demo(args) -> int:
+    try:
+        from .demo.app import import_gradio
+
+        import_gradio()
+    except ImportError as err:
+        print(f"diffusers-linearizer demo: error: {err}", file=sys.stderr)
+        return 1
+    from .demo import launch
+
+    launch(model=args.model, port=args.port, share=args.share, host=args.host)
+    return 0
+
+
 COMMANDS = {"generate": cmd_generate, "invert": cmd_invert, "interpolate": cmd_interpolate, "train": cmd_train,
-            "distill-data": cmd_distill_data}
+            "distill-data": cmd_distill_data, "demo": cmd_demo}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
