@@ -2,17 +2,34 @@
 
 * :mod:`.data` — our idx reader, Fashion-MNIST (Debian package ``dataset-fashion-mnist``) padded to
   32×32 in ``[0, 1]``, image folders, and a resumable shuffling sampler;
-* :mod:`.objective` — the paper's objective (LPIPS replaced by pixel MSE / MSE+SSIM) and the cheaper
-  default, one function per loss term;
+* :mod:`.objective` — the paper's objective (LPIPS replaced by pixel MSE / MSE+SSIM), the cheaper
+  default, one function per loss term, and weighted mixes of objectives;
+* :mod:`.one_step` — the collapsed one-step generator as a differentiable function, its exact inverse and
+  its log-likelihood (change of variables);
+* :mod:`.distill` — the ``distill`` objective and teacher pairs; :mod:`.teacher` — making pairs from a
+  diffusers flow-matching model (``diffusers-linearizer distill-data``);
+* :mod:`.likelihood` — the ``likelihood`` objective (bits/dim of the one-step generator);
 * :mod:`.train` — the trainer (``main``, ``add_arguments``), EMA and atomic checkpoints.
 """
 
 from .data import DatasetNotFoundError, EpochShuffleSampler, FashionMNIST, ImageFolderDataset, build_dataset, read_idx, write_idx
-from .objective import OBJECTIVES, PIXEL_LOSSES, TERMS, LinearizerObjective, fast_objective, reference_objective
+from .distill import TeacherPairs, distill_terms
+from .likelihood import likelihood_terms
+from .objective import (
+    OBJECTIVES,
+    PIXEL_LOSSES,
+    TERMS,
+    LinearizerObjective,
+    fast_objective,
+    parse_objective,
+    reference_objective,
+)
+from .one_step import generate, invert, log_likelihood
 from .train import EMA, add_arguments, latest_checkpoint, main
 
 __all__ = [
     "DatasetNotFoundError", "EpochShuffleSampler", "FashionMNIST", "ImageFolderDataset", "build_dataset", "read_idx",
     "write_idx", "OBJECTIVES", "PIXEL_LOSSES", "TERMS", "LinearizerObjective", "fast_objective", "reference_objective",
-    "EMA", "add_arguments", "latest_checkpoint", "main",
+    "EMA", "add_arguments", "latest_checkpoint", "main", "parse_objective", "TeacherPairs", "distill_terms",
+    "likelihood_terms", "generate", "invert", "log_likelihood",
 ]
