@@ -8,7 +8,7 @@ import torch
 
 import diffusers_linearizer.cli as cli
 from diffusers_linearizer import LinearizerInversionPipeline, LinearizerPipeline
-from diffusers_linearizer.pipelines.linearizer import pipeline_linearizer as pl
+from diffusers_linearizer import defaults as pl
 
 from .test_pipeline import make_pipe
 
