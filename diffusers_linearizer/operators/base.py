@@ -171,7 +171,7 @@ class LinearOperator(abc.ABC):
 
     @abc.abstractmethod
     def reduce(self) -> Tuple[Tensor, Tensor]:
-        """``(Q, K)`` with ``M = c·(I − Q Qᵀ) + Q K Qᵀ`` and orthonormal ``Q`` (MATH.md §1)."""
+        """``(Q, K)`` with ``M = c·(I − Q Qᵀ) + Q K Qᵀ`` and orthonormal ``Q`` (``docs/math.md`` §1)."""
 
     @abc.abstractmethod
     def pinv(self, rcond: Optional[float] = None) -> "LinearOperator":

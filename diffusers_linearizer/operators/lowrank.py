@@ -1,4 +1,4 @@
-"""Scaled identity plus low rank: ``M = c·I + U Vᵀ`` (``shared/MATH.md`` §1).
+"""Scaled identity plus low rank: ``M = c·I + U Vᵀ`` (``docs/math.md`` §1).
 
 Everything beyond products and sums goes through one exact reduction: with ``Q`` (``D × k``,
 ``k ≤ 2R``) an orthonormal basis of ``span([U, V])``, ``M`` maps ``span(Q)`` into itself and is
