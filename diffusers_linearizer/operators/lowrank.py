@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from .base import (
+    FactoredOperator,
     LinearOperator,
     as_scalar,
     check_factor,
@@ -67,7 +68,7 @@ def complement_basis(Q: Tensor, p: int) -> Tensor:
     return full[:, k:k + p]
 
 
-class IdentityPlusLowRank(LinearOperator):
+class IdentityPlusLowRank(FactoredOperator):
     """``M = c·I + U Vᵀ`` with ``U, V ∈ R^{D×R}`` (``R ≥ 0``, ``R ≥ D`` allowed), never stored as ``D × D``.
 
     ``c`` is a Python number or a 0-dim tensor, kept as a 0-dim tensor of the factors' dtype and
@@ -94,23 +95,6 @@ class IdentityPlusLowRank(LinearOperator):
         """``I`` (``c = 1``, ``R = 0``)."""
         empty = torch.zeros(dim, 0, dtype=dtype or torch.get_default_dtype(), device=device)
         return cls(1.0, empty, empty)
-
-    # ----------------------------------------------------------------------------- properties
-    @property
-    def dim(self) -> int:
-        return self.U.shape[0]
-
-    @property
-    def rank(self) -> int:
-        return self.U.shape[1]
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.U.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.U.device
 
     # ------------------------------------------------------------------------------ algebra
     def apply(self, z: Tensor) -> Tensor:

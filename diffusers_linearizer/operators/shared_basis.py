@@ -17,7 +17,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from .base import LinearOperator, as_scalar, check_factor
+from .base import FactoredOperator, LinearOperator, as_scalar, check_factor
 from .dense import DenseOperator
 from .lowrank import IdentityPlusLowRank
 
@@ -55,7 +55,7 @@ def _convert_basis(U: Tensor, V: Tensor, gram: Optional[Tensor], device, dtype) 
     return basis
 
 
-class SharedBasisOperator(LinearOperator):
+class SharedBasisOperator(FactoredOperator):
     """``M = a·I + U X Vᵀ`` with ``U, V ∈ R^{D×R}`` (a shared basis) and ``X ∈ R^{R×R}``.
 
     ``gram`` (optional) is ``G = Vᵀ U``; pass it when many operators share ``U, V`` so it is computed
@@ -110,23 +110,6 @@ class SharedBasisOperator(LinearOperator):
         if U.shape[0] != dim:
             raise ValueError(f"Expected a basis with {dim} rows, got U of shape {tuple(U.shape)}.")
         return cls(1.0, U.new_zeros(U.shape[1], U.shape[1]), U, V)
-
-    # ----------------------------------------------------------------------------- properties
-    @property
-    def dim(self) -> int:
-        return self.U.shape[0]
-
-    @property
-    def rank(self) -> int:
-        return self.U.shape[1]
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.U.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.U.device
 
     @property
     def gram(self) -> Tensor:

@@ -24,6 +24,10 @@ Grids (``timestep_spacing``), for ``num_inference_steps = T`` grid points (``T �
 Then ``shift`` maps every ``sigma`` as diffusers does, ``sigma ↦ shift·σ/(1 + (shift − 1)·σ)`` (the
 identity for ``shift = 1``). No grid reaches ``t = 1``, where ``K`` is singular (Heun and RK4 evaluate
 ``K`` at the end of each step); a final Euler jump to ``t = 1`` would only return ``A_t z``.
+
+The module is a little over 400 lines because it keeps the scheduler and its collapse cache together
+(the cache key depends on the grid); the solver formulas live in :mod:`.solvers`, the operator
+products in :mod:`.propagators`.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutpu
 
 from ..operators import IdentityPlusLowRank, SharedBasisOperator
 from .propagators import collapse_product, latent_generator, structured_collapse
-from .solvers import SOLVER_TABLE, SOLVERS, check_run
+from .solvers import SOLVER_TABLE, check_run
 
 TIMESTEP_SPACINGS = ("reference", "linspace")
 
