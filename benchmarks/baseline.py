@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
 import time
 from typing import Dict, Optional
@@ -40,19 +39,11 @@ for path in (REPO, os.path.dirname(os.path.abspath(__file__))):
 from step_cost import baseline_unet, count_params, flow_matching_loss  # noqa: E402
 
 from diffusers_linearizer.training.data import FASHION_MNIST_DIR, EpochShuffleSampler, FashionMNIST, derive_seed  # noqa: E402
-from diffusers_linearizer.training.train import EMA, write_json_atomic  # noqa: E402
+from diffusers_linearizer import replace_dir, write_json_atomic  # noqa: E402
+from diffusers_linearizer.training import EMA  # noqa: E402
 
 SNAPSHOTS = "snapshots"
 SNAPSHOT_INDEX = "snapshots.json"
-
-
-def replace_dir(write, folder: str) -> None:
-    """``write(tmp)`` fills a temporary sibling folder, which then replaces ``folder`` (never half-written)."""
-    tmp = folder + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    write(tmp)
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(tmp, folder)
 
 
 def linearizer_param_count(path: str) -> int:

@@ -320,8 +320,8 @@ def write_markdown(args, device, speedups, total):
             "* CPU run: RK4 is shown up to 3·128² (at 3·256² it takes minutes here); the 3·64² dense row"
             " is estimated (one 12288³ product per step), the 3·32² dense row extrapolated from its first"
             " steps, as noted. Wall-clock times on a shared machine vary with its load (recorded above).",
-            "* The GPU targets (≥ 100× at 3·64², 3·256² with T = 100 in ≤ 1 s on an H100) could not be"
-            " measured: this run had no GPU. Run `python benchmarks/collapse.py` on a CUDA machine to fill"
+            "* GPU timings (e.g. 3·64² and 3·256² with T = 100 on an H100) are not measured here: this"
+            " run used the CPU only. Run `python benchmarks/collapse.py` on a CUDA machine to fill"
             " them in; the work per collapse is two D × R GEMMs (R = rank of B) plus O(T·k·R²) small"
             " products, and memory is O(D·R).",
         ]

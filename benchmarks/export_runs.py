@@ -30,10 +30,8 @@ for path in (REPO, HERE):
     if path not in sys.path:
         sys.path.insert(0, path)
 
-from baseline import replace_dir  # noqa: E402
 
-from diffusers_linearizer import LinearizerModel, LinearizerPipeline, LinearizerScheduler  # noqa: E402
-from diffusers_linearizer.pipelines.linearizer.pipeline_linearizer import DEFAULT_MODEL_DIR  # noqa: E402
+from diffusers_linearizer import DEFAULT_MODEL_DIR, LinearizerModel, LinearizerPipeline, LinearizerScheduler, replace_dir  # noqa: E402
 from diffusers_linearizer.training.train import checkpoint_root, list_checkpoints  # noqa: E402
 
 MODELS = os.path.join(HERE, "models")

@@ -36,7 +36,7 @@ from export_runs import _pipeline_from_checkpoint, run_checkpoints  # noqa: E402
 from fmnist_classifier import extract_features, frechet_distance, gaussian_stats, load_classifier, load_split  # noqa: E402
 from results import generate, hardware  # noqa: E402
 
-from diffusers_linearizer.pipelines.linearizer.pipeline_linearizer import DEFAULT_MODEL_DIR  # noqa: E402
+from diffusers_linearizer import DEFAULT_MODEL_DIR  # noqa: E402
 
 DOCS = os.path.join(REPO, "docs")
 

@@ -44,7 +44,7 @@ from fmnist_classifier import accuracy, extract_features, frechet_distance, gaus
 
 from diffusers_linearizer import LinearizerInversionPipeline, LinearizerPipeline  # noqa: E402
 from diffusers_linearizer.image_grid import make_grid  # noqa: E402
-from diffusers_linearizer.pipelines.linearizer.pipeline_linearizer import DEFAULT_MODEL_DIR, psnr  # noqa: E402
+from diffusers_linearizer import DEFAULT_MODEL_DIR, psnr  # noqa: E402
 from diffusers_linearizer.training.data import derive_seed  # noqa: E402
 
 MODELS = os.path.join(HERE, "models")

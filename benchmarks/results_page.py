@@ -143,7 +143,7 @@ def _fd(r: Dict) -> List[str]:
         f"{_met(ratio_t <= GOALS['fd_ratio'])}).",
         f"- Equal steps: ours one-step FD / baseline 50-step FD = **{ratio_s:.2f}**.",
         f"- Throughput on this CPU, ours one-step vs baseline 50 steps: **{speed:.0f}×** (goal ≥ {GOALS['throughput']:.0f}×: "
-        f"{_met(speed >= GOALS['throughput'])}). The GPU throughput asked for is **not measured**: no GPU was available.",
+        f"{_met(speed >= GOALS['throughput'])}). GPU throughput is not measured here (CPU only).",
         "- The stepped rows have the one-step rows' Fréchet distance: they are the same images up to float32 round-off "
         "(previous section).",
         "",
@@ -180,7 +180,7 @@ def _summary(r: Dict) -> List[str]:
         "slower than ours on this CPU). The Linearizer here is small "
         "(two flow blocks with 32-channel conditioners, chosen so that a CPU could train it) and its samples are blurry "
         "(pictures below); the paper's models use U-Net conditioners and train for hundreds of epochs on a GPU. Closing "
-        "this gap needs a GPU run of a larger configuration, which no session has had.",
+        "this gap needs a longer (GPU) training run of a larger configuration, not measured here.",
         "",
     ]
 
@@ -192,14 +192,14 @@ def write_page(r: Dict, args, path: str) -> None:
         "",
         f"Written by `benchmarks/results.py` on {r['date']} (`{command.strip()}`), in {r['total_seconds'] / 60:.0f} min.",
         "",
-        f"Hardware: {r['hardware']}; torch {r['torch']}. No GPU was lent to this project's sessions so far: everything "
-        "below (training included) ran on this CPU machine. All quality numbers are seeded and reproduce exactly on a "
+        f"Hardware: {r['hardware']}; torch {r['torch']}. Everything below (training "
+        "included) ran on this CPU machine; no GPU was used. All quality numbers are seeded and reproduce exactly on a "
         "rerun; seconds and images/s depend on the machine's load.",
         "",
     ]
     if r["fd_samples"] < 10000:
         lines += [
-            f"**Scaled down:** the issue asks for 10,000 samples per Fréchet distance; this run used {r['fd_samples']:,} "
+            f"**Scaled down:** Fréchet distances are usually computed from 10,000 samples; this run used {r['fd_samples']:,} "
             "because the baseline's 50-step sampling runs at a few images per second on this CPU. Fréchet distances from "
             "fewer samples are biased upwards, equally for every row.",
             "",

@@ -1,11 +1,14 @@
 """diffusers-linearizer: the Linearizer f(x) = g_y⁻¹(A g_x(x)) as a Hugging Face diffusers plugin.
 
 Layers (each imports only those before it): ``operators`` ← ``models`` ← ``schedulers`` ←
-``pipelines`` ← ``training`` / ``cli``.
+``pipelines`` ← ``training`` / ``cli``. The helpers :mod:`.atomic` (atomic file writes),
+:mod:`.images` (image conversion), :mod:`.image_grid` and :mod:`.defaults` (where the packaged model
+lives) import nothing from those layers.
 """
 
 __version__ = "0.1.0"
 
+from .defaults import DEFAULT_MODEL_DIR
 from .operators import DenseOperator, IdentityPlusLowRank, SharedBasisOperator
 from .models import LinearizerModel, LinearizerModelOutput
 from .schedulers import LinearizerScheduler
@@ -15,4 +18,13 @@ from .pipelines import (
     LinearizerInversionPipelineOutput,
     LinearizerPipeline,
 )
+from .images import psnr
+from .atomic import replace_dir, write_json_atomic
 from diffusers import ModelMixin, SchedulerMixin  # noqa: F401  (diffusers' loader looks these up on the library named in model_index.json)
+
+# diffusers records a component as [library, class] in model_index.json, the library being the class's
+# module. Our components report the package itself, so that the record is ["diffusers_linearizer",
+# "LinearizerModel"]: stable when files move inside the package, and what diffusers' loader imports.
+for _cls in (LinearizerModel, LinearizerScheduler):
+    _cls.__module__ = __name__
+del _cls

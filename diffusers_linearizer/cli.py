@@ -25,7 +25,8 @@ from typing import List, Optional, Sequence
 
 from .image_grid import make_grid
 
-DEFAULT_MODEL_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "default_model")  # = pipelines' DEFAULT_MODEL_DIR
+from .defaults import DEFAULT_MODEL_DIR
+
 DTYPES = ("float32", "float16", "bfloat16", "float64")
 
 
@@ -60,8 +61,8 @@ def _add_common(p: argparse.ArgumentParser, output_default: str) -> None:
     g.add_argument(
         "--device",
         default=None,
-        help="Torch device, e.g. cpu, cuda, cuda:1, mps. Default: the accelerate process's device "
-        "(cuda if available, else cpu).",
+        help="Torch device, e.g. cpu, cuda, cuda:1, mps (checked to exist before anything is loaded). Default: "
+        "the accelerate process's device (cuda if available, else cpu).",
     )
     g.add_argument(
         "--dtype",
@@ -71,7 +72,8 @@ def _add_common(p: argparse.ArgumentParser, output_default: str) -> None:
         "float64 (float32 on mps). Default: float32.",
     )
     o = p.add_argument_group("output")
-    o.add_argument("--output", "-o", default=output_default, help=f"PNG grid to write. Default: {output_default}.")
+    o.add_argument("--output", "-o", default=output_default,
+                   help=f"Image grid to write; the extension picks the format (.png, .jpg, .webp, ...). Default: {output_default}.")
     o.add_argument("--nrow", type=int, default=None, help="Images per grid row. Default: about √N.")
     o.add_argument("--no-progress", action="store_true", help="Hide the progress bars.")
 
@@ -95,6 +97,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(gen, "samples.png")
     gen.add_argument("--num-images", "-n", type=int, default=16, help="How many images. Default: 16.")
     gen.add_argument("--batch-size", type=int, default=16, help="Images per forward pass (per process). Default: 16.")
+    gen.add_argument(
+        "--temperature",
+        type=float,
+        default=1.0,
+        help="Sampling temperature τ > 0: the noise is τ·ε with ε ~ N(0, I) (below 1: smoother, more typical "
+        "images; above 1: more varied ones). Default: 1.0.",
+    )
     gen.add_argument(
         "--multi-step",
         action="store_true",
@@ -193,15 +202,15 @@ def fresh_model_pipeline(seed: int = 0):
 
 
 def load_pipeline(model: Optional[str], dtype_name: str, main: bool = True, cls=None):
+    """``cls.from_pretrained(model)``; with no ``--model`` the packaged default, or an untrained model
+    (with a warning) when the package was installed without it."""
     import torch
 
     from . import LinearizerPipeline
 
     cls = cls or LinearizerPipeline
     dtype = getattr(torch, dtype_name)
-    if model is None and os.path.isfile(os.path.join(DEFAULT_MODEL_DIR, "model_index.json")):
-        model = DEFAULT_MODEL_DIR
-    if model is None:
+    if model is None and not os.path.isfile(os.path.join(DEFAULT_MODEL_DIR, "model_index.json")):
         _say(
             "WARNING: no --model given and no trained default checkpoint is packaged "
             f"({DEFAULT_MODEL_DIR} is missing): using a freshly initialised, UNTRAINED LinearizerModel "
@@ -211,43 +220,38 @@ def load_pipeline(model: Optional[str], dtype_name: str, main: bool = True, cls=
         pipe = fresh_model_pipeline()
         pipe.linearizer.to(dtype)
         return cls(**pipe.components)
-    return cls.from_pretrained(model, torch_dtype=dtype)
+    return cls.from_pretrained(model if model is not None else DEFAULT_MODEL_DIR, dtype=dtype)
 
 
-def _to_pil_list(images):
-    import numpy as np
-    import PIL.Image
+def check_device(name: Optional[str]) -> None:
+    """A ``ValueError`` (before anything is loaded) when ``--device`` names no device this machine has."""
+    import torch
 
-    out = []
-    for x in images.detach().float().clamp(0, 1).cpu().numpy():
-        arr = (x * 255).round().astype(np.uint8)
-        out.append(PIL.Image.fromarray(arr[0], mode="L") if arr.shape[0] == 1 else PIL.Image.fromarray(np.moveaxis(arr, 0, -1)))
-    return out
+    if name is None:
+        return
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError) as err:
+        raise ValueError(f"--device {name!r} is not a torch device ({err}); use e.g. cpu, cuda, cuda:1, mps.") from None
+    if device.type == "cpu":
+        return
+    module = getattr(torch, device.type, None)
+    available = bool(module is not None and hasattr(module, "is_available") and module.is_available())
+    if not available:
+        hint = " (this torch is a CPU-only build)" if device.type == "cuda" and torch.version.cuda is None else ""
+        raise ValueError(f"--device {name}: no {device.type} device is available on this machine{hint}; use --device cpu.")
+    count = getattr(module, "device_count", lambda: 1)()
+    if device.index is not None and device.index >= count:
+        raise ValueError(f"--device {name}: this machine has {count} {device.type} device(s) (0 … {count - 1}).")
 
 
-def _save_png(img, path: str) -> None:
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}.png"
-    img.save(tmp)
-    os.replace(tmp, path)
+def check_outputs(*paths: Optional[str]) -> None:
+    """Every image file to write must name a format by its extension (checked before any work)."""
+    from .images import image_format
 
-
-def _read_images(paths: Sequence[str], pipe, resize: bool):
-    import PIL.Image
-
-    c, h, w = pipe.linearizer.sample_shape
-    mode = {1: "L", 3: "RGB", 4: "RGBA"}.get(c)
-    images = []
     for path in paths:
-        with PIL.Image.open(path) as img:
-            img.load()
-            if mode is not None and img.mode != mode:
-                img = img.convert(mode)
-            if resize and img.size != (w, h):
-                img = img.resize((w, h), PIL.Image.BICUBIC)
-            images.append(img)
-    return images
+        if path is not None:
+            image_format(path)
 
 
 def _wants_cpu(args) -> bool:
@@ -280,15 +284,21 @@ def cmd_generate(args) -> int:
     from accelerate.utils import gather_object
     from tqdm.auto import tqdm
 
+    from .images import save_image, to_pil_list
+
     if args.num_images < 1 or args.batch_size < 1:
         raise ValueError("--num-images and --batch-size must be ≥ 1.")
+    if not args.temperature > 0 or args.temperature == float("inf"):
+        raise ValueError(f"--temperature must be a finite number > 0, got {args.temperature}.")
+    check_device(args.device)
+    check_outputs(args.output)
     # On CPU, ask accelerate for its multi-CPU (gloo) backend: `accelerate launch --multi_gpu` on a machine
     # without GPUs starts the processes, and cpu=True makes them one process group instead of N single ones.
     state = PartialState(cpu=_wants_cpu(args))
     main = state.is_main_process
     pipe = load_pipeline(args.model, args.dtype, main)
     pipe.to(_device(args, state))
-    pipe.set_progress_bar_config(disable=args.no_progress or not main or not args.multi_step)
+    pipe.set_progress_bar_config(disable=args.no_progress or not main)
 
     mine: List[int]
     with state.split_between_processes(list(range(args.num_images))) as mine:
@@ -299,7 +309,7 @@ def cmd_generate(args) -> int:
         gens = [torch.Generator("cpu").manual_seed(args.seed + i) for i in batch]
         images = pipe(
             batch_size=len(batch), num_inference_steps=args.steps, solver=args.solver, one_step=not args.multi_step,
-            generator=gens, output_type="pt", clamp=False,
+            generator=gens, temperature=args.temperature, output_type="pt", clamp=False,
         ).images
         results.extend(zip(batch, images.float().cpu()))
     if state.num_processes > 1:
@@ -310,10 +320,10 @@ def cmd_generate(args) -> int:
         return 0
     results = sorted(results, key=lambda r: r[0])
     images = torch.stack([img for _, img in results])
-    _save_png(make_grid(images, args.nrow), args.output)
+    save_image(make_grid(images, args.nrow), args.output)
     if args.save_images:
-        for (i, _), img in zip(results, _to_pil_list(images)):
-            _save_png(img, os.path.join(args.save_images, f"{i:05d}.png"))
+        for (i, _), img in zip(results, to_pil_list(images)):
+            save_image(img, os.path.join(args.save_images, f"{i:05d}.png"))
     if args.save_tensors:
         torch.save(images, args.save_tensors)
     _say(f"wrote {len(results)} images to {args.output}")
@@ -321,18 +331,31 @@ def cmd_generate(args) -> int:
     return 0
 
 
-def cmd_invert(args) -> int:
+def _inversion_pipeline(args):
+    """Checks of ``--device`` and output files, then the inversion pipeline on its device."""
     import torch
 
     from . import LinearizerInversionPipeline
 
+    check_device(args.device)
+    check_outputs(args.output, getattr(args, "gif", None))
     pipe = load_pipeline(args.model, args.dtype, cls=LinearizerInversionPipeline)
     pipe.to(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    images = _read_images(args.images, pipe, args.resize)
+    pipe.set_progress_bar_config(disable=args.no_progress)
+    return pipe
+
+
+def cmd_invert(args) -> int:
+    import torch
+
+    from .images import images_to_tensor, load_image_files, save_image
+
+    pipe = _inversion_pipeline(args)
+    shape = pipe.linearizer.sample_shape
+    images = load_image_files(args.images, shape, args.resize)
     out = pipe(images, num_inference_steps=args.steps, solver=args.solver, output_type="pt")
-    inputs = torch.cat([torch.from_numpy(_img_array(img)) for img in images])
-    grid_images = torch.cat([inputs, out.reconstruction.float().cpu()])
-    _save_png(make_grid(grid_images, args.nrow or len(images)), args.output)
+    grid_images = torch.cat([images_to_tensor(images, shape), out.reconstruction.float().cpu()])
+    save_image(make_grid(grid_images, args.nrow or len(images)), args.output)
     for path, p, r in zip(args.images, out.psnr.tolist(), out.relative_error.tolist()):
         print(f"{path}: reconstruction PSNR {p:.2f} dB, relative error {r:.3e}")
     if args.save_noise:
@@ -341,29 +364,21 @@ def cmd_invert(args) -> int:
     return 0
 
 
-def _img_array(img):
-    import numpy as np
-
-    arr = np.asarray(img, dtype=np.float32) / 255.0
-    arr = arr[None, None] if arr.ndim == 2 else np.moveaxis(arr, -1, 0)[None]
-    return np.ascontiguousarray(arr)
-
-
 def cmd_interpolate(args) -> int:
-    import torch
+    import io
 
-    from . import LinearizerInversionPipeline
+    from .atomic import write_bytes_atomic
+    from .images import load_image_files, save_image, to_pil_list
 
-    pipe = load_pipeline(args.model, args.dtype, cls=LinearizerInversionPipeline)
-    pipe.to(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    a, b = _read_images([args.image_a, args.image_b], pipe, args.resize)
+    pipe = _inversion_pipeline(args)
+    a, b = load_image_files([args.image_a, args.image_b], pipe.linearizer.sample_shape, args.resize)
     out = pipe.interpolate(a, b, num_frames=args.frames, mode=args.mode, num_inference_steps=args.steps,
                            solver=args.solver, output_type="pt")
-    _save_png(make_grid(out.frames, args.nrow or args.frames), args.output)
+    save_image(make_grid(out.frames, args.nrow or args.frames), args.output)
     if args.gif:
-        frames = _to_pil_list(out.frames)
-        os.makedirs(os.path.dirname(os.path.abspath(args.gif)), exist_ok=True)
-        frames[0].save(args.gif, save_all=True, append_images=frames[1:], duration=args.duration, loop=0)
+        frames, buf = to_pil_list(out.frames), io.BytesIO()
+        frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:], duration=args.duration, loop=0)
+        write_bytes_atomic(args.gif, buf.getvalue())
     print(f"endpoint reconstruction PSNR: {out.psnr[0]:.2f} dB, {out.psnr[1]:.2f} dB")
     _say(f"wrote {args.frames} frames to {args.output}" + (f" and {args.gif}" if args.gif else ""))
     return 0
@@ -372,6 +387,8 @@ def cmd_interpolate(args) -> int:
 def cmd_train(args) -> int:
     from .training.train import main as train_main
 
+    if args.max_train_steps is not None and args.max_train_steps < 1:
+        raise ValueError(f"--max_train_steps must be ≥ 1 (0 would save an untrained model), got {args.max_train_steps}.")
     return train_main(args)
 
 

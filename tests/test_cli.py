@@ -154,3 +154,39 @@ def test_errors(model_dir, tmp_path, capsys):
 def test_parser_defaults():
     args = build_parser().parse_args(["generate"])
     assert (args.steps, args.seed, args.dtype, args.num_images, args.solver) == (100, 0, "float32", 16, None)
+
+
+def test_clear_errors_before_any_work(model_dir, tmp_path, capsys, monkeypatch):
+    import diffusers_linearizer.cli as cli
+
+    def forbidden(*a, **k):
+        raise AssertionError("a model was loaded before the arguments were checked")
+
+    assert main(["generate", "--model", "/missing/folder", "-n", "1", "-o", str(tmp_path / "g.png")]) == 1
+    assert "no such directory" in capsys.readouterr().err
+    monkeypatch.setattr(cli, "load_pipeline", forbidden)
+    if not torch.cuda.is_available():
+        assert main(["generate", "--device", "cuda", "-n", "1", "-o", str(tmp_path / "g.png")]) == 1
+        err = capsys.readouterr().err
+        assert "no cuda device is available" in err and "Traceback" not in err
+    assert main(["generate", "--device", "tpu9", "-n", "1"]) == 1
+    assert "not a torch device" in capsys.readouterr().err
+    assert main(["generate", "-n", "1", "-o", str(tmp_path / "grid.unknown")]) == 1
+    assert "image format" in capsys.readouterr().err
+    assert main(["generate", "-n", "1", "--temperature", "0"]) == 1
+    assert "--temperature" in capsys.readouterr().err
+    assert main(["train", "--output_dir", str(tmp_path / "run"), "--max_train_steps", "0"]) == 1
+    assert "untrained" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists() and not list(tmp_path.glob("g.png"))
+
+
+def test_output_format_follows_the_extension_and_temperature(model_dir, tmp_path):
+    for name, fmt in (("grid.jpg", "JPEG"), ("grid.webp", "WEBP"), ("grid.png", "PNG")):
+        assert main(["generate", "--model", str(model_dir), "-n", "2", "--steps", str(STEPS), "-o", str(tmp_path / name),
+                     "--no-progress", "--temperature", "0.8", "--save-tensors", str(tmp_path / "t.pt")]) == 0
+        assert PIL.Image.open(tmp_path / name).format == fmt
+    pipe = LinearizerPipeline.from_pretrained(model_dir)
+    pipe.set_progress_bar_config(disable=True)
+    ref = pipe(batch_size=2, generator=[torch.Generator().manual_seed(i) for i in range(2)], temperature=0.8,
+               num_inference_steps=STEPS, output_type="pt", clamp=False).images
+    torch.testing.assert_close(torch.load(tmp_path / "t.pt"), ref, rtol=1e-6, atol=1e-6)

@@ -208,7 +208,7 @@ def test_structured_equals_dense_product_near_2048():
 
 
 def test_reference_euler_identity_coefficient_is_one_over_T():
-    """MATH.md §2: with a ≡ 0 on the reference grid, B's identity coefficient is ∏(1 − 1/(T − i)) = 1/T."""
+    """docs/math.md §2: with a ≡ 0 on the reference grid, B's identity coefficient is ∏(1 − 1/(T − i)) = 1/T."""
     core = make_core("time_lowrank", 32, 2, identity=False).double()
     for T in (3, 10, 50):
         B = LinearizerScheduler().collapse(core, T)

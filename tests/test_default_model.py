@@ -8,7 +8,7 @@ import torch
 
 import diffusers_linearizer.cli as cli
 from diffusers_linearizer import LinearizerInversionPipeline, LinearizerPipeline
-from diffusers_linearizer.pipelines.linearizer import pipeline_linearizer as pl
+from diffusers_linearizer import defaults as pl
 
 from .test_pipeline import make_pipe
 
@@ -48,3 +48,10 @@ def test_shipped_default_is_small_safe_and_generates(monkeypatch):
     # Fashion-MNIST-like: dark padded border, varied content, images differ from each other
     assert out[..., :2, :].mean() < 0.1 and out[..., 8:24, 8:24].mean() > 0.1
     assert out.flatten(1).std(0).mean() > 0.05
+
+
+def test_shipped_configs_record_no_machine_paths():
+    import json
+
+    for config in SHIPPED.rglob("*.json"):
+        assert "_name_or_path" not in json.loads(config.read_text()), config

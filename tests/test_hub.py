@@ -262,3 +262,82 @@ def test_push_to_hub_uploads_our_layout(pipe, monkeypatch):
     assert "model_index.json" in uploaded["files"] and "linearizer/diffusion_pytorch_model.safetensors" in uploaded["files"]
     assert uploaded["card"].data.linearizer_metrics == {"fid": 1.0}
     assert "me/tiny" in uploaded["card"].text
+
+
+# ---------------------------------------------------------------------- diffusers' loading behaviour
+def test_loading_logs_every_component_through_diffusers(saved):
+    import logging as std_logging
+
+    from diffusers.utils import logging
+
+    logger = logging.get_logger("diffusers.pipelines.pipeline_utils")
+    records = []
+    handler = std_logging.Handler()
+    handler.emit = lambda record: records.append(record.getMessage())
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    try:
+        LinearizerPipeline.from_pretrained(saved)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    text = "\n".join(records)
+    assert "Loaded linearizer as LinearizerModel" in text and "Loaded scheduler as LinearizerScheduler" in text
+
+
+def test_missing_variant_is_a_value_error(saved, pipe, tmp_path):
+    with pytest.raises(ValueError, match="variant=fp16"):
+        LinearizerPipeline.from_pretrained(saved, variant="fp16")
+    pipe.save_pretrained(tmp_path / "v", variant="fp16")
+    assert (tmp_path / "v" / "linearizer" / "diffusion_pytorch_model.fp16.safetensors").is_file()
+    loaded = LinearizerPipeline.from_pretrained(tmp_path / "v", variant="fp16")
+    assert torch.equal(images(loaded), images(pipe))
+
+
+def test_safetensors_only(pipe, tmp_path):
+    pipe.save_pretrained(tmp_path / "p", safe_serialization=False)  # ignored, with a warning
+    assert [p.name for p in (tmp_path / "p" / "linearizer").glob("diffusion_pytorch_model*")] == \
+        ["diffusion_pytorch_model.safetensors"]
+    with pytest.raises(ValueError, match="safetensors only"):
+        LinearizerPipeline.from_pretrained(tmp_path / "p", use_safetensors=False)
+
+
+def test_no_machine_paths_are_saved(saved, tmp_path):
+    loaded = LinearizerPipeline.from_pretrained(saved)  # its configs now record where they came from
+    loaded.save_pretrained(tmp_path / "again")
+    for config in (tmp_path / "again").rglob("*.json"):
+        assert "_name_or_path" not in json.loads(config.read_text()), config
+        assert str(saved) not in config.read_text()
+
+
+@pytest.mark.parametrize("which", ["model_index.json", "linearizer/config.json"])
+def test_broken_json_names_the_file(saved, tmp_path, which):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(saved, broken)
+    (broken / which).write_text('{"_class_name": "LinearizerPipeline",')
+    with pytest.raises(ValueError, match=rf"{which.split('/')[-1]} is not valid JSON"):
+        LinearizerPipeline.from_pretrained(broken)
+
+
+@pytest.mark.parametrize("change, message", [({"num_blocks": 3}, "missing from the weights"),
+                                             ({"num_blocks": 1}, "not in the model"),
+                                             ({"core_rank": 8}, "core")])
+def test_config_that_does_not_match_the_weights_is_an_error(saved, tmp_path, change, message):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(saved, broken)
+    config = json.loads((broken / "linearizer" / "config.json").read_text())
+    (broken / "linearizer" / "config.json").write_text(json.dumps({**config, **change}))
+    with pytest.raises(ValueError, match=message):
+        LinearizerPipeline.from_pretrained(broken)
+
+
+def test_missing_local_folder_says_so(tmp_path):
+    with pytest.raises(ValueError, match="no such directory"):
+        LinearizerPipeline.from_pretrained(str(tmp_path / "missing"))
+    with pytest.raises(ValueError, match="no such directory"):
+        LinearizerPipeline.from_pretrained("/missing/folder")

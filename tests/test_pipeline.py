@@ -3,6 +3,9 @@
 Checks: one step equals the stepped solver (PSNR ≥ 60 dB in fp32, ≥ 120 dB in fp64, every solver),
 inversion recovers the noise, seeds and generator lists, output types, callbacks, low-precision weights,
 thread safety, and that every bad input is refused before any model work.
+
+One file past 400 lines on purpose: the checks share the tiny pipelines built at the top (module fixtures),
+which are what keeps the suite fast.
 """
 
 import threading
@@ -18,7 +21,7 @@ from diffusers_linearizer import (
     LinearizerPipeline,
     LinearizerScheduler,
 )
-from diffusers_linearizer.pipelines.linearizer.pipeline_linearizer import psnr
+from diffusers_linearizer.images import psnr
 
 from .utils import perturb_all, tiny_model
 
@@ -202,7 +205,9 @@ def test_inversion_recovers_noise(well_conditioned):
     pipe, inv = well_conditioned
     noise = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(5))
     x = raw(pipe, batch_size=3, latents=noise, num_inference_steps=STEPS)
-    out = inv(x, num_inference_steps=STEPS)
+    with pytest.raises(ValueError, match=r"values in \[0, 1\].*check_range=False"):  # the random model leaves [0, 1] by far
+        inv(x, num_inference_steps=STEPS)
+    out = inv(x, num_inference_steps=STEPS, check_range=False)
     rel = (out.noise - noise).flatten(1).norm(dim=1) / noise.flatten(1).norm(dim=1)
     assert (rel <= 1e-4).all(), rel
     assert out.noise.shape == out.latents.shape == out.image_latents.shape == (3, 1, 8, 8)
@@ -363,8 +368,8 @@ def guarded(pipe32, monkeypatch):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(latents=torch.zeros(2, 1, 8, 8)), r"latents .*shape \(1, 1, 8, 8\)"),
-        (dict(latents=torch.zeros(1, 1, 8, 7)), r"\(1, 1, 8, 8\)"),
+        (dict(batch_size=1, latents=torch.zeros(2, 1, 8, 8)), r"latents .*shape \(1, 1, 8, 8\)"),
+        (dict(latents=torch.zeros(1, 1, 8, 7)), r"\(batch_size, 1, 8, 8\)"),
         (dict(latents=torch.full((1, 1, 8, 8), float("nan"))), "NaN"),
         (dict(output_type="jpeg"), "output_type"),
         (dict(solver="dopri5"), "solver"),
@@ -417,3 +422,79 @@ def test_inversion_bad_arguments(guarded):
         inv.interpolate(x, x, mode="cubic")
     with pytest.raises(ValueError, match="one image for each end"):
         inv.interpolate(torch.rand(2, 1, 8, 8), x)
+
+
+# ---------------------------------------------------------------------- temperature, callbacks, batch size
+@pytest.mark.parametrize("temperature", [0.5, 1.7])
+def test_temperature_against_an_independent_stepped_run(pipe32, temperature):
+    """x = g_x⁻¹(B g_y(τ·ε)): the one-step image equals a plain diffusers-style loop started from τ·ε."""
+    one = raw(pipe32, batch_size=2, generator=gens(3, 4), num_inference_steps=STEPS, temperature=temperature, solver="heun")
+    eps = torch.cat([torch.randn(1, 1, 8, 8, generator=g) for g in gens(3, 4)])
+    lin = pipe32.linearizer
+    scheduler = LinearizerScheduler(solver="heun")
+    scheduler.set_timesteps(STEPS)
+    z = lin.encode(temperature * eps, "y")
+    with torch.no_grad():
+        for ts in scheduler.timesteps:
+            z = scheduler.step(lin.apply_core(z, float(scheduler.t_of(ts))), ts, z).prev_sample
+        stepped = lin.decode(z, "x")
+    assert (psnr(one, stepped) >= 60).all()
+    plain = raw(pipe32, batch_size=2, generator=gens(3, 4), num_inference_steps=STEPS, solver="heun")
+    assert (psnr(one, plain) < 40).all()  # the temperature really changes the images
+    stepped_pipe = raw(pipe32, batch_size=2, generator=gens(3, 4), num_inference_steps=STEPS, solver="heun",
+                       temperature=temperature, one_step=False)
+    assert (psnr(one, stepped_pipe) >= 60).all()
+
+
+def test_one_step_run_calls_the_callback_once_and_honours_it(pipe32):
+    calls = []
+
+    def callback(pipe, i, t, kwargs):
+        calls.append((i, float(t), sorted(kwargs)))
+        return {"latents": torch.zeros_like(kwargs["latents"])}
+
+    z = pipe32(num_inference_steps=STEPS, generator=gens(0), output_type="latent", callback_on_step_end=callback,
+               callback_on_step_end_tensor_inputs=["latents", "noise"]).images
+    assert calls == [(0, 1000.0, ["latents", "noise"])] and pipe32.num_timesteps == 1
+    assert torch.equal(z, torch.zeros_like(z))
+
+
+def test_batch_size_is_taken_from_latents(pipe32):
+    noise = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+    out = raw(pipe32, latents=noise, num_inference_steps=STEPS)
+    assert out.shape == (4, 1, 8, 8)
+    assert torch.equal(out, raw(pipe32, batch_size=4, latents=noise, num_inference_steps=STEPS))
+    assert raw(pipe32, generator=gens(1, 2, 3), num_inference_steps=STEPS).shape[0] == 3
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(generator=0), r"torch\.Generator"),
+        (dict(generator=[torch.Generator(), 1]), r"torch\.Generator"),
+        (dict(temperature=0.0), "temperature"),
+        (dict(temperature=float("nan")), "temperature"),
+        (dict(temperature="hot"), "temperature"),
+        (dict(latents=torch.zeros(1, 1, 8, 8), temperature=2.0), "latents \\* temperature"),
+        (dict(batch_size=4, latents=torch.zeros(2, 1, 8, 8)), "batch_size 4"),
+    ],
+)
+def test_more_bad_generation_input(guarded, kwargs, message):
+    pipe, _ = guarded
+    with pytest.raises(ValueError, match=message):
+        pipe(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "image, message",
+    [
+        (torch.rand(1, 1, 8, 8) * 255, r"\[0, 1\].*\[0, 255\]"),
+        (torch.rand(1, 1, 8, 8) * 2 - 1, r"\[0, 1\].*\[-1, 1\]"),
+        (np.random.default_rng(0).uniform(0, 255, (8, 8)).astype(np.float32), r"\[0, 255\]"),
+    ],
+    ids=["0-255", "minus1-1", "numpy-0-255"],
+)
+def test_inversion_refuses_float_images_in_another_range(guarded, image, message):
+    _, inv = guarded
+    with pytest.raises(ValueError, match=message):
+        inv(image)

@@ -254,7 +254,7 @@ class TimeLowRankCore(_TimeEmbedded):
 class SharedBasisCore(_TimeEmbedded):
     """``A_t = a(t)·I + U S(t) Vᵀ`` with learned ``U, V ∈ R^{D×R}`` and ``S(t) ∈ R^{R×R}`` from an MLP.
 
-    Products of such operators stay ``a·I + U (R×R) Vᵀ`` (``docs/design.md``, MATH.md §1), so a
+    Products of such operators stay ``a·I + U (R×R) Vᵀ`` (``docs/design.md``, ``docs/math.md`` §1), so a
     collapse over T steps costs ``O(T·R³)`` after one ``O(D·R²)`` Gram matrix, and the parameter
     count does not grow with ``D·R`` per time.
     """

@@ -201,6 +201,31 @@ class LinearizerModel(ModelMixin, ConfigMixin):
         self.check_sample(z, "latent")
         return self.core(z.flatten(1), t).view_as(z)
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """``ModelMixin.from_pretrained``, strict: a config that does not match the weights is an error.
+
+        diffusers only warns about checkpoint tensors the model lacks or model tensors the checkpoint
+        lacks (and initialises those randomly); for a Linearizer either means the config describes
+        another network, so a ``ValueError`` names the tensors instead. ``output_loading_info=True``
+        still returns ``(model, info)``.
+        """
+        want_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(pretrained_model_name_or_path, output_loading_info=True, **kwargs)
+        problems = []
+        for key, what in (("missing_keys", "missing from the weights"), ("unexpected_keys", "not in the model"),
+                          ("mismatched_keys", "of another shape")):
+            names = [k[0] if isinstance(k, tuple) else k for k in info.get(key) or ()]
+            if names:
+                shown = ", ".join(sorted(names)[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
+                problems.append(f"{len(names)} tensor(s) {what}: {shown}")
+        if problems:
+            raise ValueError(
+                f"The config of {pretrained_model_name_or_path} (subfolder {kwargs.get('subfolder')!r}) does not match "
+                f"its weights: {'; '.join(problems)}. The config.json must be the one saved with these weights."
+            )
+        return (model, info) if want_info else model
+
     def forward(self, x: Tensor, t=None, return_dict: bool = True):
         """``f(x) = g_y⁻¹(A_t g_x(x))``; ``t`` is required by time-dependent cores."""
         self.check_sample(x)

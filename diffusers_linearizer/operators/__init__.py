@@ -1,4 +1,4 @@
-"""Structured ``D × D`` linear operators with exact small-matrix algebra (``shared/MATH.md`` §1).
+"""Structured ``D × D`` linear operators with exact small-matrix algebra (``docs/math.md`` §1).
 
 * :class:`IdentityPlusLowRank` — ``M = c·I + U Vᵀ``;
 * :class:`SharedBasisOperator` — ``M = a·I + U X Vᵀ`` on a basis ``(U, V)`` shared by many operators;

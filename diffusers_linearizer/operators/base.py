@@ -193,7 +193,7 @@ class LinearOperator(abc.ABC):
 
     @abc.abstractmethod
     def reduce(self) -> Tuple[Tensor, Tensor]:
-        """``(Q, K)`` with ``M = c·(I − Q Qᵀ) + Q K Qᵀ`` and orthonormal ``Q`` (MATH.md §1)."""
+        """``(Q, K)`` with ``M = c·(I − Q Qᵀ) + Q K Qᵀ`` and orthonormal ``Q`` (``docs/math.md`` §1)."""
 
     @abc.abstractmethod
     def pinv(self, rcond: Optional[float] = None) -> "LinearOperator":
@@ -326,3 +326,27 @@ class LinearOperator(abc.ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(dim={self.dim}, rank={self.rank}, dtype={self.dtype}, device={self.device})"
+
+
+class FactoredOperator(LinearOperator):
+    """A ``LinearOperator`` stored with a ``D × R`` tensor (the attribute named by ``_factor``: ``U`` for
+    ``IdentityPlusLowRank`` and ``SharedBasisOperator``, the ``D × D`` ``matrix`` of ``DenseOperator``), from
+    which ``dim``, ``rank``, ``dtype`` and ``device`` are read."""
+
+    _factor = "U"
+
+    @property
+    def dim(self) -> int:
+        return getattr(self, self._factor).shape[0]
+
+    @property
+    def rank(self) -> int:
+        return getattr(self, self._factor).shape[1]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return getattr(self, self._factor).dtype
+
+    @property
+    def device(self) -> torch.device:
+        return getattr(self, self._factor).device

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from .base import (
-    LinearOperator,
+    FactoredOperator,
     as_scalar,
     check_factor,
     check_k,
@@ -22,13 +22,14 @@ from .base import (
 __all__ = ["DenseOperator"]
 
 
-class DenseOperator(LinearOperator):
+class DenseOperator(FactoredOperator):
     """``M`` stored as a square ``D × D`` tensor ``matrix``.
 
     Decompositions run in at least float32 and return in the operator's dtype. ``rank`` is ``D``.
     """
 
     _level = 2
+    _factor = "matrix"  # dim, rank (= D), dtype and device are read from it
 
     def __init__(self, M: Tensor):
         M = check_factor("M", M)
@@ -41,22 +42,6 @@ class DenseOperator(LinearOperator):
         """``I`` as a ``D × D`` matrix."""
         return cls(torch.eye(dim, dtype=dtype or torch.get_default_dtype(), device=device))
 
-    # ----------------------------------------------------------------------------- properties
-    @property
-    def dim(self) -> int:
-        return self.matrix.shape[0]
-
-    @property
-    def rank(self) -> int:
-        return self.matrix.shape[0]
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.matrix.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.matrix.device
 
     def _work(self) -> Tensor:
         return self.matrix.to(work_dtype(self.dtype))

@@ -1,4 +1,4 @@
-"""Scaled identity plus low rank: ``M = c·I + U Vᵀ`` (``shared/MATH.md`` §1).
+"""Scaled identity plus low rank: ``M = c·I + U Vᵀ`` (``docs/math.md`` §1).
 
 Everything beyond products and sums goes through one exact reduction: with ``Q`` (``D × k``,
 ``k ≤ 2R``) an orthonormal basis of ``span([U, V])``, ``M`` maps ``span(Q)`` into itself and is
@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from .base import (
+    FactoredOperator,
     LinearOperator,
     as_scalar,
     check_factor,
@@ -68,7 +69,7 @@ def complement_basis(Q: Tensor, p: int) -> Tensor:
     return full[:, k:k + p]
 
 
-class IdentityPlusLowRank(LinearOperator):
+class IdentityPlusLowRank(FactoredOperator):
     """``M = c·I + U Vᵀ`` with ``U, V ∈ R^{D×R}`` (``R ≥ 0``, ``R ≥ D`` allowed), never stored as ``D × D``.
 
     ``c`` is a Python number or a 0-dim tensor, kept as a 0-dim tensor of the factors' dtype and
@@ -95,23 +96,6 @@ class IdentityPlusLowRank(LinearOperator):
         """``I`` (``c = 1``, ``R = 0``)."""
         empty = torch.zeros(dim, 0, dtype=dtype or torch.get_default_dtype(), device=device)
         return cls(1.0, empty, empty)
-
-    # ----------------------------------------------------------------------------- properties
-    @property
-    def dim(self) -> int:
-        return self.U.shape[0]
-
-    @property
-    def rank(self) -> int:
-        return self.U.shape[1]
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.U.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.U.device
 
     # ------------------------------------------------------------------------------ algebra
     def apply(self, z: Tensor) -> Tensor:

@@ -1,7 +1,7 @@
 """Shared-basis operators: ``M = a·I + U X Vᵀ`` with ``U, V`` common to a family of operators.
 
 Operators that share ``U`` and ``V`` (the *same tensor objects*) multiply in ``R × R`` coordinates
-(``shared/MATH.md`` §1):
+(``docs/math.md`` §1):
 
     (a·I + U X Vᵀ)(b·I + U Y Vᵀ) = ab·I + U (a·Y + b·X + X G Y) Vᵀ,    G = Vᵀ U,
 
@@ -17,7 +17,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from .base import LinearOperator, as_scalar, check_factor, check_invertible
+from .base import FactoredOperator, LinearOperator, as_scalar, check_factor, check_invertible
 from .dense import DenseOperator
 from .lowrank import IdentityPlusLowRank
 
@@ -35,6 +35,9 @@ class _Basis:
 
 
 # (id(U), id(V), device, dtype) → the converted basis; entries vanish with the operators using them.
+# Not a speed cache: operators share a basis only if they hold the *same* U and V tensors, so converting
+# a family of them (``.to(dtype)``) must hand every member the same converted copy, or their products
+# would silently leave the shared-basis algebra. (The package's one result cache is the scheduler's.)
 _CONVERTED: "weakref.WeakValueDictionary" = weakref.WeakValueDictionary()
 
 
@@ -52,7 +55,7 @@ def _convert_basis(U: Tensor, V: Tensor, gram: Optional[Tensor], device, dtype) 
     return basis
 
 
-class SharedBasisOperator(LinearOperator):
+class SharedBasisOperator(FactoredOperator):
     """``M = a·I + U X Vᵀ`` with ``U, V ∈ R^{D×R}`` (a shared basis) and ``X ∈ R^{R×R}``.
 
     ``gram`` (optional) is ``G = Vᵀ U``; pass it when many operators share ``U, V`` so it is computed
@@ -64,6 +67,11 @@ class SharedBasisOperator(LinearOperator):
     """
 
     _level = 0
+
+    @property
+    def c(self) -> Tensor:
+        """The identity coefficient, under the name ``IdentityPlusLowRank`` uses (``docs/math.md`` §0)."""
+        return self.a
 
     def __init__(self, a, X: Tensor, U: Tensor, V: Tensor, gram: Optional[Tensor] = None):
         U, V, X = check_factor("U", U), check_factor("V", V), check_factor("X", X)
@@ -102,23 +110,6 @@ class SharedBasisOperator(LinearOperator):
         if U.shape[0] != dim:
             raise ValueError(f"Expected a basis with {dim} rows, got U of shape {tuple(U.shape)}.")
         return cls(1.0, U.new_zeros(U.shape[1], U.shape[1]), U, V)
-
-    # ----------------------------------------------------------------------------- properties
-    @property
-    def dim(self) -> int:
-        return self.U.shape[0]
-
-    @property
-    def rank(self) -> int:
-        return self.U.shape[1]
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.U.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.U.device
 
     @property
     def gram(self) -> Tensor:

@@ -56,7 +56,8 @@ def linearizer_model_card(pipeline, metrics: Optional[Dict[str, Any]] = None, re
 # Linearizer ({type(pipeline).__name__})
 
 A Linearizer `f(x) = g_y⁻¹(A g_x(x))` packaged for 🤗 diffusers with the
-`diffusers-linearizer` package (`pip install diffusers-linearizer`). For flow matching all sampler
+`diffusers-linearizer` package. It is not published on PyPI: install it from a clone of its source
+repository (`pip install .` in the clone, or `pip install "git+<repository URL>"`). For flow matching all sampler
 steps collapse into one structured operator `B`, so generation is one step,
 `x = g_x⁻¹(B g_y(noise))`, and inversion is exact, `noise = g_y⁻¹(B† g_x(x))`.
 

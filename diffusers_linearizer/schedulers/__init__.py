@@ -9,12 +9,16 @@ from .propagators import (
     rk4_propagator,
     structured_collapse,
 )
-from .scheduling_linearizer import SOLVERS, TIMESTEP_SPACINGS, CollapseInfo, LinearizerScheduler
+from .scheduling_linearizer import TIMESTEP_SPACINGS, CollapseInfo, LinearizerScheduler
+from .solvers import SOLVER_TABLE, SOLVERS, Solver, check_run
 
 __all__ = [
     "LinearizerScheduler",
     "CollapseInfo",
     "SOLVERS",
+    "SOLVER_TABLE",
+    "Solver",
+    "check_run",
     "TIMESTEP_SPACINGS",
     "latent_generator",
     "euler_propagator",

@@ -5,7 +5,7 @@ In the Linearizer's latent space the sampler integrates a *linear* ODE
     dz/dt = K(t) z,        K(t) = (A_t − I) / (1 − t),
 
 where the core predicts the clean latent ``ẑ₁ = A_t z`` (time ``t ∈ [0, 1)``, ``t = 0`` noise,
-``t = 1`` data; see ``shared/MATH.md`` §2). Because the ODE is linear, one step of an explicit
+``t = 1`` data; see ``docs/math.md`` §2). Because the ODE is linear, one step of an explicit
 Runge–Kutta method from ``z`` is a matrix ``P`` applied to ``z``, and a whole sampler run is the
 ordered product ``B = P_{n−1} ··· P_1 P_0`` (``P_0`` acts on the noise latent first).
 
@@ -121,7 +121,7 @@ def collapse_product(
 class CoordinateOperator:
     """``a·I + 𝐔[:, lo:hi] X 𝐕[:, lo:hi]ᵀ`` over a fixed basis ``(𝐔, 𝐕)`` known through ``G = 𝐕ᵀ𝐔``.
 
-    The small-coordinate algebra of MATH.md §1 ("shared basis"), restricted to a contiguous range
+    The small-coordinate algebra of ``docs/math.md`` §1 ("shared basis"), restricted to a contiguous range
     of basis columns (the *support*): products and sums act on the hull of the supports, so a
     propagator touching a few blocks of a long basis costs ``O(k·R²)`` to multiply into a product of
     support ``R``, never ``O(D)``. ``a`` is a Python float, ``X`` a ``(hi − lo) × (hi − lo)`` tensor.

@@ -24,17 +24,21 @@ Grids (``timestep_spacing``), for ``num_inference_steps = T`` grid points (``T �
 Then ``shift`` maps every ``sigma`` as diffusers does, ``sigma ↦ shift·σ/(1 + (shift − 1)·σ)`` (the
 identity for ``shift = 1``). No grid reaches ``t = 1``, where ``K`` is singular (Heun and RK4 evaluate
 ``K`` at the end of each step); a final Euler jump to ``t = 1`` would only return ``A_t z``.
+
+The module is a little over 400 lines because it keeps the scheduler and its collapse cache together
+(the cache key depends on the grid); the solver formulas live in :mod:`.solvers`, the operator
+products in :mod:`.propagators`.
 """
 
 from __future__ import annotations
 
-import functools
+import contextlib
 import threading
 import time
 import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Optional, Tuple, Union
+from typing import Any, Callable, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -42,20 +46,9 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutput
 
 from ..operators import IdentityPlusLowRank, SharedBasisOperator
-from .propagators import (
-    autograd_collapse,
-    collapse_product,
-    euler_propagator,
-    heun_propagator,
-    latent_generator,
-    reference_rk_propagator,
-    rk4_propagator,
-    structured_collapse,
-)
+from .propagators import autograd_collapse, collapse_product, latent_generator, structured_collapse
+from .solvers import SOLVER_TABLE, check_run
 
-# Where each model evaluation of one step sits, as a fraction of the step size h.
-STAGE_FRACTIONS = {"euler": (0.0,), "heun": (0.0, 1.0), "rk4": (0.0, 0.5, 0.5, 1.0), "reference_rk": (0.0, 0.5, 1.0)}
-SOLVERS = tuple(STAGE_FRACTIONS)
 TIMESTEP_SPACINGS = ("reference", "linspace")
 
 
@@ -73,16 +66,6 @@ class CollapseInfo:
     evaluations: int
     mode: str
     seconds: float
-
-
-def _propagator(solver: str, Ks, h: float):
-    if solver == "euler":
-        return euler_propagator(Ks[0], h)
-    if solver == "heun":
-        return heun_propagator(Ks[0], Ks[1], h)
-    if solver == "rk4":
-        return rk4_propagator(Ks[0], Ks[1], Ks[3], h)  # Ks[2] is the second t + h/2 evaluation
-    return reference_rk_propagator(Ks[0], Ks[1], Ks[2], h)
 
 
 class LinearizerScheduler(SchedulerMixin, ConfigMixin):
@@ -110,7 +93,7 @@ class LinearizerScheduler(SchedulerMixin, ConfigMixin):
     @register_to_config
     def __init__(self, num_train_timesteps: int = 1000, shift: float = 1.0, solver: str = "euler",
                  timestep_spacing: str = "reference"):
-        self._check_solver(solver)
+        check_run(2, solver)
         if timestep_spacing not in TIMESTEP_SPACINGS:
             raise ValueError(f"Unknown timestep_spacing {timestep_spacing!r}; choose one of {', '.join(TIMESTEP_SPACINGS)}.")
         if not shift > 0:
@@ -142,12 +125,6 @@ class LinearizerScheduler(SchedulerMixin, ConfigMixin):
         self.__dict__.update(state)
         self._init_collapse_cache()
 
-    @staticmethod
-    def _check_solver(solver):
-        if solver not in STAGE_FRACTIONS:
-            raise ValueError(f"Unknown solver {solver!r}; choose one of {', '.join(SOLVERS)}.")
-        return solver
-
     def _shift(self, sigmas: np.ndarray) -> np.ndarray:
         s = float(self.config.shift)
         return sigmas if s == 1.0 else s * sigmas / (1.0 + (s - 1.0) * sigmas)
@@ -155,7 +132,7 @@ class LinearizerScheduler(SchedulerMixin, ConfigMixin):
     @property
     def order(self) -> int:
         """Model evaluations per solver step (1 Euler, 2 Heun, 3 reference_rk, 4 RK4)."""
-        return len(STAGE_FRACTIONS[self.config.solver])
+        return SOLVER_TABLE[self.config.solver].order
 
     @property
     def init_noise_sigma(self) -> float:
@@ -204,13 +181,11 @@ class LinearizerScheduler(SchedulerMixin, ConfigMixin):
         return self.scale_noise(original_samples, timesteps, noise)
 
     # ------------------------------------------------------------------ the grid
-    def _check_steps(self, num_inference_steps) -> int:
-        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, (int, np.integer)):
-            raise ValueError(f"num_inference_steps must be an int ≥ 2, got {num_inference_steps!r}.")
-        if num_inference_steps < 2:
-            raise ValueError(
-                f"num_inference_steps must be ≥ 2 (T grid points give T − 1 steps), got {num_inference_steps}.")
-        return int(num_inference_steps)
+    def check_run(self, num_inference_steps, solver: Optional[str] = None) -> Tuple[int, str]:
+        """Validate a run's ``num_inference_steps`` (int ≥ 2) and ``solver`` (``None``: this scheduler's);
+        return ``(T, solver)``. The one validation of these two parameters: pipelines call it before any
+        work, ``set_timesteps`` and ``collapse`` call it for direct callers."""
+        return check_run(num_inference_steps, solver, self.config.solver)
 
     def _schedule(self, T: int, solver: str):
         """``(grid sigmas, step sizes h, evaluation timesteps, evaluation times t)`` for ``T`` points."""
@@ -222,7 +197,7 @@ class LinearizerScheduler(SchedulerMixin, ConfigMixin):
         sigmas = self._shift(sigmas)
         t_grid = 1.0 - sigmas
         h = np.diff(t_grid)
-        fractions = STAGE_FRACTIONS[solver]
+        fractions = SOLVER_TABLE[solver].c
         t_eval = [t_grid[i + 1] if f == 1.0 else t_grid[i] + f * h[i] for i in range(T - 1) for f in fractions]
         timesteps = (1.0 - torch.tensor(t_eval, dtype=torch.float64)) * n_train
         # Round-trip through t_of so that the caller's t_of(ts) is bit-identical to ours.
@@ -234,7 +209,7 @@ class LinearizerScheduler(SchedulerMixin, ConfigMixin):
         ``timesteps`` (float64; float32 on MPS) list every model evaluation, ``sigmas`` one value per grid
         point (decreasing, the last one ``> 0``).
         """
-        T = self._check_steps(num_inference_steps)
+        T, _ = self.check_run(num_inference_steps)
         sigmas, self._h, timesteps, self._t_eval = self._schedule(T, self.config.solver)
         dtype = torch.float32 if device is not None and torch.device(device).type == "mps" else torch.float64
         self.timesteps = timesteps.to(device=device, dtype=dtype)
@@ -286,21 +261,11 @@ class LinearizerScheduler(SchedulerMixin, ConfigMixin):
                              f"begin_index has to be a multiple of order = {self.order}.")
         z0, ks = self._stage_state
         ks.append(k)
-        solver = self.config.solver
+        solver = SOLVER_TABLE[self.config.solver]
         if stage < self.order - 1:  # the state where the next stage is evaluated
-            if solver == "reference_rk":
-                nxt = z0
-            else:
-                nxt = z0 + (h if solver == "heun" or stage == 2 else 0.5 * h) * k
+            nxt = solver.stage_state(z0, k, stage, h)
         else:  # last stage: combine the slopes
-            if solver == "euler":
-                nxt = z0 + h * ks[0]
-            elif solver == "heun":
-                nxt = z0 + (0.5 * h) * (ks[0] + ks[1])
-            elif solver == "rk4":
-                nxt = z0 + (h / 6.0) * (ks[0] + 2.0 * ks[1] + 2.0 * ks[2] + ks[3])
-            else:
-                nxt = z0 + (h / 6.0) * (ks[0] + 4.0 * ks[1] + ks[2])
+            nxt = solver.combine(z0, ks, h)
             self._stage_state = None
         self._step_index += 1
         prev_sample = nxt.to(model_output.dtype)
@@ -309,7 +274,7 @@ class LinearizerScheduler(SchedulerMixin, ConfigMixin):
     # ------------------------------------------------------------------ collapse
     def collapse(self, core, num_inference_steps: Optional[int] = None, solver: Optional[str] = None,
                  dtype: torch.dtype = torch.float64, cache: bool = True, return_info: bool = False,
-                 tol: Optional[float] = None):
+                 tol: Optional[float] = None, progress_bar: Optional[Callable[..., Any]] = None):
         """The operator ``B = P_{n−1} ··· P_0`` of a whole run: ``B.apply(z₀)`` = the stepped solver from ``z₀``.
 
         ``core``: a linear core (``time_dependent``, ``operators(ts, dtype)``) or a constant operator;
@@ -324,31 +289,51 @@ class LinearizerScheduler(SchedulerMixin, ConfigMixin):
 
         Returns an ``IdentityPlusLowRank`` (a ``SharedBasisOperator`` on the core's ``U``/``V`` for the
         shared-basis core; a ``DenseOperator`` for dense cores), or ``(B, CollapseInfo)`` with
-        ``return_info``. ``dtype``: accumulation precision (float64 or float32). Cached (LRU of
-        ``collapse_cache_size``, thread-safe) by grid, solver, dtype, ``tol`` and the core's identity,
-        device and weights (``data_ptr``, in-place version counter, shape). Edits through ``.data``
-        bypass the version counter: pass ``cache=False`` or call :meth:`clear_collapse_cache` then.
+        ``return_info``. ``dtype``: accumulation precision (float64 or float32).
+
+        ``progress_bar``: a factory like ``DiffusionPipeline.progress_bar`` (``progress_bar(total=n)``
+        returning a context manager with ``update()``); it is called only when a collapse actually
+        runs (not on cache hits) and advanced once per solver step.
+
+        Cached (LRU of ``collapse_cache_size``, thread-safe) by grid, solver, dtype, ``tol`` and the
+        core's identity, device and weights (``data_ptr``, in-place version counter, shape); the entry
+        also holds ``B†`` once :meth:`pseudo_inverse` asked for it. Edits through ``.data`` bypass the
+        version counter: pass ``cache=False`` or call :meth:`clear_collapse_cache` then.
 
         **Differentiable.** With ``cache=False``, gradients enabled and a core whose parameters require
         grad, ``B`` is built from operators attached to the graph (``core.operators(..., grad=True)``)
         by plain operator algebra (:func:`.propagators.autograd_collapse`, mode ``"autograd"``): the
-        same exact product, with gradients for every core parameter through ``B.apply``,
-        ``B.solve`` and ``B.slogdet_exact``. Memory stays ``O(D·R)``: the shared-basis core and the
-        constant low-rank core keep every step in ``R × R`` coordinates.
+        same exact product, with gradients for every core parameter through ``B.apply``, ``B.solve``
+        and ``B.logabsdet``. Memory stays ``O(D·R)``: the shared-basis core and the constant low-rank
+        core keep every step in ``R × R`` coordinates.
         """
+        B, info, _ = self._collapse_entry(core, num_inference_steps, solver, dtype, cache, tol, progress_bar)
+        return (B, info) if return_info else B
+
+    def pseudo_inverse(self, core, num_inference_steps: Optional[int] = None, solver: Optional[str] = None,
+                       dtype: torch.dtype = torch.float64, rcond: Optional[float] = None,
+                       progress_bar: Optional[Callable[..., Any]] = None):
+        """``B†``, the Moore–Penrose pseudo-inverse of :meth:`collapse`'s ``B`` (``rcond``: the cutoff for
+        small singular values, default the operator's), computed once and kept in ``B``'s cache entry."""
+        B, _, pinvs = self._collapse_entry(core, num_inference_steps, solver, dtype, True, None, progress_bar)
+        with self._collapse_lock:
+            if rcond not in pinvs:
+                pinvs[rcond] = B.pinv(rcond=rcond)
+            return pinvs[rcond]
+
+    def _collapse_entry(self, core, num_inference_steps, solver, dtype, cache, tol, progress_bar):
+        """``(B, info, pinv dict)`` from the cache, or computed (and cached when ``cache``)."""
         T = num_inference_steps if num_inference_steps is not None else self.num_inference_steps
         if T is None:
             raise ValueError("collapse() needs num_inference_steps (or call set_timesteps first).")
-        T = self._check_steps(T)
-        solver = self._check_solver(solver or self.config.solver)
+        T, solver = self.check_run(T, solver)
         if dtype not in (torch.float64, torch.float32):
             raise ValueError(f"collapse accumulates in torch.float64 or torch.float32, got {dtype}.")
         if not cache and torch.is_grad_enabled() and _requires_grad(core):
             start = time.perf_counter()
             _, hs, _, t_eval = self._schedule(T, solver)
-            B, info = _collapse(core, solver, hs, t_eval, len(STAGE_FRACTIONS[solver]), dtype, tol, grad=True)
-            info = CollapseInfo(seconds=time.perf_counter() - start, **info)
-            return (B, info) if return_info else B
+            B, info = _collapse(core, solver, hs, t_eval, dtype, tol, grad=True)
+            return B, CollapseInfo(seconds=time.perf_counter() - start, **info), {}
         prints = _fingerprint(core) if cache else None
         key = None if prints is None else (
             T, solver, self.config.timestep_spacing, float(self.config.shift), self.config.num_train_timesteps,
@@ -357,17 +342,19 @@ class LinearizerScheduler(SchedulerMixin, ConfigMixin):
             hit = self._collapse_cache.get(key) if key is not None else None
             if hit is not None and hit[0]() is core:
                 self._collapse_cache.move_to_end(key)
-                B, info = hit[1], hit[2]
-            else:
-                start = time.perf_counter()
-                _, hs, _, t_eval = self._schedule(T, solver)
-                B, info = _collapse(core, solver, hs, t_eval, len(STAGE_FRACTIONS[solver]), dtype, tol)
-                info = CollapseInfo(seconds=time.perf_counter() - start, **info)
-                if key is not None:
-                    self._collapse_cache[key] = (weakref.ref(core), B, info)
-                    while len(self._collapse_cache) > self.collapse_cache_size:
-                        self._collapse_cache.popitem(last=False)
-        return (B, info) if return_info else B
+                return hit[1], hit[2], hit[3]
+            start = time.perf_counter()
+            _, hs, _, t_eval = self._schedule(T, solver)
+            bar = progress_bar(total=T - 1) if progress_bar is not None else contextlib.nullcontext()
+            with bar as tick:
+                B, info = _collapse(core, solver, hs, t_eval, dtype, tol, getattr(tick, "update", None))
+            info = CollapseInfo(seconds=time.perf_counter() - start, **info)
+            entry = (weakref.ref(core) if key is not None else None, B, info, {})
+            if key is not None:
+                self._collapse_cache[key] = entry
+                while len(self._collapse_cache) > self.collapse_cache_size:
+                    self._collapse_cache.popitem(last=False)
+            return entry[1], entry[2], entry[3]
 
     def clear_collapse_cache(self):
         with self._collapse_lock:
@@ -418,11 +405,19 @@ def _operators(core, times, grad: bool = False, dtype: Optional[torch.dtype] = N
     return ops
 
 
-def _collapse(core, solver, hs, t_eval, order, dtype, tol, grad: bool = False):
+def _collapse(core, solver, hs, t_eval, dtype, tol, tick=None, grad: bool = False):
+    table = SOLVER_TABLE[solver]
+    order = table.order
     unique = list(dict.fromkeys(t_eval))
     ops = dict(zip(unique, _operators(core, unique, grad, dtype)))
     steps = [(hs[i], t_eval[i * order:(i + 1) * order]) for i in range(len(hs))]
-    propagator = functools.partial(_propagator, solver)
+
+    def propagator(Ks, h):
+        P = table.propagator(Ks, h)
+        if tick is not None:
+            tick()
+        return P
+
     if grad:
         B = autograd_collapse(ops, steps, propagator, dtype)
         dropped, mode = 0.0, "autograd"

@@ -322,8 +322,7 @@ class LinearizerObjective(nn.Module):
             from ..schedulers import LinearizerScheduler
 
             self.scheduler = LinearizerScheduler(solver=solver)
-            self.num_inference_steps = self.scheduler._check_steps(num_inference_steps)
-            self.solver = self.scheduler._check_solver(solver)
+            self.num_inference_steps, self.solver = self.scheduler.check_run(num_inference_steps, solver)
         if "likelihood" in self.mix:
             from .likelihood import check_likelihood_model
 

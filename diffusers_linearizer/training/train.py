@@ -64,6 +64,7 @@ import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
+from ..atomic import write_json_atomic  # noqa: F401  (one atomic-write helper for the package; importable from here)
 from ..image_grid import make_grid
 
 CHECKPOINT_DIR = "checkpoints"
@@ -364,17 +365,6 @@ def _fsync_dir(path: str) -> None:
             os.close(fd)
     except OSError:
         pass
-
-
-def write_json_atomic(path: str, data: Dict[str, Any]) -> None:
-    """Write ``data`` as JSON to ``path`` through a temporary file and a rename (never half-written)."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, sort_keys=True, default=str)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def remove_stale(root: str) -> None:

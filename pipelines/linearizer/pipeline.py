@@ -4,7 +4,7 @@
 
 diffusers copies this file into its module cache and takes the one ``DiffusionPipeline`` subclass it
 finds here, so this file imports exactly one pipeline class: ``LinearizerPipeline`` from the installed
-``diffusers_linearizer`` package (``pip install diffusers-linearizer``). The inversion pipeline is
+``diffusers_linearizer`` package (installed from a clone of this repository: ``pip install .``). The inversion pipeline is
 ``diffusers_linearizer.LinearizerInversionPipeline``.
 """
 

@@ -12,25 +12,15 @@ Every result is returned; nothing is stored on the pipeline or the scheduler, so
 several threads.
 """
 
-from __future__ import annotations
-
 from typing import Optional, Tuple, Union
 
 import torch
 from diffusers import DiffusionPipeline
 
+from ...images import images_to_tensor, postprocess_images, psnr
 from ...models import LinearizerModel
 from ...schedulers import LinearizerScheduler
-from .pipeline_linearizer import (
-    LinearizerPipelineMixin,
-    apply_operator,
-    check_num_inference_steps,
-    check_output_type,
-    check_solver,
-    images_to_tensor,
-    postprocess_images,
-    psnr,
-)
+from .common import LinearizerPipelineMixin, apply_operator, check_output_type
 from .pipeline_output import LinearizerInterpolationOutput, LinearizerInversionPipelineOutput
 
 INTERPOLATION_MODES = ("slerp", "linear")
@@ -62,7 +52,13 @@ class LinearizerInversionPipeline(LinearizerPipelineMixin, DiffusionPipeline):
 
     Build it from a generation pipeline to share the collapse cache:
     ``LinearizerInversionPipeline(**pipe.components)``. Inputs are PIL images, numpy arrays or torch
-    tensors with values in ``[0, 1]`` of exactly the model's ``C×H×W`` (they are not resized).
+    tensors with values in ``[0, 1]`` of exactly the model's ``C×H×W`` (they are not resized); float
+    images in ``[0, 255]`` or ``[-1, 1]`` are refused with an error naming the range.
+
+    The recovered noise is exact (it regenerates the image up to round-off) when the image came from
+    this model with the same ``num_inference_steps`` and ``solver`` and was not clamped
+    (``output_type="pt"`` with ``clamp=False``), and ``B`` has full rank. For any other image it is the
+    noise whose one-step generation is closest to the image within the model's reach.
     """
 
     model_cpu_offload_seq = "linearizer"
@@ -71,13 +67,11 @@ class LinearizerInversionPipeline(LinearizerPipelineMixin, DiffusionPipeline):
         super().__init__()
         self.register_modules(linearizer=linearizer, scheduler=scheduler)
 
-    def _prepare(self, image, name: str, num_inference_steps, solver, output_type):
+    def _prepare(self, image, name: str, num_inference_steps, solver, output_type, check_range=True):
         """Check everything before any work; return the images as a tensor on the execution device."""
-        self._check_components()
-        check_num_inference_steps(num_inference_steps)
-        check_solver(solver)
+        self.check_run(num_inference_steps, solver)
         check_output_type(output_type, ("pil", "np", "pt"))
-        x = images_to_tensor(image, self.linearizer.sample_shape, name)
+        x = images_to_tensor(image, self.linearizer.sample_shape, name, check_range=check_range)
         self._onload()
         return x.to(device=self._execution_device, dtype=self.linearizer.dtype)
 
@@ -103,6 +97,7 @@ class LinearizerInversionPipeline(LinearizerPipelineMixin, DiffusionPipeline):
         output_type: str = "pt",
         return_dict: bool = True,
         clamp: bool = True,
+        check_range: bool = True,
     ) -> Union[LinearizerInversionPipelineOutput, Tuple]:
         r"""Invert images to the noise that generates them.
 
@@ -116,12 +111,15 @@ class LinearizerInversionPipeline(LinearizerPipelineMixin, DiffusionPipeline):
             output_type: format of ``reconstruction``: ``"pt"`` (default), ``"np"`` or ``"pil"``.
             clamp: clamp the returned reconstruction to ``[0, 1]`` (PSNR and relative error are always
                 measured on the raw reconstruction).
+            check_range: refuse float images with values far outside ``[0, 1]`` (more than 0.5 below or
+                above: images in ``[0, 255]`` or ``[-1, 1]``, whose "noise" would be meaningless). Pass
+                ``False`` to invert such values on purpose, e.g. the unclamped output of an untrained model.
 
         Returns:
             :class:`LinearizerInversionPipelineOutput` (``noise``, ``latents``, ``image_latents``,
             ``reconstruction``, ``psnr``, ``relative_error``), or that tuple in that order.
         """
-        x = self._prepare(image, "image", num_inference_steps, solver, output_type)
+        x = self._prepare(image, "image", num_inference_steps, solver, output_type, check_range)
         noise, z0, z1, x_rec = self._invert(x, num_inference_steps, solver, rcond)
         err = (x_rec.double() - x.double()).flatten(1).norm(dim=1)
         rel = err / x.double().flatten(1).norm(dim=1).clamp_min(torch.finfo(torch.float64).tiny)

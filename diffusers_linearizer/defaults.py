@@ -1,0 +1,12 @@
+"""Where the packaged default pipeline lives (no heavy imports, so that the command line starts fast)."""
+
+import os
+
+#: the trained Fashion-MNIST 32×32 pipeline shipped inside the package: what ``from_pretrained()`` and the
+#: command line load when no model is named
+DEFAULT_MODEL_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "default_model")
+
+
+def packaged_default_available() -> bool:
+    """Whether the packaged default pipeline (its ``model_index.json``) is installed."""
+    return os.path.isfile(os.path.join(DEFAULT_MODEL_DIR, "model_index.json"))

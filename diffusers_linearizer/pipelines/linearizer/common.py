@@ -1,0 +1,86 @@
+"""What both Linearizer pipelines share: component checks, offload hooks, the collapsed operator ``B``
+and its pseudo-inverse ``B†`` (both cached by the scheduler), and the checks of the run parameters."""
+
+from typing import Optional, Sequence, Tuple
+
+import torch
+from diffusers.utils import logging
+
+from ...images import OUTPUT_TYPES
+from ...models import LinearizerModel
+from .loading import LinearizerLoadingMixin
+
+logger = logging.get_logger(__name__)
+
+
+def apply_operator(op, z: torch.Tensor) -> torch.Tensor:
+    """``op`` applied to image-shaped latents ``(N, C, H, W)`` in the operator's dtype, cast back."""
+    out = op.apply(z.flatten(1).to(device=op.device, dtype=op.dtype))
+    return out.to(device=z.device, dtype=z.dtype).view_as(z)
+
+
+def check_output_type(output_type, allowed: Sequence[str] = OUTPUT_TYPES) -> str:
+    if output_type not in allowed:
+        raise ValueError(f"Unknown output_type {output_type!r}; choose one of {', '.join(map(repr, allowed))}.")
+    return output_type
+
+
+class LinearizerPipelineMixin(LinearizerLoadingMixin):
+    """Machinery shared by :class:`LinearizerPipeline` and :class:`LinearizerInversionPipeline`.
+
+    Not a ``DiffusionPipeline`` itself (so that diffusers finds exactly one pipeline class in a module);
+    list it before ``DiffusionPipeline`` in the bases.
+    """
+
+    def _check_components(self) -> None:
+        if not isinstance(getattr(self.linearizer, "_orig_mod", self.linearizer), LinearizerModel):  # compiled or not
+            raise ValueError(f"linearizer must be a LinearizerModel, got {type(self.linearizer).__name__}.")
+        if not hasattr(self.scheduler, "collapse") or not hasattr(self.scheduler, "check_run"):
+            raise ValueError(
+                f"scheduler must be a LinearizerScheduler (it needs check_run() and collapse()), got "
+                f"{type(self.scheduler).__name__}."
+            )
+
+    def check_run(self, num_inference_steps, solver: Optional[str]) -> Tuple[int, str]:
+        """The components, then ``num_inference_steps`` and ``solver`` by their owner, the scheduler."""
+        self._check_components()
+        return self.scheduler.check_run(num_inference_steps, solver)
+
+    def _onload(self) -> None:
+        """Put the model in eval mode and trigger accelerate's offload hook.
+
+        Sampling must not run training-mode code: ActNorm's data-dependent initialisation would rewrite
+        an untrained model's weights from the first noise batch, and dropout would draw random numbers
+        outside ``generator``. A model left in training mode is switched to eval mode (once, with a
+        warning). The hook is triggered by hand because we call ``encode``/``decode``/the core, not
+        ``forward``.
+        """
+        if self.linearizer.training:
+            logger.warning(
+                f"{type(self).__name__}: the linearizer was in training mode; switching it to eval mode for "
+                "sampling (call .train() again to resume training)."
+            )
+            self.linearizer.eval()
+        hook = getattr(self.linearizer, "_hf_hook", None)
+        if hook is not None and hasattr(hook, "pre_forward"):
+            hook.pre_forward(self.linearizer)
+
+    def _collapse_dtype(self) -> torch.dtype:
+        return torch.float32 if self.linearizer.device.type == "mps" else torch.float64
+
+    def collapsed_operator(self, num_inference_steps: int = 100, solver: Optional[str] = None):
+        """The operator ``B`` of a whole sampler run of ``num_inference_steps`` grid points.
+
+        Accumulated in float64 (float32 on MPS) whatever the model's dtype, and cached by the scheduler
+        (thread-safe), so every pipeline built on the same scheduler shares it. A collapse that really
+        runs (not a cache hit) shows a progress bar, one tick per solver step.
+        """
+        T, solver = self.check_run(num_inference_steps, solver)
+        return self.scheduler.collapse(self.linearizer.core, T, solver=solver, dtype=self._collapse_dtype(),
+                                       progress_bar=self.progress_bar)
+
+    def pseudo_inverse(self, num_inference_steps: int = 100, solver: Optional[str] = None, rcond: Optional[float] = None):
+        """``B†``, the Moore–Penrose pseudo-inverse of :meth:`collapsed_operator` (cached with ``B`` by the scheduler)."""
+        T, solver = self.check_run(num_inference_steps, solver)
+        return self.scheduler.pseudo_inverse(self.linearizer.core, T, solver=solver, dtype=self._collapse_dtype(),
+                                             rcond=rcond, progress_bar=self.progress_bar)
