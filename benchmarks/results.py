@@ -7,7 +7,10 @@ Writes ``docs/results.md``, ``docs/results.json`` and the pictures under ``docs/
 
 Models (all in the repository, so a clean checkout reruns the page):
 
-* **ours** — the packaged default pipeline ``diffusers_linearizer/default_model`` (``--model``);
+* **ours** — the packaged default pipeline ``diffusers_linearizer/default_model`` (``--model``): the
+  equal-time model below, trained further with the one-step objectives (``docs/quality.md``);
+* **ours at equal time** — the model trained side by side with the baseline for the same wall-clock time
+  (``--model-equal-time``, default ``benchmarks/models/fashion_mnist_v1``, the previous packaged default);
 * **ours at equal steps** — the same training run's EMA weights at the step count the baseline reached
   (``--model-equal-steps``, default ``benchmarks/models/linearizer_equal_steps``);
 * **baseline** — the diffusers ``UNet2DModel`` flow-matching model of ``benchmarks/baseline.py``, trained
@@ -188,6 +191,12 @@ def pictures(pipe, baseline, test: torch.Tensor, seed: int) -> Dict[str, str]:
     return pics
 
 
+def packaged_training() -> Dict:
+    """How the packaged default was trained: the ``packaged_default`` entry of ``benchmarks/models/training_runs.json``."""
+    with open(os.path.join(MODELS, "training_runs.json")) as f:
+        return json.load(f).get("packaged_default", {})
+
+
 def fd_table(classifier, test_feats, rows_spec, n: int) -> List[Dict]:
     mu_t, s_t = gaussian_stats(test_feats)
     rows = []
@@ -226,6 +235,7 @@ def verify(stored: Dict, rerun: Dict) -> int:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=DEFAULT_MODEL_DIR)
+    p.add_argument("--model-equal-time", default=os.path.join(MODELS, "fashion_mnist_v1"))
     p.add_argument("--model-equal-steps", default=os.path.join(MODELS, "linearizer_equal_steps"))
     p.add_argument("--baseline", default=os.path.join(MODELS, "baseline_unet"))
     p.add_argument("--runs", default=os.path.join(MODELS, "training_runs.json"))
@@ -240,6 +250,9 @@ def main(argv=None) -> int:
                         "it (prints the comparison, writes nothing); the slow baseline 50-step row is skipped unless --verify-all.")
     p.add_argument("--verify-all", action="store_true", help="With --verify: also rerun the baseline 50-step row.")
     p.add_argument("--page-only", action="store_true", help="Rewrite the page from the stored .json (no measuring).")
+    p.add_argument("--reuse-baseline", action="store_true",
+                   help="Take the baseline UNet's FD rows from the stored .json (same samples and seeds) instead of "
+                        "sampling it again (its 50-step row takes about half an hour on a CPU); the page says so.")
     args = p.parse_args(argv)
     if args.page_only:
         from results_page import write_page
@@ -263,12 +276,21 @@ def main(argv=None) -> int:
     classifier = load_classifier()
     test, test_labels = load_split("test")
     pipe32, pipe64 = load_ours(args.model), load_ours(args.model, torch.float64)
+    equal_time = load_ours(args.model_equal_time)
     equal_steps = load_ours(args.model_equal_steps)
+    reused = {}
+    if args.reuse_baseline:
+        with open(os.path.splitext(args.output)[0] + ".json") as f:
+            old = json.load(f)
+        if old["fd_samples"] != args.fd_samples:
+            raise SystemExit(f"--reuse-baseline: the stored rows use {old['fd_samples']} samples, not {args.fd_samples}.")
+        reused = {row["name"]: dict(row, reused_from=old["date"]) for row in old["fd"] if row["name"].startswith("baseline")}
     baseline = UNet2DModel.from_pretrained(args.baseline).eval()
 
     results = {"hardware": hardware(), "torch": torch.__version__, "date": datetime.date.today().isoformat(),
                "T": T, "runs": runs, "classifier_test_accuracy": accuracy(classifier, test, test_labels), "fd_samples": args.fd_samples,
-               "args": {k: getattr(args, k) for k in ("fd_samples", "inversions", "exactness_samples", "seed", "threads")}}
+               "args": {k: getattr(args, k) for k in ("fd_samples", "inversions", "exactness_samples", "seed", "threads")},
+               "packaged_training": packaged_training()}
     with torch.no_grad():
         _, results["collapse_seconds"] = timed(pipe32.collapsed_operator, T)  # first call: the collapse (then cached)
         results["exactness"] = exactness(pipe32, pipe64, args.exactness_samples, args.seed)
@@ -286,10 +308,11 @@ def main(argv=None) -> int:
         n_equal = runs["linearizer"]["equal_steps_checkpoint"]
         specs = [
             {"name": "Fashion-MNIST train images (floor)", "floor": True, "fn": lambda n: train[:n]},
-            {"name": f"ours one-step (T = {T}), {n_ours} steps", "clock": "equal time", "fn": lambda n: generate(pipe32, n, 10)},
-            {"name": f"ours {T - 1} Euler steps, {n_ours} steps", "clock": "equal time", "fn": lambda n: generate(pipe32, n, 10, one_step=False)},
-            {"name": f"ours one-step (T = {T}, Heun), {n_ours} steps", "clock": "equal time", "fn": lambda n: generate(pipe32, n, 10, solver="heun")},
-            {"name": f"ours one-step (T = {T}, RK4), {n_ours} steps", "clock": "equal time", "fn": lambda n: generate(pipe32, n, 10, solver="rk4")},
+            {"name": f"packaged default one-step (T = {T})", "clock": "packaged", "fn": lambda n: generate(pipe32, n, 10)},
+            {"name": f"packaged default {T - 1} Euler steps", "clock": "packaged", "fn": lambda n: generate(pipe32, n, 10, one_step=False)},
+            {"name": f"packaged default one-step (T = {T}, RK4)", "clock": "packaged", "fn": lambda n: generate(pipe32, n, 10, solver="rk4")},
+            {"name": f"ours one-step (T = {T}), {n_ours} steps", "clock": "equal time", "fn": lambda n: generate(equal_time, n, 10)},
+            {"name": f"ours {T - 1} Euler steps, {n_ours} steps", "clock": "equal time", "fn": lambda n: generate(equal_time, n, 10, one_step=False)},
             {"name": f"ours one-step (T = {T}), {n_equal} steps", "clock": "equal steps", "fn": lambda n: generate(equal_steps, n, 10)},
             {"name": f"ours {T - 1} Euler steps, {n_equal} steps", "clock": "equal steps", "fn": lambda n: generate(equal_steps, n, 10, one_step=False)},
             {"name": f"baseline 50 steps, {n_base} steps", "clock": "both", "fn": lambda n: baseline_sample(baseline, n, 50, seed=10)},
@@ -297,7 +320,8 @@ def main(argv=None) -> int:
         ]
         if args.verify and not args.verify_all:
             specs = [spec for spec in specs if not spec["name"].startswith("baseline 50")]
-        results["fd"] = fd_table(classifier, test_feats, specs, args.fd_samples)
+        results["fd"] = fd_table(classifier, test_feats, [s for s in specs if s["name"] not in reused], args.fd_samples)
+        results["fd"] += [reused[s["name"]] for s in specs if s["name"] in reused]
     if args.verify:
         return verify(stored, results)
     results["total_seconds"] = time.perf_counter() - t_start
