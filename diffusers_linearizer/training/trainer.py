@@ -7,6 +7,10 @@ micro-batches), :meth:`~Trainer.update_ema`, :meth:`~Trainer.log_losses`, :meth:
 (which writes with :meth:`~Trainer.write_checkpoint` and publishes with :meth:`~Trainer.publish_checkpoint`),
 :meth:`~Trainer.write_samples` and :meth:`~Trainer.save_final`. Wall-clock time is read through
 :meth:`~Trainer.clock`.
+
+The module is a little over 400 lines because it is one class whose methods are the parts of a step a
+subclass may override; what they are built from lives in :mod:`.setup`, :mod:`.device_inputs`,
+:mod:`.checkpoints` and :mod:`.outputs`.
 """
 
 from __future__ import annotations

@@ -89,27 +89,41 @@ class FastG:
         except Exception as err:  # the compiler, not the network: the same pass runs eagerly below
             self.compile_failed = True
             self.passes.clear()
+            cause = getattr(err, "inner_exception", None) or err.__cause__ or err
+            text = (str(cause).strip().splitlines() or [""])[0][:300]
             warnings.warn(
-                f"enable_fast_sampling: torch.compile could not compile g on {self.device} ({type(err).__name__}: "
-                f"{str(err).strip().splitlines()[0][:300] if str(err).strip() else ''}); running it uncompiled"
-                f"{' with CUDA graphs' if self.cuda_graphs else ''}.", RuntimeWarning, stacklevel=4)
+                f"enable_fast_sampling: torch.compile could not compile g on {self.device} ({type(cause).__name__}: "
+                f"{text}); running it uncompiled{' with CUDA graphs' if self.cuda_graphs else ''}.",
+                RuntimeWarning, stacklevel=4)
             return self._pass(space, inverse)(x)
 
+    def _capture(self, space: str, inverse: bool, x: Tensor) -> Tuple:
+        """``(graph, input buffer, output buffer)`` of the pass for ``x``'s shape, after two warm-up runs on a
+        side stream (which also compile it, when asked)."""
+        static_in = x.clone()
+        stream = torch.cuda.Stream(device=x.device)
+        stream.wait_stream(torch.cuda.current_stream(x.device))
+        with torch.cuda.stream(stream):
+            for _ in range(2):
+                self._call(space, inverse, static_in)
+        torch.cuda.current_stream(x.device).wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_out = self._call(space, inverse, static_in)
+        return graph, static_in, static_out
+
     def _replay(self, space: str, inverse: bool, x: Tensor) -> Tensor:
-        """The pass as a CUDA graph captured for this shape (captured on first use, after two warm-up runs)."""
+        """The pass as a CUDA graph captured for this shape on first use; where a pass cannot be captured
+        (an operation that waits for the device), a warning and the pass without graphs from then on."""
         key = (space, inverse, tuple(x.shape))
         if key not in self.graphs:
-            static_in = x.clone()
-            stream = torch.cuda.Stream(device=x.device)
-            stream.wait_stream(torch.cuda.current_stream(x.device))
-            with torch.cuda.stream(stream):
-                for _ in range(2):  # compiles (if asked) and warms up outside the capture
-                    self._call(space, inverse, static_in)
-            torch.cuda.current_stream(x.device).wait_stream(stream)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                static_out = self._call(space, inverse, static_in)
-            self.graphs[key] = (graph, static_in, static_out)
+            try:
+                self.graphs[key] = self._capture(space, inverse, x)
+            except RuntimeError as err:
+                self.cuda_graphs = False
+                warnings.warn(f"enable_fast_sampling: g could not be captured as a CUDA graph ({err}); running it "
+                              "without graphs.", RuntimeWarning, stacklevel=4)
+                return self._call(space, inverse, x)
         graph, static_in, static_out = self.graphs[key]
         static_in.copy_(x)
         graph.replay()
