@@ -87,3 +87,39 @@ def test_baseline_one_step_sample_is_the_velocity_extrapolation():
     assert torch.allclose(images[:2], ((x + 1) / 2).clamp(0, 1), atol=1e-5)
     with pytest.raises(ValueError, match="num_inference_steps"):
         baseline.sample(unet, 1, 0)
+
+
+def test_gpu_benchmark_quick_mode_runs_every_code_path(tmp_path):
+    """``benchmarks/gpu.py --quick`` at tiny sizes on the CPU (torch.compile with dynamo's ``eager`` backend, graph
+    capture only; the quick mode's one inductor compile skipped): every
+    trainer variant, every sampling path and the collapse targets run; the fast path's images are the plain
+    path's; the page names the hardware and says that GPU numbers are missing."""
+    import json
+
+    gpu = pytest.importorskip("gpu")
+    out = tmp_path / "gpu.md"
+    sizes = dict(resolution=8, train_batch=4, train_images=12, train_steps=1, train_warmup=1, sample_batch=2,
+                 sample_repeats=1, unet_steps=2, collapse_small=4, collapse_large=4)
+    argv = ["--quick", "--device", "cpu", "--compile-backend", "eager", "--no-inductor-check", "--output", str(out)]
+    assert gpu.main(argv + [x for k, v in sizes.items() for x in ("--size", f"{k}={v}")]) == 0
+    results = json.loads(out.with_suffix(".json").read_text())
+    train, = results["training"]
+    for key in ("plain", "fast", "fast + compile", "fast + compile + bf16", "unet", "unet bf16"):
+        assert train[key] > 0
+    sample, = results["sampling"]
+    assert sample["plain"] > 0 and sample["fast"] > 0 and sample["unet 50 steps"] > 0
+    assert sample["fast max diff"] <= 1e-6 and sample["fast bfloat16 max diff"] <= 0.1
+    assert [r["method"] for r in results["collapse"]] == ["dense", "ours", "ours", "ours"]
+    page = out.read_text()
+    assert "GPU numbers: not measured" in page and results["hardware"] in page and "| shipped |" in page
+    assert results["compile_backend"] == "eager" and "inductor max diff" not in sample
+    with pytest.raises(SystemExit):
+        gpu.main(["--quick", "--size", "batch=two", "--output", str(out)])
+    # the goals' lines of a full GPU run, from these rows: 1.1× asked for ≥ 5× is not met, 0.5× asked for ≤ 1× is
+    train.update({"plain": 1.0, "fast": 1.1, "fast + compile": 0.9, "fast + compile + bf16": 0.8, "unet": 0.5, "unet bf16": 0.4})
+    results.update(gpu=True, quick=False)
+    gpu_page = pytest.importorskip("gpu_page")
+    gpu_page.write_page(str(out), results, [], gpu.GOALS)
+    goals = out.read_text().split("## Goals")[1]
+    assert "1.1× the plain trainer (goal ≥ 5×: **not met**)" in goals and "0.45× the time of the faster UNet step" in goals
+    assert "GPU numbers: not measured" not in out.read_text()

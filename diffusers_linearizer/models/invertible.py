@@ -2,7 +2,8 @@
 
 Every layer maps ``(x, ctx) ↦ (y, logdet)`` with ``forward`` and back with ``inverse(y, ctx) ↦ x``;
 ``x`` and ``y`` are ``(N, C, H, W)``, ``ctx`` is the role/time input of shape ``(N,)`` (used only by the
-couplings' conditioners) and ``logdet = log|det ∂y/∂x|`` per sample, shape ``(N,)``.
+couplings' conditioners) and ``logdet = log|det ∂y/∂x|`` per sample, shape ``(N,)``, summed in at least
+float32 whatever precision the layers run in (half weights or bf16/fp16 autocast).
 
 Network (the reference architecture, see ``docs/design.md``)::
 
@@ -28,8 +29,14 @@ CLAMPS = ("tanh", "hard")
 CONV1X1 = ("lu", "plain")
 
 
+def _wide(t: Tensor) -> Tensor:
+    """``t`` in at least float32: log-determinants are summed there even when the layers run in half
+    precision (a half model, or bf16/fp16 autocast)."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
 def _zeros(x: Tensor) -> Tensor:
-    return x.new_zeros(x.shape[0])
+    return _wide(x.new_zeros(x.shape[0]))
 
 
 def as_ctx(ctx, n: int, like: Tensor) -> Tensor:
@@ -107,7 +114,7 @@ class ActNorm(nn.Module):
             self._maybe_initialize(x)
         s = self.log_scale
         y = (x + self.bias.view(1, -1, 1, 1)) * torch.exp(s).view(1, -1, 1, 1)
-        logdet = (x.shape[2] * x.shape[3]) * s.sum()
+        logdet = (x.shape[2] * x.shape[3]) * _wide(s).sum()
         return y, logdet.expand(x.shape[0])
 
     def inverse(self, y: Tensor, ctx: Optional[Tensor] = None) -> Tensor:
@@ -148,7 +155,7 @@ class InvertibleConv1x1(nn.Module):
     @staticmethod
     def _wide(t: Tensor) -> Tensor:
         """C×C algebra runs in at least fp32 (half precision has no triangular solve / inverse)."""
-        return t.to(torch.promote_types(t.dtype, torch.float32))
+        return _wide(t)
 
     def _factors(self):
         """``(L, U + diag(σ e^λ))`` with the masks applied (entries outside the triangles never act)."""
@@ -176,14 +183,14 @@ class InvertibleConv1x1(nn.Module):
         """``log|det W|``."""
         if self.parametrization == "plain":
             return torch.linalg.slogdet(self._wide(self.weight)).logabsdet
-        return self.log_s.sum()
+        return self._wide(self.log_s).sum()
 
     @staticmethod
     def _mix(m: Tensor, x: Tensor) -> Tensor:
         return F.conv2d(x, m.to(x.dtype)[:, :, None, None])
 
     def forward(self, x: Tensor, ctx: Optional[Tensor] = None):
-        logdet = (x.shape[2] * x.shape[3]) * self.log_abs_det().to(x.dtype)
+        logdet = (x.shape[2] * x.shape[3]) * self.log_abs_det().to(torch.promote_types(x.dtype, torch.float32))
         return self._mix(self.matrix(), x), logdet.expand(x.shape[0])
 
     def inverse(self, y: Tensor, ctx: Optional[Tensor] = None) -> Tensor:
@@ -233,7 +240,7 @@ class AffineCoupling(nn.Module):
     def forward(self, x: Tensor, ctx: Tensor):
         a, c = self._halves(x)
         shift, s = self.shift_log_scale(c, ctx)
-        return self._join((a + shift) * torch.exp(s), c), s.flatten(1).sum(1)
+        return self._join((a + shift) * torch.exp(s), c), _wide(s).flatten(1).sum(1)
 
     def inverse(self, y: Tensor, ctx: Tensor) -> Tensor:
         """``x_a = y_a·exp(−s) − t``."""

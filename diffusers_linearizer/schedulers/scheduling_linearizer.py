@@ -405,7 +405,22 @@ def _operators(core, times, grad: bool = False, dtype: Optional[torch.dtype] = N
     return ops
 
 
+def _autocast_off(core) -> contextlib.ExitStack:
+    """Autocast disabled on the CPU and on the core's devices: under bf16/fp16 autocast (mixed-precision
+    training) the core's coefficients and the collapse still run in the dtype asked for."""
+    stack = contextlib.ExitStack()
+    kinds = {"cpu"} | ({p.device.type for p in core.parameters()} if isinstance(core, torch.nn.Module) else set())
+    for kind in sorted(k for k in kinds if torch.amp.is_autocast_available(k)):
+        stack.enter_context(torch.autocast(kind, enabled=False))
+    return stack
+
+
 def _collapse(core, solver, hs, t_eval, dtype, tol, tick=None, grad: bool = False):
+    with _autocast_off(core):
+        return _collapse_products(core, solver, hs, t_eval, dtype, tol, tick, grad)
+
+
+def _collapse_products(core, solver, hs, t_eval, dtype, tol, tick=None, grad: bool = False):
     table = SOLVER_TABLE[solver]
     order = table.order
     unique = list(dict.fromkeys(t_eval))

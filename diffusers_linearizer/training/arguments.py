@@ -101,6 +101,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     t.add_argument(*_flag("init_batch_size"), type=int, default=256,
                    help="Images for the data-dependent ActNorm initialisation. Default: 256.")
     t.add_argument("--cpu", action="store_true", help="Train on the CPU even if a GPU is available.")
+    t.add_argument(*_flag("device_inputs"), choices=("auto", "on", "off"), default="auto",
+                   help="Keep the dataset on the training device and draw each step's noise there from a generator "
+                   "seeded by (seed, step): no host work or host synchronisation per step. auto (default): on for "
+                   "every device but the CPU (datasets up to 4 GiB); a run is reproducible on the same kind of device.")
+    t.add_argument(*_flag("fused_optimizer"), choices=("auto", "on", "off"), default="auto",
+                   help="AdamW's fused kernel (one launch for all parameters). auto (default): on for CUDA.")
+    t.add_argument("--compile", action="store_true",
+                   help="torch.compile the flow-matching objective (fast or reference; one graph for every step).")
+    t.add_argument(*_flag("compile_backend"), default="inductor", help="torch.compile backend. Default: inductor.")
+    t.add_argument(*_flag("compile_mode"), default=None,
+                   help="torch.compile mode (default, reduce-overhead, max-autotune). Default: torch's.")
 
     e = parser.add_argument_group("EMA")
     e.add_argument(*_flag("ema_decay"), type=float, default=0.999, help="EMA decay. Default: 0.999.")

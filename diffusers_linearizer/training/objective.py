@@ -65,12 +65,12 @@ import math
 from typing import Dict, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .distances import PIXEL_LOSSES, mse, per_sample_distance, pixel_distance, ssim  # noqa: F401  (re-exported)
 
 OBJECTIVES = ("fast", "reference", "distill", "likelihood")
 ONE_STEP_OBJECTIVES = ("distill", "likelihood")
-PIXEL_LOSSES = ("mse", "mse+ssim")
 TERMS = ("latent_flow", "noise_reconstruction", "image_reconstruction", "prediction")
 COMPONENT_TERMS = {"distill": ("distill_image", "distill_noise"), "likelihood": ("likelihood_bpd",)}
 
@@ -105,59 +105,6 @@ def parse_objective(spec) -> Dict[str, float]:
     if "fast" in mix and "reference" in mix:
         raise ValueError("objective: 'fast' and 'reference' estimate the same loss; choose one.")
     return mix
-
-
-# ---------------------------------------------------------------------- distances
-def mse(a: Tensor, b: Tensor) -> Tensor:
-    """Mean squared error over all elements, computed in float32 (or float64 for float64 inputs)."""
-    dtype = torch.promote_types(torch.promote_types(a.dtype, b.dtype), torch.float32)
-    return (a.to(dtype) - b.to(dtype)).square().mean()
-
-
-def _gaussian_window(size: int, sigma: float, dtype, device) -> Tensor:
-    coords = torch.arange(size, dtype=dtype, device=device) - (size - 1) / 2
-    w = torch.exp(-(coords**2) / (2 * sigma**2))
-    return w / w.sum()
-
-
-def ssim(x: Tensor, y: Tensor, data_range: float = 1.0, window_size: int = 11, sigma: float = 1.5) -> Tensor:
-    """Per-image structural similarity of ``(N, C, H, W)`` batches, shape ``(N,)``.
-
-    Gaussian-weighted local statistics (separable window of ``window_size``, shrunk to the largest odd
-    size that fits the image), constants ``C₁ = (0.01·L)²``, ``C₂ = (0.03·L)²`` with ``L = data_range``,
-    averaged over valid positions and channels. Computed in float32.
-    """
-    if x.shape != y.shape or x.ndim != 4:
-        raise ValueError(f"ssim expects two (N, C, H, W) tensors of one shape, got {tuple(x.shape)} and {tuple(y.shape)}.")
-    dtype = torch.promote_types(x.dtype, torch.float32)
-    x, y = x.to(dtype), y.to(dtype)
-    c = x.shape[1]
-    size = min(window_size, min(x.shape[-2:]))
-    size -= 1 - size % 2  # odd
-    w = _gaussian_window(size, sigma, dtype, x.device)
-    wh = w.view(1, 1, size, 1).expand(c, 1, size, 1)
-    ww = w.view(1, 1, 1, size).expand(c, 1, 1, size)
-
-    def blur(v: Tensor) -> Tensor:
-        return F.conv2d(F.conv2d(v, wh, groups=c), ww, groups=c)
-
-    mu_x, mu_y = blur(x), blur(y)
-    sxx = blur(x * x) - mu_x.square()
-    syy = blur(y * y) - mu_y.square()
-    sxy = blur(x * y) - mu_x * mu_y
-    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
-    s = ((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) / ((mu_x.square() + mu_y.square() + c1) * (sxx + syy + c2))
-    return s.flatten(1).mean(1)
-
-
-def pixel_distance(image: Tensor, reconstruction: Tensor, pixel_loss: str = "mse", ssim_weight: float = 0.1) -> Tensor:
-    """The LPIPS substitute ``D``: ``MSE`` or ``MSE + ssim_weight·mean(1 − SSIM)``."""
-    if pixel_loss not in PIXEL_LOSSES:
-        raise ValueError(f"Unknown pixel_loss {pixel_loss!r}; expected one of {', '.join(PIXEL_LOSSES)}.")
-    d = mse(reconstruction, image)
-    if pixel_loss == "mse+ssim":
-        d = d + ssim_weight * (1.0 - ssim(reconstruction, image)).mean()
-    return d
 
 
 # ---------------------------------------------------------------------- the four terms
@@ -241,19 +188,27 @@ def reference_objective(
     }
 
 
-def decode_assignment(n: int, offset: int = 0, device=None) -> Tensor:
+def decode_assignment(n: int, offset=0, device=None) -> Tensor:
     """Which decode term each sample of the fast objective feeds: ``(i + offset) mod 3`` →
-    0 noise reconstruction, 1 image reconstruction, 2 prediction."""
-    return (torch.arange(n, device=device) + int(offset)) % 3
+    0 noise reconstruction, 1 image reconstruction, 2 prediction (``offset``: an int or a 0-d tensor)."""
+    return (torch.arange(n, device=device) + offset) % 3
+
+
+def _masked_mean(values: Tensor, mask: Tensor) -> Tensor:
+    w = mask.to(values.dtype)
+    return (values * w).sum() / w.sum()
 
 
 def fast_objective(
     model, images: Tensor, noise: Tensor, t: Tensor, eps_y: Tensor, eps_x: Tensor, noise_level: float = 0.3,
-    pixel_loss: str = "mse", ssim_weight: float = 0.1, offset: int = 0,
+    pixel_loss: str = "mse", ssim_weight: float = 0.1, offset=0,
 ) -> Dict[str, Tensor]:
     """The default objective: one batched forward and one batched inverse of ``g`` (module docstring).
 
     A term whose share of the batch is empty (batches smaller than 3) is 0 and absent from the dict.
+    Nothing here waits for the device: with an int ``offset`` every share is selected by indices known
+    on the host; a 0-d tensor ``offset`` (the compiled objective's: one graph for every offset, batches
+    of 3 or more) weights each sample by its share instead, the same means up to summation order.
     """
     n = images.shape[0]
     dev = images.device
@@ -263,18 +218,25 @@ def fast_objective(
     z1_pred = _flat_core(model, interpolate_latents(z0, z1, t), t)
     terms = {"latent_flow": latent_flow_loss(z1_pred, z1)}
 
-    kind = decode_assignment(n, offset, dev).view(-1, 1, 1, 1)
-    to_decode = torch.where(
-        kind == 0, z0 + noise_level * eps_y, torch.where(kind == 1, z1 + noise_level * eps_x, z1_pred)
-    )
-    decoded = run_g(model, to_decode, kind.view(-1) != 0, inverse=True)
-    k = kind.view(-1)
-    if bool((k == 0).any()):
-        terms["noise_reconstruction"] = noise_reconstruction_loss(noise[k == 0], decoded[k == 0])
-    if bool((k == 1).any()):
-        terms["image_reconstruction"] = image_reconstruction_loss(images[k == 1], decoded[k == 1], pixel_loss, ssim_weight)
-    if bool((k == 2).any()):
-        terms["prediction"] = prediction_loss(images[k == 2], decoded[k == 2], pixel_loss, ssim_weight)
+    kind = decode_assignment(n, offset, dev)
+    k4 = kind.view(-1, 1, 1, 1)
+    to_decode = torch.where(k4 == 0, z0 + noise_level * eps_y, torch.where(k4 == 1, z1 + noise_level * eps_x, z1_pred))
+    decoded = run_g(model, to_decode, kind != 0, inverse=True)
+    targets = (("noise_reconstruction", noise), ("image_reconstruction", images), ("prediction", images))
+    if isinstance(offset, Tensor):
+        if n < 3:
+            raise ValueError(f"A tensor offset needs a batch of at least 3 samples, got {n}.")
+        for j, (name, target) in enumerate(targets):
+            d = per_sample_distance(target, decoded, "mse" if j == 0 else pixel_loss, ssim_weight)
+            terms[name] = _masked_mean(d, kind == j)
+        return terms
+    for j, (name, target) in enumerate(targets):
+        start = (j - int(offset)) % 3  # the first i with (i + offset) mod 3 == j
+        if start < n:
+            idx = torch.arange(start, n, 3, device=dev)
+            part, rec = target.index_select(0, idx), decoded.index_select(0, idx)
+            terms[name] = noise_reconstruction_loss(part, rec) if j == 0 else \
+                pixel_distance(part, rec, pixel_loss, ssim_weight)
     return terms
 
 
@@ -318,6 +280,7 @@ class LinearizerObjective(nn.Module):
         self.weights = {k: 1.0 for k in known}
         self.weights.update({k: float(v) for k, v in (weights or {}).items()})
         self.scheduler = None
+        self.compiled_flow = {}
         if any(name in self.mix for name in ONE_STEP_OBJECTIVES):
             from ..schedulers import LinearizerScheduler
 
@@ -328,6 +291,18 @@ class LinearizerObjective(nn.Module):
 
             check_likelihood_model(model, self.scheduler, self.num_inference_steps, self.solver)
 
+    def compile_flow(self, **compile_kwargs) -> None:
+        """Run the flow-matching component (``fast`` or ``reference``) through ``torch.compile(**compile_kwargs)``.
+
+        ``fast`` is called with its offset as a 0-d tensor, so one graph serves every step (batches of 3 or
+        more; smaller ones stay eager). The one-step components stay eager: their collapse of ``B`` is a
+        Python loop over the sampler's grid.
+        """
+        self.compiled_flow = {
+            "fast": torch.compile(fast_objective, **compile_kwargs),
+            "reference": torch.compile(reference_objective, **compile_kwargs),
+        }
+
     def _distance(self, target: Tensor, prediction: Tensor) -> Tensor:
         return pixel_distance(target, prediction, self.pixel_loss, self.ssim_weight)
 
@@ -336,9 +311,14 @@ class LinearizerObjective(nn.Module):
         kwargs = dict(noise_level=self.noise_level, pixel_loss=self.pixel_loss, ssim_weight=self.ssim_weight)
         out: Dict[str, Tensor] = {}
         if "reference" in self.mix:
-            out.update(reference_objective(self.model, images, noise, t, eps_y, eps_x, **kwargs))
+            reference = self.compiled_flow.get("reference", reference_objective)
+            out.update(reference(self.model, images, noise, t, eps_y, eps_x, **kwargs))
         if "fast" in self.mix:
-            out.update(fast_objective(self.model, images, noise, t, eps_y, eps_x, offset=offset, **kwargs))
+            fast = fast_objective
+            if "fast" in self.compiled_flow and images.shape[0] >= 3:
+                fast = self.compiled_flow["fast"]
+                offset = torch.full((), int(offset) % 3, dtype=torch.long, device=images.device)
+            out.update(fast(self.model, images, noise, t, eps_y, eps_x, offset=offset, **kwargs))
         if self.scheduler is not None:
             from .one_step import collapsed_operator
 
@@ -374,11 +354,12 @@ class LinearizerObjective(nn.Module):
 @torch.no_grad()
 def draw_step_noise(shape, batch_size: int, generator: torch.Generator, dtype=torch.float32):
     """The random inputs of one step for ``batch_size`` samples of ``shape = (C, H, W)``, drawn from
-    ``generator`` on the CPU in a fixed order: ``noise``, ``t ~ U(0, 1)``, ``eps_y``, ``eps_x``."""
-    noise = torch.randn((batch_size, *shape), generator=generator, dtype=dtype)
-    t = torch.rand((batch_size,), generator=generator, dtype=dtype)
-    eps_y = torch.randn((batch_size, *shape), generator=generator, dtype=dtype)
-    eps_x = torch.randn((batch_size, *shape), generator=generator, dtype=dtype)
+    ``generator`` on its device in a fixed order: ``noise``, ``t ~ U(0, 1)``, ``eps_y``, ``eps_x``."""
+    kw = dict(generator=generator, dtype=dtype, device=generator.device)
+    noise = torch.randn((batch_size, *shape), **kw)
+    t = torch.rand((batch_size,), **kw)
+    eps_y = torch.randn((batch_size, *shape), **kw)
+    eps_x = torch.randn((batch_size, *shape), **kw)
     return noise, t, eps_y, eps_x
 
 

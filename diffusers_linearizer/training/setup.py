@@ -124,16 +124,21 @@ def make_loader(args, dataset, pin_memory: bool = False):
     return sampler, loader
 
 
-def build_optimizer(args, model, num_images: int, num_processes: int):
-    """``(optimizer, lr_scheduler, max_train_steps)``: AdamW over ``model``'s parameters and the
-    ``diffusers.optimization`` schedule over the run's optimizer steps (``--max_train_steps``, or the
-    steps of ``--num_train_epochs``). accelerate steps a prepared scheduler once per process, hence the
-    step counts × processes."""
+def use_fused_optimizer(option: str, device: torch.device) -> bool:
+    """``--fused_optimizer``: ``on``, ``off``, or ``auto`` (on for CUDA)."""
+    return option == "on" or (option == "auto" and device.type == "cuda")
+
+
+def build_optimizer(args, model, num_images: int, num_processes: int, fused: bool = False):
+    """``(optimizer, lr_scheduler, max_train_steps)``: AdamW over ``model``'s parameters (``fused``: its
+    one-kernel implementation) and the ``diffusers.optimization`` schedule over the run's optimizer steps
+    (``--max_train_steps``, or the steps of ``--num_train_epochs``). accelerate steps a prepared scheduler
+    once per process, hence the step counts × processes."""
     from diffusers.optimization import get_scheduler
 
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
-        weight_decay=args.adam_weight_decay, eps=args.adam_epsilon,
+        weight_decay=args.adam_weight_decay, eps=args.adam_epsilon, **({"fused": True} if fused else {}),
     )
     global_batch = args.train_batch_size * num_processes
     steps_per_epoch_est = max(1, math.ceil((num_images // global_batch) / args.gradient_accumulation_steps))

@@ -22,7 +22,13 @@ What it does
 * The loss is :class:`~diffusers_linearizer.training.objective.LinearizerObjective` (``--objective fast``,
   the default, the paper's ``reference`` with LPIPS replaced by a pixel MSE or MSE+SSIM, ``distill``,
   ``likelihood``, or a weighted mix such as ``distill,likelihood:0.02``).
-* Trainable weights stay in float32; ``--mixed_precision fp16|bf16`` only autocasts the forward.
+* Trainable weights stay in float32; ``--mixed_precision fp16|bf16`` only autocasts the forward (the
+  collapse of ``B`` stays in float64 and ``g``'s log-determinants in float32).
+* On a GPU a step waits for nothing on the host: the dataset is held on the device and each step's noise
+  is drawn there (``--device_inputs``, on by default except on the CPU), AdamW runs fused
+  (``--fused_optimizer``), and losses are read only every ``--log_every`` steps. ``--compile`` runs the
+  flow-matching objective through ``torch.compile`` (one graph for every step). ``docs/gpu.md`` has the
+  measurements (``benchmarks/gpu.py``).
 * An exponential moving average (EMA) of the weights is kept (``--ema_decay``; ``--no_ema`` turns it
   off); samples and the final pipeline use the EMA weights.
 * Every ``--checkpointing_steps`` optimizer steps, ``accelerator.save_state`` writes
@@ -35,8 +41,8 @@ What it does
   at the same step) and saves as at the end of a full run; checkpoints record the seconds trained.
 * ``--resume_from_checkpoint latest`` (or a path) continues exactly: the data order depends only on
   ``(seed, epoch)`` and consumed batches are skipped, and every step's noise comes from a generator
-  seeded by ``(seed, step)``, so on CPU a resumed run ends with the same weights as an uninterrupted
-  one. The noise of a step is drawn for the whole global batch and sliced per process and
+  seeded by ``(seed, step)`` (on the training device with ``--device_inputs``: reproducible on the same
+  kind of device), so on CPU a resumed run ends with the same weights as an uninterrupted one. The noise of a step is drawn for the whole global batch and sliced per process and
   micro-batch, so P processes × A accumulation steps × batch B train like one process with batch
   P·A·B (up to floating-point summation order).
 * Every ``--sample_steps`` steps a grid of one-step samples goes to ``OUTPUT/samples/`` (and to
@@ -49,6 +55,7 @@ Where it is
 -----------
 :mod:`.arguments` (the options), :mod:`.setup` (accelerator, data, model, optimizer from the options),
 :mod:`.trainer` (:class:`~.trainer.Trainer`: one method per part of a step, and the loop),
+:mod:`.device_inputs` (the dataset and the step noise on the device),
 :mod:`.checkpoints` (checkpoint folders), :mod:`.ema`, :mod:`.outputs` (sample grids,
 the final pipeline). This module is the command-line entry point and keeps the names other code imports.
 """

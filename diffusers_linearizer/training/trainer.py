@@ -7,6 +7,10 @@ micro-batches), :meth:`~Trainer.update_ema`, :meth:`~Trainer.log_losses`, :meth:
 (which writes with :meth:`~Trainer.write_checkpoint` and publishes with :meth:`~Trainer.publish_checkpoint`),
 :meth:`~Trainer.write_samples` and :meth:`~Trainer.save_final`. Wall-clock time is read through
 :meth:`~Trainer.clock`.
+
+The module is a little over 400 lines because it is one class whose methods are the parts of a step a
+subclass may override; what they are built from lives in :mod:`.setup`, :mod:`.device_inputs`,
+:mod:`.checkpoints` and :mod:`.outputs`.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from .checkpoints import (
 )
 from .ema import EMA
 from .outputs import generate_samples, save_final, save_sample_grid
-from .setup import build_optimizer, initialize_model, load_dataset, make_accelerator, make_loader
+from .setup import build_optimizer, initialize_model, load_dataset, make_accelerator, make_loader, use_fused_optimizer
 
 class Trainer:
     """Trains a ``LinearizerModel`` as configured by the options of :func:`~.arguments.add_arguments`.
@@ -57,6 +61,8 @@ class Trainer:
         self.micro_step = 0  # micro-batches trained, over all runs
         self.steps_this_run = 0
         self.step_inputs = None  # the random inputs of the current optimizer step (see draw_step_inputs)
+        self.device_data = None  # the dataset on the device (--device_inputs; see prepare_data)
+        self.step_gen = None  # the generator of the step inputs, reseeded every step
         self.step_terms: Dict[str, Any] = {}
         self.running: Dict[str, Any] = {}
         self.running_n = 0
@@ -86,12 +92,18 @@ class Trainer:
         """Seconds on a monotonic clock: what ``--max_train_seconds`` and the recorded training time measure."""
         return time.perf_counter()
 
+    def load_dataset(self):
+        """The training set of ``args`` (images or teacher pairs); override to train on something else."""
+        return load_dataset(self.args)
+
     def prepare_data(self) -> None:
-        """The dataset (images or teacher pairs), its resumable sampler and the per-process loader."""
+        """The dataset (images or teacher pairs), its resumable sampler and the per-process loader; with
+        ``--device_inputs`` the dataset on the device as well (:class:`~.device_inputs.DeviceData`)."""
+        from .device_inputs import DeviceData, use_device_inputs
         from .objective import parse_objective
 
         args = self.args
-        dataset = load_dataset(args)
+        dataset = self.load_dataset()
         self.uses_likelihood = "likelihood" in parse_objective(args.objective)
         if self.main_process:
             os.makedirs(self.ckpt_root, exist_ok=True)
@@ -106,6 +118,10 @@ class Trainer:
                 f"({args.train_batch_size} per process × {self.num_processes} processes)."
             )
         self.sampler, self.loader = make_loader(args, dataset, self.device.type == "cuda")
+        self.device_inputs = use_device_inputs(args.device_inputs, self.device, dataset)
+        if self.device_inputs:
+            self.device_data = DeviceData(dataset, self.loader.collate_fn, self.sampler, args.train_batch_size,
+                                          self.device, self.num_processes, self.rank)
 
     def build_model(self) -> None:
         """The model (same initial weights in every process, float32, ActNorm initialised) and its EMA."""
@@ -124,11 +140,13 @@ class Trainer:
             ssim_weight=args.ssim_weight, weights={t: getattr(args, f"weight_{t}") for t in WEIGHTED_TERMS},
             num_inference_steps=args.sample_inference_steps, solver=args.solver,
         )
+        if args.compile:
+            objective.compile_flow(backend=args.compile_backend, mode=args.compile_mode)
         optimizer, lr_scheduler, self.max_train_steps = build_optimizer(
-            args, self.model, len(self.dataset), self.num_processes)
+            args, self.model, len(self.dataset), self.num_processes, fused=use_fused_optimizer(args.fused_optimizer, self.device))
         self.objective, self.optimizer, self.loader, self.lr_scheduler = self.accelerator.prepare(
             objective, optimizer, self.loader, lr_scheduler)
-        self.micro_per_epoch = len(self.loader)
+        self.micro_per_epoch = len(self.device_data) if self.device_data is not None else len(self.loader)
         if self.ema is not None:
             self.accelerator.register_for_checkpointing(self.ema)
         register_model_folders(self.accelerator, self.ema)
@@ -164,6 +182,9 @@ class Trainer:
         """This process's micro-batches from the current position on, epoch after epoch: the order depends
         only on ``(seed, epoch)``, and the batches a resumed run already consumed are skipped."""
         epoch, skip = divmod(self.micro_step, self.micro_per_epoch)
+        while self.device_data is not None:
+            yield from self.device_data.batches(epoch, skip)
+            epoch, skip = epoch + 1, 0
         while True:
             self.sampler.set_epoch(epoch)
             if hasattr(self.loader, "set_epoch"):
@@ -176,16 +197,18 @@ class Trainer:
         generator seeded by ``(seed, step)``: noise, times and perturbations (``draw_step_noise``), flips
         (used with ``--random_flip``) and, when the likelihood is in the objective, dequantisation noise.
         Each micro-batch of each process takes its slice, so P processes × A accumulation steps see the
-        noise one process with batch P·A·B would."""
-        from .data import derive_seed
+        noise one process with batch P·A·B would. The generator is the CPU's, or the training device's
+        with ``--device_inputs`` (:func:`~.device_inputs.step_generator`)."""
+        from .device_inputs import step_generator
         from .objective import draw_step_noise
 
-        gen = torch.Generator().manual_seed(derive_seed(self.args.seed, "step", step))
+        device = self.device if self.device_inputs else torch.device("cpu")
+        gen = self.step_gen = step_generator(device, self.args.seed, step, self.step_gen)
         n_step = self.global_batch * self.args.gradient_accumulation_steps
         inputs = list(draw_step_noise(self.shape, n_step, gen))
-        inputs.append(torch.rand(n_step, generator=gen) < 0.5)
+        inputs.append(torch.rand(n_step, generator=gen, device=gen.device) < 0.5)
         if self.uses_likelihood:
-            inputs.append(torch.rand((n_step, *self.shape), generator=gen))
+            inputs.append(torch.rand((n_step, *self.shape), generator=gen, device=gen.device))
         return inputs
 
     def train_micro_batch(self, images) -> bool:
@@ -389,7 +412,8 @@ class Trainer:
             f"Training {n_params:,} parameters on {len(self.dataset):,} images {self.shape} | {self.num_processes} "
             f"process(es) on {self.device} | batch {args.train_batch_size}×{self.num_processes}×"
             f"{args.gradient_accumulation_steps} | objective {args.objective} | mixed precision "
-            f"{self.accelerator.mixed_precision} | steps {self.global_step}→{self.max_train_steps}"
+            f"{self.accelerator.mixed_precision} | inputs on the {'device' if self.device_inputs else 'host'}"
+            f"{' | compiled' if args.compile else ''} | steps {self.global_step}→{self.max_train_steps}"
         )
         self.progress = tqdm(total=self.max_train_steps, initial=self.global_step, desc="train",
                              disable=args.no_progress or not self.main_process, dynamic_ncols=True)

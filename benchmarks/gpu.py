@@ -1,0 +1,336 @@
+"""Speed on one GPU: training steps/s, one-step sampling and the collapse, measured in one process and one run.
+
+    python benchmarks/gpu.py                 # on a CUDA machine: the full measurement (a few minutes)
+    python benchmarks/gpu.py --quick         # on a CPU: every code path at small sizes (numbers are not goals)
+
+Three parts, written to ``docs/gpu.md`` (and ``docs/gpu.json``) with the hardware named:
+
+* **training** — optimizer steps/s of ``diffusers-linearizer train``'s :class:`Trainer` (the real step: EMA,
+  gradient clipping, LR schedule) on an in-memory dataset, for the shipped configuration and the
+  constructor defaults (compiled variants for the shipped configuration only: compiling takes most of
+  the time): *plain* (inputs from the host ``DataLoader``, the CPU step generator, the
+  unfused AdamW: the trainer before the fast paths), *fast* (``--device_inputs on``, fused AdamW on
+  CUDA), *fast + compile* (``--compile``) and *fast + compile + bf16* (``--mixed_precision bf16``);
+  beside them a parameter-matched ``UNet2DModel`` flow-matching step on the same batch (device-resident
+  data, fused AdamW on CUDA; float32 and bf16 autocast);
+* **sampling** — images/s of one-step sampling at the sampling batch and the latency of one image:
+  the plain pipeline, ``enable_fast_sampling()`` (compiled g, CUDA graphs on CUDA) and its half-precision
+  g (float16 on CUDA, bfloat16 on the CPU; shipped model only), each with its largest difference from the
+  plain images; the UNet's 50 Euler steps (``benchmarks/baseline.sample``) beside them. The shipped row
+  samples the packaged trained model, the default row a randomly initialised one;
+* **collapse** — ``benchmarks/collapse.py``'s targets: the dense product vs ours at 3·64² (Euler, T = 100)
+  and ours at 3·256² (Euler fp32, RK4 fp64).
+
+The goals (issue 14) are ratios measured side by side on one GPU; on a CPU the page says they are not
+measured. The full run is sized for at most 8 minutes on one H100/H200, most of it compiling (its time
+is printed and recorded on the page); ``--parts`` runs a subset and ``--size`` changes a size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import statistics
+import sys
+import tempfile
+import time
+from typing import Callable, Dict, List, Optional
+
+import torch
+
+BENCH = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(BENCH)
+for path in (REPO, BENCH):
+    if path not in sys.path:
+        sys.path.insert(0, path)
+
+import collapse as collapse_bench  # noqa: E402
+from baseline import sample as unet_sample  # noqa: E402
+from step_cost import CANDIDATES, baseline_unet, count_params, flow_matching_loss, hardware, load_average  # noqa: E402
+
+SIZES = dict(resolution=32, train_batch=256, train_images=4096, train_steps=30, train_warmup=5, sample_batch=250,
+             sample_repeats=20, unet_steps=50, collapse_small=64, collapse_large=256)
+QUICK_SIZES = dict(resolution=32, train_batch=8, train_images=64, train_steps=2, train_warmup=2, sample_batch=8,
+                   sample_repeats=3, unet_steps=10, collapse_small=16, collapse_large=32)
+GOALS = {"step_vs_unet": 1.0, "step_speedup": 5.0, "sampling_speedup": 3.0, "sampling_vs_unet": 200.0, "latency_ms": 3.0}
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int = 1) -> float:
+    """Median seconds of ``fn()`` over ``repeats`` calls after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+# ---------------------------------------------------------------------- training
+class RandomImages(torch.utils.data.Dataset):
+    """``n`` random ``(C, H, W)`` images in ``[0, 1]`` held in memory (what the trainer loads from disk)."""
+
+    def __init__(self, n: int, shape, seed: int = 0):
+        self.images = torch.rand((n, *shape), generator=torch.Generator().manual_seed(seed))
+        self.channels = shape[0]
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.images[index]
+
+
+def make_trainer(config: Dict, options: List[str], args, device: torch.device, workdir: str):
+    """A :class:`Trainer` for ``config`` with the given extra command-line options, on random images."""
+    from accelerate.state import AcceleratorState
+
+    from diffusers_linearizer.training import train as ttrain
+    from diffusers_linearizer.training.trainer import Trainer
+
+    AcceleratorState._reset_state(True)  # each trainer sets its own mixed precision
+    argv = ["--output_dir", tempfile.mkdtemp(dir=workdir), "--resolution", str(args.resolution), "--channels", "1",
+            "--train_batch_size", str(args.train_batch), "--max_train_steps", "1000000", "--checkpointing_steps", "0",
+            "--sample_steps", "0", "--no_final_samples", "--no_progress", "--log_every", "1000000000",
+            "--compile_backend", args.compile_backend, *options]
+    argv += [x for k, v in config.items() for x in (f"--{k}", str(v))]
+    if device.type == "cpu":
+        argv.append("--cpu")
+    parsed = ttrain.parse_args(argv)
+    ttrain.check_args(parsed)
+    data = RandomImages(args.train_images, (1, args.resolution, args.resolution))
+
+    class BenchTrainer(Trainer):
+        def load_dataset(self):
+            return data
+
+    return BenchTrainer(parsed)
+
+
+def trainer_steps_per_second(trainer, device, steps: int, warmup: int) -> float:
+    """Optimizer steps/s of ``trainer.step`` over ``steps`` steps after ``warmup`` (which compile, if asked)."""
+    stream = trainer.micro_batches()
+    for _ in range(warmup):
+        trainer.step(stream)
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        trainer.step(stream)
+    sync(device)
+    seconds = time.perf_counter() - start
+    return steps / seconds
+
+
+def unet_steps_per_second(n_params: int, args, device, steps: int, warmup: int, bf16: bool) -> tuple:
+    """Steps/s of a parameter-matched UNet2DModel flow-matching step on a batch held on the device."""
+    torch.manual_seed(0)
+    unet, width = baseline_unet(n_params, args.resolution, 1)
+    unet = unet.to(device).train()
+    opt = torch.optim.AdamW(unet.parameters(), lr=1e-4, **({"fused": True} if device.type == "cuda" else {}))
+    images = torch.rand((args.train_batch, 1, args.resolution, args.resolution), device=device) * 2 - 1
+
+    def step():
+        noise = torch.randn_like(images)
+        sigma = torch.rand(images.shape[0], device=device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = flow_matching_loss(unet, images, noise, sigma)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        opt.step()
+
+    seconds = timed(step, device, repeats=steps, warmup=warmup)
+    return 1.0 / seconds, width, count_params(unet)
+
+
+TRAIN_VARIANTS = {
+    "plain": ["--device_inputs", "off", "--fused_optimizer", "off"],
+    "fast": ["--device_inputs", "on"],
+    "fast + compile": ["--device_inputs", "on", "--compile"],
+    "fast + compile + bf16": ["--device_inputs", "on", "--compile", "--mixed_precision", "bf16"],
+}
+
+
+def measure_training(configs: Dict[str, Dict], args, device) -> List[Dict]:
+    rows = []
+    with tempfile.TemporaryDirectory() as workdir:
+        for name, config in configs.items():
+            row = {"config": name, "overrides": config, "batch": args.train_batch}
+            for variant, options in TRAIN_VARIANTS.items():
+                if name != "shipped" and "compile" in variant:  # compiling takes most of the time budget
+                    continue
+                torch._dynamo.reset()
+                trainer = make_trainer(config, options, args, device, workdir)
+                row["params"] = count_params(trainer.unwrapped())
+                row[variant] = trainer_steps_per_second(trainer, device, args.train_steps, args.train_warmup)
+                print(f"[train] {name:>8} {variant:<22} {row[variant]:8.2f} steps/s", flush=True)
+                del trainer
+            for bf16 in (False, True):
+                key = "unet bf16" if bf16 else "unet"
+                row[key], row["unet_width"], row["unet_params"] = unet_steps_per_second(
+                    row["params"], args, device, args.train_steps, args.train_warmup, bf16)
+                print(f"[train] {name:>8} {key:<22} {row[key]:8.2f} steps/s", flush=True)
+            rows.append(row)
+    return rows
+
+
+# ---------------------------------------------------------------------- sampling
+def sampling_pipeline(name: str, config: Dict, device):
+    from diffusers_linearizer import LinearizerModel, LinearizerPipeline, LinearizerScheduler
+
+    if name == "shipped":
+        pipe = LinearizerPipeline.from_pretrained()  # the packaged trained model (the shipped configuration)
+    else:
+        torch.manual_seed(0)
+        model = LinearizerModel(**config)
+        with torch.no_grad():  # small random weights in every layer (zero-initialised ones would not act)
+            for p in model.parameters():
+                p.add_(torch.randn_like(p) * 0.01)
+        pipe = LinearizerPipeline(linearizer=model, scheduler=LinearizerScheduler())
+    pipe = pipe.to(device)
+    pipe.linearizer.eval()
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def measure_sampling(configs: Dict[str, Dict], args, device) -> List[Dict]:
+    half = torch.float16 if device.type == "cuda" else torch.bfloat16
+    variants = {"plain": None, "fast": dict(), f"fast {str(half).split('.')[-1]}": dict(dtype=half)}
+    rows = []
+    for name, config in configs.items():
+        pipe = sampling_pipeline(name, config, device)
+        shape = (args.sample_batch, *pipe.linearizer.sample_shape)
+        noise = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(device)
+        row = {"config": name, "batch": args.sample_batch, "params": count_params(pipe.linearizer)}
+        reference = None
+        for variant, options in variants.items():
+            if name != "shipped" and options and "dtype" in options:
+                continue
+            torch._dynamo.reset()
+            pipe.disable_fast_sampling() if options is None else pipe.enable_fast_sampling(
+                backend=args.compile_backend, **options)
+
+            def call(n=args.sample_batch, latents=None):
+                return pipe(batch_size=n, latents=latents, num_inference_steps=100, output_type="pt").images
+
+            images = call(latents=noise)
+            reference = images if reference is None else reference
+            row[f"{variant} max diff"] = float((images - reference).abs().max())
+            row[f"{variant} mean diff"] = float((images - reference).abs().mean())
+            row[variant] = args.sample_batch / timed(call, device, args.sample_repeats, warmup=2)
+            row[f"{variant} latency ms"] = 1e3 * timed(lambda: call(1), device, args.sample_repeats, warmup=2)
+            print(f"[sample] {name:>8} {variant:<12} {row[variant]:10.1f} images/s, batch-1 "
+                  f"{row[f'{variant} latency ms']:.2f} ms, max diff {row[f'{variant} max diff']:.1e}", flush=True)
+        if args.inductor_check and name == "shipped":
+            row.update(inductor_check(pipe, noise, reference))
+        pipe.disable_fast_sampling()
+        torch.manual_seed(0)
+        unet, _ = baseline_unet(row["params"], pipe.linearizer.sample_shape[-1], pipe.linearizer.sample_shape[0])
+        unet = unet.to(device).eval()
+        row["unet steps"] = args.unet_steps
+        row["unet 50 steps"] = args.sample_batch / timed(  # the rate of 50 steps, from unet_steps of them
+            lambda: unet_sample(unet, args.sample_batch, args.unet_steps, batch_size=args.sample_batch), device,
+            max(1, args.sample_repeats // 5)) * args.unet_steps / 50
+        print(f"[sample] {name:>8} {'unet 50 steps':<12} {row['unet 50 steps']:10.1f} images/s", flush=True)
+        rows.append(row)
+    return rows
+
+
+def inductor_check(pipe, noise, reference) -> Dict:
+    """The quick mode's one pass through the inductor backend: the fast path compiled for the sampling batch
+    (float32), its first call's seconds (mostly compiling) and its difference from the plain images."""
+    import warnings
+
+    torch._dynamo.reset()
+    pipe.enable_fast_sampling(backend="inductor")
+    start = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        images = pipe(latents=noise, num_inference_steps=100, output_type="pt").images
+    out = {"inductor first call s": time.perf_counter() - start, "inductor max diff": float((images - reference).abs().max()),
+           "inductor fell back": pipe.fast_sampling.compile_failed,
+           "inductor warning": next((str(w.message) for w in caught if "could not compile" in str(w.message)), None)}
+    print(f"[sample] inductor check: first call {out['inductor first call s']:.1f} s, max diff "
+          f"{out['inductor max diff']:.1e}{' (fell back: ' + out['inductor warning'] + ')' if out['inductor fell back'] else ''}",
+          flush=True)
+    return out
+
+
+# ---------------------------------------------------------------------- collapse
+def measure_collapse(args, device) -> List[Dict]:
+    """collapse.py's targets, through its own functions (its rows are collected from ``collapse.ROWS``)."""
+    T = 100
+    small, large = args.collapse_small, args.collapse_large
+    start = len(collapse_bench.ROWS)
+    core = collapse_bench.reference_core(3 * small * small, device)
+    z0 = torch.randn(4, core.dim, device=device)
+    collapse_bench.dense("target", core, T, 3 if args.quick else T - 1, z0, device, "")
+    collapse_bench.ours("target", core, "time_lowrank", T, "euler", torch.float32, device, z0)
+    core = collapse_bench.reference_core(3 * large * large, device)
+    z0 = torch.randn(2, core.dim, device=device)
+    collapse_bench.ours("target", core, "time_lowrank", T, "euler", torch.float32, device, z0, check=False)
+    collapse_bench.ours("target", core, "time_lowrank", T, "rk4", torch.float64, device, z0, check=False)
+    return collapse_bench.ROWS[start:]
+
+
+# ---------------------------------------------------------------------- the page
+def main(argv: Optional[List[str]] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="Small sizes: test every code path on a CPU in about a minute.")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--parts", default="train,sample,collapse", help="Comma-separated parts to run. Default: all.")
+    p.add_argument("--compile-backend", default=None,
+                   help="torch.compile backend. Default: inductor; aot_eager with --quick (graph capture without code "
+                   "generation: inductor's C++ compiles of every graph take minutes on a small CPU), plus one inductor "
+                   "compile of the sampling path.")
+    p.add_argument("--no-inductor-check", dest="inductor_check", action="store_false",
+                   help="With --quick, skip the one inductor compile of the sampling path.")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads. Default: torch's.")
+    p.add_argument("--size", action="append", default=[], metavar="KEY=N",
+                   help=f"Override one size (repeatable), e.g. --size sample_batch=64; keys: {', '.join(SIZES)}.")
+    p.add_argument("--output", default=os.path.join(REPO, "docs", "gpu.md"))
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    gpu = device.type == "cuda"
+    if args.compile_backend is None:
+        args.compile_backend = "aot_eager" if args.quick else "inductor"
+    args.inductor_check = args.inductor_check and args.quick and args.compile_backend != "inductor"
+    sizes = dict(QUICK_SIZES if args.quick else SIZES)
+    for item in args.size:
+        key, _, value = item.partition("=")
+        if key not in sizes or not value.isdigit():
+            p.error(f"--size {item!r}: expected KEY=N with KEY one of {', '.join(sizes)}")
+        sizes[key] = int(value)
+    vars(args).update(sizes)
+    configs = {"shipped": CANDIDATES["shipped"]} if args.quick else {"shipped": CANDIDATES["shipped"], "default": {}}
+    parts = args.parts.split(",")
+    started = time.perf_counter()
+    results = {"sizes": sizes, "compile_backend": args.compile_backend, "device": str(device), "hardware": hardware(device), "torch": torch.__version__, "quick": args.quick,
+               "gpu": gpu, "date": datetime.date.today().isoformat(), "load_average": load_average()}
+    if "train" in parts:
+        results["training"] = measure_training(configs, args, device)
+    if "sample" in parts:
+        results["sampling"] = measure_sampling(configs, args, device)
+    if "collapse" in parts:
+        results["collapse"] = measure_collapse(args, device)
+    results["seconds"] = round(time.perf_counter() - started, 1)
+    from gpu_page import write_page
+
+    write_page(args.output, results, list(argv if argv is not None else sys.argv[1:]), GOALS)
+    print(f"\nwrote {args.output} ({results['seconds']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

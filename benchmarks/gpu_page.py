@@ -1,0 +1,144 @@
+"""``docs/gpu.md`` (and ``docs/gpu.json``) from the results of ``benchmarks/gpu.py``."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Dict, List
+
+
+def _fmt(x, unit: str = "", digits: int = 1) -> str:
+    return "—" if x is None else f"{x:,.{digits}f}{unit}"
+
+
+def _met(ok: bool) -> str:
+    return "met" if ok else "**not met**"
+
+
+def training_table(rows: List[Dict]) -> str:
+    head = ("| config | params | batch | plain | fast | fast + compile | fast + compile + bf16 | UNet (width, params) "
+            "| UNet bf16 |\n|---|---|---|---|---|---|---|---|---|")
+    lines = [head]
+    for r in rows:
+        lines.append(
+            f"| {r['config']} | {r['params']:,} | {r['batch']} | {_fmt(r.get('plain'))} | {_fmt(r.get('fast'))} | "
+            f"{_fmt(r.get('fast + compile'))} | {_fmt(r.get('fast + compile + bf16'))} | {_fmt(r.get('unet'))} "
+            f"(w={r['unet_width']}, {r['unet_params']:,}) | {_fmt(r.get('unet bf16'))} |")
+    return "\n".join(lines)
+
+
+def sampling_variants(row: Dict) -> List[str]:
+    """The pipeline variants of a sampling row: plain, fast, fast <half dtype>."""
+    return [k for k in row if k == "plain" or k.startswith("fast") and len(k.split()) <= 2 and not k.endswith("ms")]
+
+
+def sampling_table(rows: List[Dict]) -> str:
+    lines = ["| config | batch | variant | images/s | batch-1 latency | difference from the plain images: largest (mean) |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        for variant in sampling_variants(r):
+            lines.append(f"| {r['config']} | {r['batch']} | {variant} | {_fmt(r[variant])} | "
+                         f"{_fmt(r[f'{variant} latency ms'], ' ms', 2)} | {r[f'{variant} max diff']:.1e} "
+                         f"({r[f'{variant} mean diff']:.1e}) |")
+        scaled = f" (timed over {r['unet steps']}, scaled)" if r["unet steps"] != 50 else ""
+        lines.append(f"| {r['config']} | {r['batch']} | UNet, 50 Euler steps{scaled} | {_fmt(r['unet 50 steps'])} | — | — |")
+    return "\n".join(lines)
+
+
+def collapse_table(rows: List[Dict]) -> str:
+    lines = ["| D | T | method | solver | dtype | time (s) | peak memory | error | note |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['D']} | {r['T']} | {r['method']} | {r['solver']} | {r['dtype']} | {r['seconds']:.3f} | "
+                     f"{r['mem']} | {r['err']} | {r['note']} |")
+    return "\n".join(lines)
+
+
+def verdicts(results: Dict, goals: Dict) -> List[str]:
+    """One line per goal, from the shipped configuration's rows."""
+    out = []
+    train = next((r for r in results.get("training", []) if r["config"] == "shipped"), None)
+    if train:
+        best = max(v for k, v in train.items() if k.startswith("fast") and isinstance(v, float))
+        unet = max(train["unet"], train["unet bf16"])
+        out.append(f"- Training step, shipped configuration: the fastest path runs {best:.2f} steps/s, "
+                   f"{best / train['plain']:.1f}× the plain trainer (goal ≥ {goals['step_speedup']:g}×: "
+                   f"{_met(best / train['plain'] >= goals['step_speedup'])}); its step takes {unet / best:.2f}× the time "
+                   f"of the faster UNet step (goal ≤ {goals['step_vs_unet']:g}×: {_met(unet / best <= goals['step_vs_unet'])}).")
+    sample = next((r for r in results.get("sampling", []) if r["config"] == "shipped"), None)
+    if sample:
+        fast = {k: sample[k] for k in sampling_variants(sample) if k != "plain"}
+        best_key = max(fast, key=fast.get)
+        latency = min(sample[f"{k} latency ms"] for k in fast)
+        speedup, vs_unet = fast[best_key] / sample["plain"], fast[best_key] / sample["unet 50 steps"]
+        out.append(f"- One-step sampling, shipped model: {fast[best_key]:,.0f} images/s ({best_key}), {speedup:.1f}× the "
+                   f"plain pipeline (goal ≥ {goals['sampling_speedup']:g}×: {_met(speedup >= goals['sampling_speedup'])}) "
+                   f"and {vs_unet:.0f}× the UNet's 50 steps (goal ≥ {goals['sampling_vs_unet']:g}×: "
+                   f"{_met(vs_unet >= goals['sampling_vs_unet'])}); batch-1 latency {latency:.2f} ms (goal ≤ "
+                   f"{goals['latency_ms']:g} ms: {_met(latency <= goals['latency_ms'])}).")
+    return out
+
+
+def write_page(path: str, results: Dict, argv: List[str], goals: Dict) -> None:
+    gpu = results["gpu"]
+    mode = "the quick mode (small sizes: the code paths, not the goals' measurements)" if results["quick"] else "the full run"
+    note = [] if gpu else [
+        "**GPU numbers: not measured.** This page was written on a CPU: every row below is a CPU number from "
+        "" + mode + ". The goals are ratios on one GPU; run `python benchmarks/gpu.py` on a CUDA machine to fill "
+        "them in (it rewrites this page).", ""]
+    lines = [
+        "# Speed on one GPU: training steps, one-step sampling and the collapse", "",
+        f"Written by `benchmarks/gpu.py` on {results['date']} (`python benchmarks/gpu.py {' '.join(argv)}`), "
+        f"{mode}, in {results['seconds']:.0f} s.", "",
+        f"- Hardware: **{results['hardware']}**; torch {results['torch']}; device `{results['device']}`"
+        + (f"; 1-minute load average {results['load_average']}" if results.get("load_average") is not None else "") + ".",
+        "", *note,
+    ]
+    if "training" in results:
+        lines += [
+            "## Training steps per second", "",
+            "One optimizer step of `diffusers-linearizer train`'s `Trainer` (objective `fast`, EMA, gradient "
+            "clipping) on images held in memory. *plain*: inputs from the host DataLoader and the CPU step "
+            "generator, unfused AdamW (the trainer before its fast paths, except that the fast objective no longer "
+            "waits for the device on any path); *fast*: `--device_inputs on` (and "
+            "fused AdamW on CUDA); *compile*: `--compile`; *bf16*: `--mixed_precision bf16`. UNet: a "
+            "parameter-matched `UNet2DModel` flow-matching step on the same batch (data on the device, fused "
+            "AdamW on CUDA), float32 and bf16 autocast. Higher is better.", "",
+            training_table(results["training"]), "",
+            f"torch.compile backend: `{results['compile_backend']}`.", ""]
+    if "sampling" in results:
+        lines += [
+            "## One-step sampling", "",
+            "`LinearizerPipeline(batch_size=N, num_inference_steps=100, output_type=\"pt\")` after warm-up (the "
+            "collapse of B is cached): the plain path, `pipe.enable_fast_sampling()` (compiled g; CUDA graphs on "
+            "CUDA) and its half-precision g (B still applied in float64). The shipped row samples the packaged "
+            "trained model; a default row, where present, a randomly initialised one. Differences are the largest absolute "
+            "pixel difference (images in [0, 1]) from the plain path's images of the same noise. UNet: the "
+            "parameter-matched `UNet2DModel` with 50 `FlowMatchEulerDiscreteScheduler` steps.", "",
+            sampling_table(results["sampling"]), ""]
+        check = next((r for r in results["sampling"] if "inductor max diff" in r), None)
+        if check:
+            lines += [
+                f"torch.compile backend of the rows above: `{results['compile_backend']}`. One compile with "
+                f"inductor (the default backend), of the shipped model's fast path at batch {check['batch']}: "
+                + (f"it could not run here and fell back to the uncompiled path ({check['inductor warning']})"
+                   if check["inductor fell back"] else
+                   f"first call {check['inductor first call s']:.0f} s (compiling, or reading torch's compile cache "
+                   f"when an earlier run left one), largest difference from the plain "
+                   f"images {check['inductor max diff']:.1e}") + ".", ""]
+    if "collapse" in results:
+        lines += ["## Collapse targets (`benchmarks/collapse.py`)", "",
+                  "The reference's core (r = 8, MLP width 512); *dense*: the original code's product of D × D "
+                  "Euler matrices; *ours*: `LinearizerScheduler.collapse`. Full tables: `docs/benchmarks.md`.", "",
+                  collapse_table(results["collapse"]), ""]
+    lines += ["## Goals", ""]
+    if gpu and not results["quick"]:
+        lines += verdicts(results, goals)
+    else:
+        lines.append("- Not measured: the goals are ratios on one GPU, and this run "
+                     + ("used the CPU." if not gpu else "was the quick mode."))
+    lines.append("")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines))
+    with open(os.path.splitext(path)[0] + ".json", "w", encoding="utf-8") as f:
+        json.dump(results, f, indent=2)
