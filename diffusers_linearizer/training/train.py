@@ -118,6 +118,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     d.add_argument(*_flag("max_train_samples"), type=int, default=None, help="Use only the first N images.")
     d.add_argument(*_flag("dataloader_num_workers"), type=int, default=0, help="DataLoader worker processes.")
     d.add_argument(*_flag("random_flip"), action="store_true", help="Random horizontal flips (seeded per step).")
+    d.add_argument("--conditioning", choices=("class", "text"), default=None,
+                   help="Train a conditional core: class (Fashion-MNIST labels, or one sub-folder per class in "
+                        "--train_data_dir) or text (captions of --train_data_dir/metadata.jsonl). Default: unconditional.")
+    d.add_argument(*_flag("caption_column"), default="text", help="Caption key of metadata.jsonl. Default: text.")
+    d.add_argument(*_flag("text_encoder"), default=None,
+                   help="Folder of a CLIP-style text model (text_encoder/ + tokenizer/, or both in one), for --conditioning text.")
+    d.add_argument(*_flag("condition_dropout"), type=float, default=0.1,
+                   help="Probability of replacing a condition by ∅ (null class / empty prompt), for guidance. Default: 0.1.")
+    d.add_argument(*_flag("init_weights"), default=None,
+                   help="Start from the tensors of this saved model or pipeline that match by name and shape "
+                        "(e.g. g and the core of an unconditional model for a conditional one).")
     d.add_argument(*_flag("teacher_pairs"), default=None,
                    help="A teacher-pairs .npz (`diffusers-linearizer distill-data`): train on (noise, teacher sample) "
                    "pairs instead of the images; required by --objective distill.")
@@ -245,6 +256,14 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError("--random_flip would break teacher pairs (a flipped teacher sample is not the sample of its noise).")
     if args.teacher_pairs and args.train_data_dir:
         raise ValueError("Give either --teacher_pairs or --train_data_dir, not both.")
+    if not 0.0 <= args.condition_dropout < 1.0:
+        raise ValueError(f"--condition_dropout must be in [0, 1), got {args.condition_dropout}.")
+    if args.conditioning and (args.teacher_pairs or set(mix) - {"fast", "reference"}):
+        raise ValueError("--conditioning trains with --objective fast or reference (no teacher pairs) for now.")
+    if args.conditioning == "text" and not args.text_encoder:
+        raise ValueError("--conditioning text needs --text_encoder DIR (a CLIP-style text model and its tokenizer).")
+    if args.text_encoder and args.conditioning != "text":
+        raise ValueError("--text_encoder only applies with --conditioning text.")
     if args.report_to == "tensorboard":
         import importlib.util
 
@@ -389,7 +408,7 @@ def prune_checkpoints(root: str, keep: int) -> None:
 
 
 # ---------------------------------------------------------------------- images
-def generate_samples(model, num: int, num_inference_steps: int, solver: str, seed: int):
+def generate_samples(model, num: int, num_inference_steps: int, solver: str, seed: int, **condition):
     """One-step samples ``(num, C, H, W)`` from ``model`` (noise of image i from seed + i).
 
     Uses ``LinearizerPipeline`` when available, else the scheduler's ``collapse`` directly. Raises
@@ -406,7 +425,8 @@ def generate_samples(model, num: int, num_inference_steps: int, solver: str, see
     if LinearizerPipeline is not None:
         pipe = LinearizerPipeline(linearizer=model, scheduler=LinearizerScheduler(solver=solver))
         pipe.set_progress_bar_config(disable=True)
-        return pipe(batch_size=num, num_inference_steps=num_inference_steps, generator=gens, output_type="pt").images
+        return pipe(batch_size=num, num_inference_steps=num_inference_steps, generator=gens, output_type="pt",
+                    **condition).images
     from ..schedulers import LinearizerScheduler  # noqa: F811  (ImportError propagates: nothing to sample with)
 
     scheduler = LinearizerScheduler(solver=solver)
@@ -421,8 +441,9 @@ def generate_samples(model, num: int, num_inference_steps: int, solver: str, see
 
 
 # ---------------------------------------------------------------------- model
-def build_model(args, in_channels: int):
-    """A fresh ``LinearizerModel`` from ``--model_config`` and the model options, or a pretrained one."""
+def build_model(args, in_channels: int, condition_config: Optional[Dict[str, Any]] = None):
+    """A fresh ``LinearizerModel`` from ``--model_config``, the model options and the data's conditions
+    (``condition_config``; ``--init_weights`` copies matching tensors in), or a pretrained one."""
     from ..models import LinearizerModel
 
     if args.pretrained_model:
@@ -448,7 +469,13 @@ def build_model(args, in_channels: int):
         if key in config and config[key] != value:
             raise ValueError(f"--model_config has {key}={config[key]} but the data need {value}.")
         config[key] = value
-    return LinearizerModel(**config)
+    config.update(condition_config or {})
+    model = LinearizerModel(**config)
+    if args.init_weights:
+        from .conditions import init_from
+
+        init_from(model, args.init_weights)
+    return model
 
 
 # ---------------------------------------------------------------------- main
@@ -477,6 +504,7 @@ def main(args=None) -> int:
 
     from .data import EpochShuffleSampler, build_dataset, derive_seed, stack_images
     from .distill import TeacherPairs, stack_pairs
+    from .conditions import drop_conditions, encode_captions, stack_conditioned
     from .objective import LinearizerObjective, draw_step_noise, initialize_actnorm, parse_objective
 
     output_dir = os.path.abspath(args.output_dir)
@@ -500,11 +528,20 @@ def main(args=None) -> int:
     ckpt_root = checkpoint_root(output_dir)
 
     # -- data (first: a missing dataset fails before anything is written)
+    text = None  # (tokenizer, frozen text encoder) with --conditioning text
     if args.teacher_pairs:
         dataset = TeacherPairs(args.teacher_pairs, max_samples=args.max_train_samples)
         if dataset.resolution != args.resolution or dataset.channels != (args.channels or dataset.channels):
             raise ValueError(f"{args.teacher_pairs} holds {dataset.channels}×{dataset.resolution}×{dataset.resolution} "
                              f"images; --resolution {args.resolution} / --channels {args.channels} ask for others.")
+    elif args.conditioning:
+        from .conditions import build_conditional_dataset, load_text_encoder, pooled_dim
+
+        dataset, condition_config = build_conditional_dataset(args)
+        if args.conditioning == "text":
+            tokenizer, encoder = load_text_encoder(args.text_encoder)
+            text = (tokenizer, encoder.to(accelerator.device))
+            condition_config["condition_dim"] = pooled_dim(encoder)
     else:
         dataset = build_dataset(
             args.train_data_dir, args.data_dir, args.resolution, args.channels, args.fashion_mnist_mode,
@@ -526,13 +563,13 @@ def main(args=None) -> int:
     sampler = EpochShuffleSampler(len(dataset), seed=args.seed)
     loader = DataLoader(
         dataset, batch_size=args.train_batch_size, sampler=sampler, drop_last=True,
-        collate_fn=stack_pairs if args.teacher_pairs else stack_images,
+        collate_fn=stack_pairs if args.teacher_pairs else stack_conditioned if args.conditioning else stack_images,
         num_workers=args.dataloader_num_workers, pin_memory=accelerator.device.type == "cuda",
     )
 
     # -- model (same initial weights in every process), ActNorm init on a fixed batch, EMA
     set_seed(args.seed)
-    model = build_model(args, channels).to(accelerator.device)
+    model = build_model(args, channels, condition_config if args.conditioning else None).to(accelerator.device)
     model.train()
     if any(p.dtype != torch.float32 for p in model.parameters()):
         model.to(torch.float32)  # float32 master weights; --mixed_precision only autocasts
@@ -661,11 +698,17 @@ def main(args=None) -> int:
         return twin.eval()
 
     sample_warned = [False]
+    sample_condition: Dict[str, Any] = {}  # class models cycle through the classes by themselves
+    if args.conditioning == "text":
+        captions = [dataset[i][1] for i in range(min(args.num_samples, len(dataset)))]
+        captions = (captions * args.num_samples)[:args.num_samples]
+        sample_condition = dict(prompt_embeds=encode_captions(*text, captions, accelerator.device), guidance_scale=1.0)
 
     def write_samples(step: int) -> None:
         if accelerator.is_main_process:
             try:
-                images = generate_samples(sampling_model(), args.num_samples, args.sample_inference_steps, args.solver, args.seed)
+                images = generate_samples(sampling_model(), args.num_samples, args.sample_inference_steps, args.solver,
+                                          args.seed, **sample_condition)
             except Exception as err:  # sampling must never stop training
                 if not sample_warned[0]:
                     say(f"WARNING: could not generate samples ({type(err).__name__}: {err}); continuing without.")
@@ -728,10 +771,17 @@ def main(args=None) -> int:
                 step_inputs.append(torch.rand(n_step, generator=gen) < 0.5)  # flips (used with --random_flip)
                 if uses_likelihood:  # dequantisation noise
                     step_inputs.append(torch.rand((n_step, *shape), generator=gen))
+                if args.conditioning:  # condition dropout
+                    step_inputs.append(torch.rand(n_step, generator=gen) < args.condition_dropout)
             first = (micro_in_step * num_processes + rank) * args.train_batch_size
             noise, t, eps_y, eps_x, flip, *rest = (v[first:first + args.train_batch_size] for v in step_inputs)
-            uniform = rest[0].to(device, non_blocking=True) if rest else None
-            if isinstance(images, (tuple, list)):  # teacher pairs: the pair's noise replaces the drawn one
+            uniform = rest[0].to(device, non_blocking=True) if uses_likelihood else None
+            condition = None
+            if args.conditioning:  # (images, ids or captions) → dropout → ids or pooled embeddings
+                images, condition = images
+                condition = drop_conditions(condition, rest[-1], model.config.num_classes)
+                condition = condition.to(device) if text is None else encode_captions(*text, condition, device)
+            elif isinstance(images, (tuple, list)):  # teacher pairs: the pair's noise replaces the drawn one
                 images, noise = images
             if args.random_flip:
                 images = torch.where(flip.view(-1, 1, 1, 1).to(images.device), images.flip(-1), images)
@@ -741,7 +791,7 @@ def main(args=None) -> int:
             # round-robin assignment of decode terms continues across batches, processes and steps)
             offset = global_step * args.gradient_accumulation_steps * global_batch + first
             with accelerator.accumulate(objective):
-                out = objective(images, noise, t, eps_y, eps_x, offset=offset, uniform=uniform)
+                out = objective(images, noise, t, eps_y, eps_x, offset=offset, uniform=uniform, condition=condition)
                 accelerator.backward(out["loss"])
                 if accelerator.sync_gradients and args.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(objective.parameters(), args.max_grad_norm)
@@ -807,7 +857,7 @@ def main(args=None) -> int:
             "final_loss": last_logs.get("loss"), "mixed_precision": accelerator.mixed_precision,
             "num_processes": num_processes, "device": str(device), "train_seconds_this_run": round(elapsed, 1),
         }
-        save_final(final_model, output_dir, args.solver, metrics, say)
+        save_final(final_model, output_dir, args.solver, metrics, say, text)
         say(f"Saved the {'EMA' if ema is not None else 'trained'} pipeline to {output_dir} after {global_step} steps "
             f"({steps_this_run} in this run, {elapsed:.1f} s).")
     accelerator.wait_for_everyone()
@@ -815,7 +865,7 @@ def main(args=None) -> int:
     return 0
 
 
-def save_final(model, output_dir: str, solver: str, metrics: Dict[str, Any], say=print) -> None:
+def save_final(model, output_dir: str, solver: str, metrics: Dict[str, Any], say=print, text=None) -> None:
     """``LinearizerPipeline(model, LinearizerScheduler).save_pretrained(output_dir, metrics=...)``; without
     the pipeline class, ``model.save_pretrained(output_dir/linearizer)`` and the scheduler config."""
     try:
@@ -827,9 +877,9 @@ def save_final(model, output_dir: str, solver: str, metrics: Dict[str, Any], say
     except ImportError:
         LinearizerScheduler = None
     if LinearizerPipeline is not None and LinearizerScheduler is not None:
-        LinearizerPipeline(linearizer=model, scheduler=LinearizerScheduler(solver=solver)).save_pretrained(
-            output_dir, metrics=metrics
-        )
+        tokenizer, encoder = text if text is not None else (None, None)
+        LinearizerPipeline(linearizer=model, scheduler=LinearizerScheduler(solver=solver), text_encoder=encoder,
+                           tokenizer=tokenizer).save_pretrained(output_dir, metrics=metrics)
         return
     say("LinearizerPipeline is not available: saving the model (and scheduler config) only.")
     model.save_pretrained(os.path.join(output_dir, MODEL_SUBDIR))
