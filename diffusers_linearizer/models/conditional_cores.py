@@ -8,8 +8,9 @@ MLP input: ``e = emb(t) + E(c)`` (``E(c)`` alone for the constant core), where `
 * ``"text"``: a linear map of a pooled text embedding (``condition_dim`` numbers, e.g. the
   ``pooler_output`` of a CLIP text model); its ``∅`` is the embedding of the empty prompt.
 
-``E`` starts at zero, so a freshly built conditional core computes exactly what its unconditional
-counterpart with the same weights computes.
+The class table starts like ``nn.Embedding`` (``N(0, 1)`` entries, the scale of the sinusoidal time
+features), so classes are told apart from the first training step; the text projection starts at zero (a
+freshly built text core computes what its unconditional counterpart with the same weights computes).
 
 Conditions passed to the cores: class ids as an integer tensor ``(N,)`` (``num_classes`` = ``∅``) or
 pooled embeddings as a float tensor ``(N, condition_dim)``; one condition (an ``int`` or a ``(condition_dim,)``
@@ -57,8 +58,7 @@ class ConditionEmbedding(nn.Module):
         if kind == "class":
             if self.num_classes < 1:
                 raise ValueError(f"Class conditioning needs num_classes ≥ 1, got {num_classes}.")
-            self.table = nn.Embedding(self.num_classes + 1, embedding_dim)
-            nn.init.zeros_(self.table.weight)
+            self.table = nn.Embedding(self.num_classes + 1, embedding_dim)  # N(0, 1): the scale of emb(t)
         else:
             if self.condition_dim < 1:
                 raise ValueError(f"Text conditioning needs condition_dim ≥ 1 (the pooled embedding size), got {condition_dim}.")

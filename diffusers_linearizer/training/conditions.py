@@ -145,8 +145,8 @@ def drop_conditions(conds, drop: Tensor, null_class: Optional[int]):
 
 def init_from(model, path: str) -> int:
     """Copy every tensor of the model saved at ``path`` (a pipeline or model folder) whose name and shape match
-    into ``model`` (e.g. ``g`` and the shared-basis core of an unconditional model into a conditional one;
-    the condition embedding starts at zero, so the result computes what the source computes). Returns how many."""
+    into ``model`` (e.g. ``g`` and the shared-basis core of an unconditional model into a conditional one, whose
+    condition embedding keeps its own initialisation). Returns how many."""
     from ..models import LinearizerModel
 
     folder = os.path.join(path, "linearizer") if os.path.isdir(os.path.join(path, "linearizer")) else path
