@@ -217,3 +217,16 @@ def test_text_pipeline_prompts_embeddings_saving_and_errors(tmp_path):
                           (dict(class_labels=1), "text-conditioned"), (dict(), "pass prompt")):
         with pytest.raises(ValueError, match=match):
             pipe(num_inference_steps=STEPS, **kwargs)
+
+
+def test_packaged_class_model_loads_offline_and_its_guided_one_step_equals_stepping():
+    from diffusers_linearizer import PACKAGED_MODELS
+    from diffusers_linearizer.images import psnr
+
+    pipe = LinearizerPipeline.from_pretrained(PACKAGED_MODELS["fashion-mnist-classes"], dtype=torch.float64)
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.get_label_ids(["Sneaker", "Bag"]) == [7, 8] and pipe.num_classes == 10
+    eps = torch.randn(2, 1, 32, 32, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    kw = dict(latents=eps, class_labels=["Sneaker", "Trouser"], guidance_scale=3.0, num_inference_steps=20,
+              solver="heun", output_type="pt", clamp=False)
+    assert float(psnr(pipe(**kw).images, pipe(one_step=False, **kw).images).min()) > 120
