@@ -9,7 +9,7 @@ Measured on the packaged class-conditional Fashion-MNIST pipeline (``PACKAGED_MO
   use), and for the stepped sampler without and with guidance (two core evaluations per stage);
 * **control** — the project's Fashion-MNIST classifier (``benchmarks/fmnist_classifier.py``) on samples of every
   requested class: accuracy, and the Fréchet distance of its features to the test set (the protocol of
-  ``benchmarks/quality.py``, fewer samples), as curves over ``w``; the unconditional default beside;
+  ``benchmarks/quality.py``: 5,000 samples), as curves over ``w``; the unconditional default beside;
 * **pictures** — one row per class, the same noise in every column, one column per ``w``.
 
     python benchmarks/guidance.py               # about 10 minutes on one CPU core
@@ -149,7 +149,7 @@ def pictures(path: str, columns_w=WS) -> None:
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--per-class", type=int, default=200, help="Samples per class and w. Default: 200.")
+    parser.add_argument("--per-class", type=int, default=500, help="Samples per class and w. Default: 500.")
     parser.add_argument("--exactness-images", type=int, default=16)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)

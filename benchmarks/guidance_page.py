@@ -81,8 +81,8 @@ def render(r: Dict) -> str:
         "",
         f"{ctl['samples']} samples per `w` ({ctl['samples'] // 10} per class, the same noise for every `w`), classified",
         "by the project's Fashion-MNIST classifier (`benchmarks/fmnist_classifier.py`); FD: Fréchet distance of its",
-        "features to the 10,000 test images (the protocol of `docs/quality.md`, with fewer samples, so the numbers",
-        "compare within this page). The unconditional default (`fashion-mnist`) on the same noise has FD "
+        f"features to the 10,000 test images from {ctl['samples']} samples (the protocol of `docs/quality.md`). The",
+        "unconditional default (`fashion-mnist`) on the same noise has FD "
         f"**{ctl['unconditional_fd']:.2f}**.",
         "",
         "| w | guidance_scale | accuracy on the requested class | FD |",

@@ -230,3 +230,25 @@ def test_packaged_class_model_loads_offline_and_its_guided_one_step_equals_stepp
     kw = dict(latents=eps, class_labels=["Sneaker", "Trouser"], guidance_scale=3.0, num_inference_steps=20,
               solver="heun", output_type="pt", clamp=False)
     assert float(psnr(pipe(**kw).images, pipe(one_step=False, **kw).images).min()) > 120
+
+
+def test_guidance_page_states_unmet_goals_plainly():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from guidance_page import render
+
+    curve = [{"w": w, "guidance_scale": 1 + w, "accuracy": a, "accuracy_per_class": [a] * 10, "fd": fd}
+             for w, a, fd in ((0.0, 0.7, 300.0), (2.0, 0.85, 350.0))]
+    page = render({
+        "date": "d", "hardware": "h", "T": 100, "seconds": 60.0,
+        "exactness": [{"dtype": "float32", "solver": "euler", "min_db": 70.0, "median_db": 80.0},
+                      {"dtype": "float64", "solver": "rk4", "min_db": 100.0, "median_db": 130.0}],
+        "cost": {"one_step_unguided": 1.0, "one_step_guided": 1.05, "one_step_guided_10_classes": 1.2,
+                 "stepped_unguided": 2.0, "stepped_guided": 3.0, "ratio_one_step": 1.05, "ratio_stepped": 1.5,
+                 "rank_guided": 64, "rank_unguided": 64, "collapse_seconds": 0.1},
+        "control": {"curve": curve, "names": [str(k) for k in range(10)], "samples": 5000, "unconditional_fd": 320.0,
+                    "unconditional_class_shares": [0.1] * 10}})
+    assert "≥ 60 dB: met" in page and "≥ 120 dB: **not met**" in page
+    assert "85.0 % (w = 2, FD 350.00): **not met**" in page and "70.0 % (w = 0)" in page
