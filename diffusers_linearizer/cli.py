@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--prompt", default=None, help="Text-conditioned models: the prompt.")
     gen.add_argument("--guidance-scale", type=float, default=None,
                      help="Classifier-free guidance of conditional models (> 1: on; 0 or 1: off), as in diffusers; "
-                     "the guided run still collapses into one operator. Default: the pipeline's (3.0).")
+                     "the guided run still collapses into one operator. Default: the pipeline's (4.0).")
     gen.add_argument("--save-images", default=None, metavar="DIR", help="Also write every image as DIR/00000.png, ...")
     gen.add_argument(
         "--save-tensors",

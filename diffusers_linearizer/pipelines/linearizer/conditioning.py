@@ -22,8 +22,8 @@ import torch
 
 from ...models.conditional_cores import condition_key
 
-#: ``guidance_scale`` of conditional models when none is given (``w = 2``); see ``docs/guidance.md``
-DEFAULT_GUIDANCE_SCALE = 3.0
+#: ``guidance_scale`` of conditional models when none is given (``w = 3``: the lowest FD in ``docs/guidance.md``)
+DEFAULT_GUIDANCE_SCALE = 4.0
 CONDITION_ARGS = ("class_labels", "negative_class_labels", "prompt", "negative_prompt", "prompt_embeds",
                   "negative_prompt_embeds")
 

@@ -244,7 +244,7 @@ class LinearizerPipeline(LinearizerPipelineMixin, DiffusionPipeline):
                 ``g_x⁻¹`` output, e.g. to invert it exactly); PIL images are always clamped.
             guidance_scale: classifier-free guidance ``s`` of conditional models, diffusers' convention: the
                 prediction is ``(1 + w)·A(t, c) z − w·A(t, c⁻) z`` with ``w = s − 1``, on for ``s > 1`` (``0`` or
-                ``1``: off). Default (``None``): ``DEFAULT_GUIDANCE_SCALE`` = 3.0 for conditional models. The
+                ``1``: off). Default (``None``): ``DEFAULT_GUIDANCE_SCALE`` = 4.0 for conditional models. The
                 guided run still collapses into one operator of the same rank: guidance costs nothing per image.
             negative_class_labels: the class(es) ``c⁻`` to steer away from (default the learned null class ∅);
                 needs guidance.
