@@ -32,7 +32,7 @@ for path in (REPO, HERE):
 
 
 from diffusers_linearizer import DEFAULT_MODEL_DIR, LinearizerModel, LinearizerPipeline, LinearizerScheduler, replace_dir  # noqa: E402
-from diffusers_linearizer.training.train import checkpoint_root, list_checkpoints  # noqa: E402
+from diffusers_linearizer.training import checkpoint_root, list_checkpoints  # noqa: E402
 
 MODELS = os.path.join(HERE, "models")
 

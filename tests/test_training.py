@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +21,7 @@ import torch
 from diffusers_linearizer.training import data as tdata
 from diffusers_linearizer.training import objective as tobj
 from diffusers_linearizer.training import train as ttrain
+from diffusers_linearizer.training import trainer as ttrainer
 
 from .utils import tiny_model
 
@@ -374,39 +374,63 @@ def test_training_run_writes_pipeline_and_checkpoints(reference_run):
     assert images.shape == (2, 1, 8, 8) and torch.isfinite(images).all()
 
 
+# A trainer that SIGKILLs its own process at a chosen point: inside the save of a checkpoint (written to
+# its temporary folder, not yet published) or in the middle of an optimizer step (after its first
+# micro-batch). Run as a script: python killer.py publish|step STEP TRAINER-OPTIONS...
+KILLER = """
+import os, signal, sys
+
+from diffusers_linearizer.training.train import check_args, parse_args
+from diffusers_linearizer.training.trainer import Trainer
+
+where, at = sys.argv[1], int(sys.argv[2])
+
+
+class KilledTrainer(Trainer):
+    def publish_checkpoint(self, tmp, final):
+        if where == "publish" and os.path.basename(final) == f"checkpoint-{at}":
+            os.kill(os.getpid(), signal.SIGKILL)
+        super().publish_checkpoint(tmp, final)
+
+    def train_micro_batch(self, images):
+        if where == "step" and self.global_step == at - 1 and self.micro_step % self.args.gradient_accumulation_steps == 1:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().train_micro_batch(images)
+
+
+args = parse_args(sys.argv[3:])
+check_args(args)
+sys.exit(KilledTrainer(args).train())
+"""
+
+
+def _killed_run(script, where, step, cmd):
+    proc = subprocess.run([sys.executable, str(script), where, str(step), *cmd[3:]], env=_env(), cwd=str(REPO),
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == -signal.SIGKILL, f"exit {proc.returncode}\nSTDERR:\n{proc.stderr[-4000:]}"
+
+
 def test_killed_runs_resume_to_the_uninterrupted_result(image_dir, reference_run, tmp_path):
-    """1) killed (SIGKILL) while saving step 4: checkpoint-2 stays the latest, the half-published one is
-    ignored; 2) resumed, then SIGKILLed from outside after its next checkpoint; 3) resumed to the end:
-    same step count, weights, EMA, optimizer and LR-scheduler state as the uninterrupted run."""
+    """1) killed (SIGKILL) while saving step 4, after the checkpoint is written and before it is published:
+    checkpoint-2 stays the latest, the complete but unpublished one is ignored; 2) resumed, then killed in
+    the middle of step 5 (between its two micro-batches), after checkpoint-4; 3) resumed to the end: same
+    step count, weights, EMA, optimizer and LR-scheduler state as the uninterrupted run."""
     out = tmp_path / "killed"
     root = out / "checkpoints"
+    script = tmp_path / "killer.py"
+    script.write_text(KILLER)
     cmd = _train_cmd(image_dir, out, *RUN, "--checkpoints_total_limit", "2")
+    assert cmd[1:3] == ["-m", "diffusers_linearizer.training.train"]
 
-    first = subprocess.run(cmd, env=_env(DIFFUSERS_LINEARIZER_TEST_KILL_IN_SAVE="4"), cwd=str(REPO),
-                           capture_output=True, text=True, timeout=240)
-    assert first.returncode == -signal.SIGKILL, first.stderr[-4000:]
-    assert (root / ".tmp-checkpoint-4").is_dir()  # fully written but never published
+    _killed_run(script, "publish", 4, cmd)
+    assert (root / ".tmp-checkpoint-4" / "trainer_state.json").is_file()  # fully written but never published
     assert ttrain.latest_checkpoint(str(out)) == str(root / "checkpoint-2")
 
     resume = cmd + ["--resume_from_checkpoint", "latest"]
-    proc = subprocess.Popen(resume, env=_env(DIFFUSERS_LINEARIZER_TEST_STEP_SLEEP="0.4"), cwd=str(REPO),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 240
-    try:
-        while ttrain.list_checkpoints(str(root))[-1][0] <= 2:
-            assert proc.poll() is None, f"trainer exited early: {proc.stderr.read()[-4000:]}"
-            assert time.time() < deadline, "no new checkpoint within the time limit"
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        proc.stderr.close()
-    assert proc.returncode == -signal.SIGKILL
-    done = [s for s, _ in ttrain.list_checkpoints(str(root))]
-    assert 2 < done[-1] < STEPS and not (out / "model_index.json").exists()
+    _killed_run(script, "step", 5, resume)
+    assert not (root / ".tmp-checkpoint-4").exists()  # the leftover was cleared when the run resumed
+    assert [s for s, _ in ttrain.list_checkpoints(str(root))] == [2, 4]
+    assert not (out / "model_index.json").exists()
 
     _run(resume)
     assert not list(root.glob(".tmp-*"))
@@ -445,13 +469,54 @@ def test_mixed_precision_run_keeps_float32_weights(image_dir, tmp_path):
         assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in w.values() if v.is_floating_point())
 
 
-def test_time_budget_stops_and_saves(image_dir, tmp_path):
+def _trainer(image_dir, out, *extra, cls=None):
+    """A trainer in this process (``cls``: a subclass of Trainer)."""
+    args = ttrain.parse_args(["--train_data_dir", str(image_dir), "--output_dir", str(out), *TINY, "--cpu", *extra])
+    ttrain.check_args(args)
+    return (cls or ttrainer.Trainer)(args)
+
+
+class _OneSecondPerStep(ttrainer.Trainer):
+    """A trainer on whose clock every optimizer step takes exactly one second."""
+
+    def clock(self):
+        return float(self.global_step)
+
+
+def test_time_budget_stops_at_the_first_step_past_it_and_saves(image_dir, tmp_path):
     out = tmp_path / "budget"
-    _run(_train_cmd(image_dir, out, "--train_batch_size", "4", "--max_train_steps", "50", "--checkpointing_steps", "0",
-                    "--max_train_seconds", "0.001"))
-    state = json.loads((_ckpt(out, 1) / "trainer_state.json").read_text())
-    assert state["global_step"] == 1 and state["train_seconds_this_run"] > 0
+    trainer = _trainer(image_dir, out, "--train_batch_size", "4", "--max_train_steps", "50", "--checkpointing_steps", "0",
+                       "--max_train_seconds", "2.5", cls=_OneSecondPerStep)
+    assert trainer.train() == 0
+    assert trainer.global_step == 3  # 3 s ≥ 2.5 s
+    state = json.loads((_ckpt(out, 3) / "trainer_state.json").read_text())
+    assert state["global_step"] == 3 and state["train_seconds_this_run"] == 3.0
     assert (out / "linearizer" / "diffusion_pytorch_model.safetensors").is_file()
-    assert not _ckpt(out, 2).exists()
+    assert [s for s, _ in ttrain.list_checkpoints(str(out / "checkpoints"))] == [3]
+    assert "train_seconds_this_run" in (out / "README.md").read_text()
     with pytest.raises(ValueError, match="max_train_seconds"):
         ttrain.check_args(ttrain.parse_args(["--output_dir", str(tmp_path / "bad"), "--max_train_seconds", "0"]))
+
+
+def test_trainer_methods_one_step_at_a_time(image_dir, tmp_path):
+    """step() takes exactly --gradient_accumulation_steps micro-batches and steps the optimizer once;
+    the EMA follows; save_checkpoint publishes a complete checkpoint of that step."""
+    out = tmp_path / "by_hand"
+    trainer = _trainer(image_dir, out, "--train_batch_size", "4", "--gradient_accumulation_steps", "2",
+                       "--max_train_steps", "5")
+    before = {k: v.clone() for k, v in trainer.unwrapped().state_dict().items()}
+    batches = trainer.micro_batches()
+    first_three = [next(batches) for _ in range(3)]
+    rest = iter(first_three)
+    assert trainer.step(rest) == 1 and next(rest) is first_three[2]  # two consumed, the third left
+    assert trainer.micro_step == 2 and trainer.ema.num_updates == 1
+    adam = list(trainer.optimizer.state_dict()["state"].values())
+    assert adam and all(float(s["step"]) == 1 for s in adam)
+    after = trainer.unwrapped().state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    trainer.save_checkpoint(1)
+    assert [s for s, _ in ttrain.list_checkpoints(str(out / "checkpoints"))] == [1]
+    state = json.loads((_ckpt(out, 1) / "trainer_state.json").read_text())
+    assert state["global_step"] == 1 and state["micro_step"] == 2
+    with pytest.raises(ValueError, match="ran out"):
+        trainer.step(iter(first_three[2:]))

@@ -28,7 +28,7 @@ import PIL.Image
 import torch
 
 from ..pipelines import LinearizerInversionPipeline, LinearizerPipeline
-from ..pipelines.linearizer.pipeline_linearizer import psnr
+from ..images import psnr
 from ..schedulers import SOLVERS
 from . import images as im
 from .images import DemoError
@@ -89,7 +89,7 @@ class LinearizerDemo:
 
     def describe(self) -> str:
         c, h, w = self.sample_shape
-        from ..pipelines.linearizer.pipeline_linearizer import DEFAULT_MODEL_DIR
+        from ..defaults import DEFAULT_MODEL_DIR
 
         name = self.pipe.config.get("_name_or_path") or "an in-memory pipeline"
         if os.path.abspath(str(name)) == os.path.abspath(DEFAULT_MODEL_DIR):

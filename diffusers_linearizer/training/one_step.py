@@ -7,7 +7,7 @@ Linearizer generates in one step and inverts exactly::
     ε = g_y⁻¹(B⁻¹ · g_x(x)) / τ          invert
 
 Every factor is invertible with a tractable Jacobian, so the generator is a normalizing flow and the
-density of its samples follows by the change of variables (``docs/math.md``, "one-step likelihood")::
+density of its samples follows by the change of variables (``docs/math.md`` §4)::
 
     log p(x) = log N(ε; 0, I) + log|det ∂ε/∂x|
              = log N(ε; 0, I) + log|det J_{g_x}(x)| − log|det B| − log|det J_{g_y}(ε)|

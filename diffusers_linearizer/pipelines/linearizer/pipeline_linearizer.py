@@ -25,8 +25,7 @@ from diffusers import DiffusionPipeline, ImagePipelineOutput
 from diffusers.utils import logging
 from diffusers.utils.torch_utils import randn_tensor
 
-from ...defaults import DEFAULT_MODEL_DIR  # noqa: F401  (re-exported: the demo and benchmarks import it from here)
-from ...images import postprocess_images, psnr  # noqa: F401  (psnr re-exported, as above)
+from ...images import postprocess_images, psnr  # noqa: F401  (psnr: benchmarks/quality.py imports it from here)
 from ...models import LinearizerModel
 from ...schedulers import LinearizerScheduler
 from .common import LinearizerPipelineMixin, apply_operator, check_output_type
