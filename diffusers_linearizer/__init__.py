@@ -8,7 +8,7 @@ lives) import nothing from those layers.
 
 __version__ = "0.1.0"
 
-from .defaults import DEFAULT_MODEL_DIR
+from .defaults import DEFAULT_MODEL_DIR, PACKAGED_MODELS
 from .operators import DenseOperator, IdentityPlusLowRank, SharedBasisOperator
 from .models import LinearizerModel, LinearizerModelOutput
 from .schedulers import LinearizerScheduler

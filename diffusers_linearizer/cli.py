@@ -25,7 +25,7 @@ from typing import List, Optional, Sequence
 
 from .image_grid import make_grid
 
-from .defaults import DEFAULT_MODEL_DIR
+from .defaults import DEFAULT_MODEL_DIR, PACKAGED_MODELS
 
 DTYPES = ("float32", "float16", "bfloat16", "float64")
 
@@ -38,8 +38,8 @@ def _add_common(p: argparse.ArgumentParser, output_default: str) -> None:
     g.add_argument(
         "--model",
         default=None,
-        help="A saved pipeline directory or a Hugging Face Hub repo id ('org/name'; the local cache is used "
-        "when HF_HUB_OFFLINE=1). Default: the trained checkpoint shipped in the package "
+        help="A saved pipeline directory, a packaged model (fashion-mnist, fashion-mnist-classes) or a Hugging "
+        "Face Hub repo id ('org/name'; the local cache is used when HF_HUB_OFFLINE=1). Default: the trained checkpoint shipped in the package "
         "(diffusers_linearizer/default_model/) if present, otherwise a freshly initialised, UNTRAINED "
         "small model (a warning says so).",
     )
@@ -110,6 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="Run the solver step by step (num_inference_steps model evaluations) instead of applying B once; "
         "same images up to round-off.",
     )
+    gen.add_argument("--class", dest="class_names", action="append", default=None, metavar="NAME",
+                     help="Class-conditioned models: a class name or id (repeat for several; the images take them in "
+                     "turn). Default: every class in turn. E.g. --model fashion-mnist-classes --class Sneaker.")
+    gen.add_argument("--prompt", default=None, help="Text-conditioned models: the prompt.")
+    gen.add_argument("--guidance-scale", type=float, default=None,
+                     help="Classifier-free guidance of conditional models (> 1: on; 0 or 1: off), as in diffusers; "
+                     "the guided run still collapses into one operator. Default: the pipeline's (4.0).")
     gen.add_argument("--save-images", default=None, metavar="DIR", help="Also write every image as DIR/00000.png, ...")
     gen.add_argument(
         "--save-tensors",
@@ -220,7 +227,8 @@ def load_pipeline(model: Optional[str], dtype_name: str, main: bool = True, cls=
         pipe = fresh_model_pipeline()
         pipe.linearizer.to(dtype)
         return cls(**pipe.components)
-    return cls.from_pretrained(model if model is not None else DEFAULT_MODEL_DIR, dtype=dtype)
+    model = PACKAGED_MODELS.get(model, model) if model is not None else DEFAULT_MODEL_DIR
+    return cls.from_pretrained(model, dtype=dtype)
 
 
 def check_device(name: Optional[str]) -> None:
@@ -278,6 +286,23 @@ def _device(args, state):
 
 
 # ---------------------------------------------------------------------- commands
+def generate_condition(pipe, args) -> dict:
+    """The condition arguments of ``generate`` (checked against the model before any image is made); class
+    labels as a function of the image indices of a batch."""
+    condition = {}
+    if args.class_names:
+        ids = pipe._class_ids([int(c) if c.isdigit() else c for c in args.class_names], "--class")
+        condition["class_labels"] = lambda batch: [ids[i % len(ids)] for i in batch]
+    if args.prompt is not None:
+        condition["prompt"] = args.prompt
+    if args.guidance_scale is not None:
+        condition["guidance_scale"] = args.guidance_scale
+    check = {k: (v([0]) if callable(v) else v) for k, v in condition.items()}
+    w = pipe.resolve_guidance(check.pop("guidance_scale", None))
+    pipe._check_condition_args(check, w)
+    return condition
+
+
 def cmd_generate(args) -> int:
     import torch
     from accelerate import PartialState
@@ -297,6 +322,7 @@ def cmd_generate(args) -> int:
     state = PartialState(cpu=_wants_cpu(args))
     main = state.is_main_process
     pipe = load_pipeline(args.model, args.dtype, main)
+    condition = generate_condition(pipe, args)
     pipe.to(_device(args, state))
     pipe.set_progress_bar_config(disable=args.no_progress or not main)
 
@@ -310,6 +336,7 @@ def cmd_generate(args) -> int:
         images = pipe(
             batch_size=len(batch), num_inference_steps=args.steps, solver=args.solver, one_step=not args.multi_step,
             generator=gens, temperature=args.temperature, output_type="pt", clamp=False,
+            **{k: v(batch) if callable(v) else v for k, v in condition.items()},
         ).images
         results.extend(zip(batch, images.float().cpu()))
     if state.num_processes > 1:

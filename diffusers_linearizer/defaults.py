@@ -1,10 +1,17 @@
-"""Where the packaged default pipeline lives (no heavy imports, so that the command line starts fast)."""
+"""Where the packaged pipelines live (no heavy imports, so that the command line starts fast)."""
 
 import os
 
 #: the trained Fashion-MNIST 32×32 pipeline shipped inside the package: what ``from_pretrained()`` and the
 #: command line load when no model is named
 DEFAULT_MODEL_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "default_model")
+
+
+#: the class-conditional Fashion-MNIST 32×32 pipeline shipped inside the package (``class_labels``, guidance)
+CLASSES_MODEL_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fashion_mnist_classes")
+
+#: name → folder of every packaged pipeline: ``LinearizerPipeline.from_pretrained(PACKAGED_MODELS[name])``
+PACKAGED_MODELS = {"fashion-mnist": DEFAULT_MODEL_DIR, "fashion-mnist-classes": CLASSES_MODEL_DIR}
 
 
 def packaged_default_available() -> bool:

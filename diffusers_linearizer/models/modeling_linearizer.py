@@ -18,7 +18,7 @@ t = 0). Then ``g_x ≡ g_y`` only when ``role_x == role_y``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Tuple, Union
+from typing import Dict, Optional, Tuple, Union
 
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
@@ -27,6 +27,7 @@ from diffusers.utils import BaseOutput
 from torch import Tensor, nn
 
 from ..operators import DenseOperator
+from .conditional_cores import CONDITIONINGS, GuidedCore, build_conditional_core
 from .conditioners import CONDITIONERS
 from .cores import CORE_TYPES, DenseCore, LowRankCore, build_core
 from .invertible import InvertibleNetwork
@@ -87,6 +88,13 @@ class LinearizerModel(ModelMixin, ConfigMixin):
             ``"reference"`` (the paper code's sin/cos of t; see ``cores.TIME_EMBEDDINGS``).
         shared_g: one network for both g_x and g_y (run with ``role_x`` / ``role_y``).
         role_x / role_y: the role inputs of g_x and g_y.
+        conditioning: ``None`` (unconditional, the default), ``"class"`` or ``"text"``: only the core sees the
+            condition, ``A(t, c)`` (``models/conditional_cores.py``); core types ``"shared_basis"``,
+            ``"time_lowrank"`` or ``"constant_basis"`` (``a(c)·I + U S(c) Vᵀ``, conditional only).
+        num_classes: classes of a class-conditioned core (id ``num_classes`` is the null class ∅).
+        condition_dim: size of the pooled text embedding of a text-conditioned core.
+        id2label: class names, ``{"0": "T-shirt/top", …}`` (comma-separated synonyms allowed, as in
+            diffusers' ``DiTPipeline``).
     """
 
     _supports_gradient_checkpointing = False
@@ -113,9 +121,15 @@ class LinearizerModel(ModelMixin, ConfigMixin):
         shared_g: bool = True,
         role_x: float = 1.0,
         role_y: float = 0.0,
+        conditioning: Optional[str] = None,
+        num_classes: int = 0,
+        condition_dim: int = 0,
+        id2label: Optional[Dict[str, str]] = None,
     ):
         super().__init__()
-        if core_type not in CORE_TYPES:
+        if conditioning is not None and conditioning not in CONDITIONINGS:
+            raise ValueError(f"Unknown conditioning {conditioning!r}; expected None or one of {', '.join(CONDITIONINGS)}.")
+        if conditioning is None and core_type not in CORE_TYPES:
             raise ValueError(f"Unknown core_type {core_type!r}; expected one of {', '.join(CORE_TYPES)}.")
         if conditioner_type not in CONDITIONERS:
             raise ValueError(
@@ -144,9 +158,18 @@ class LinearizerModel(ModelMixin, ConfigMixin):
         else:
             self.g_x = make_g()
             self.g_y = make_g()
-        self.core = build_core(
-            core_type, dim, core_rank, core_hidden_dim, core_embedding_dim, core_identity, core_time_embedding
-        )
+        if conditioning is None:
+            self.core = build_core(
+                core_type, dim, core_rank, core_hidden_dim, core_embedding_dim, core_identity, core_time_embedding
+            )
+        else:
+            if id2label is not None and (conditioning != "class" or len(id2label) != num_classes):
+                raise ValueError(f"id2label names {len(id2label)} classes; it needs conditioning='class' and "
+                                 f"num_classes = {len(id2label)} (got {conditioning!r}, {num_classes}).")
+            self.core = build_conditional_core(
+                core_type, dim, core_rank, core_hidden_dim, core_embedding_dim, core_identity, core_time_embedding,
+                conditioning, num_classes, condition_dim,
+            )
 
     # ------------------------------------------------------------------ shapes and spaces
     @property
@@ -163,6 +186,19 @@ class LinearizerModel(ModelMixin, ConfigMixin):
     @property
     def time_dependent(self) -> bool:
         return self.core.time_dependent
+
+    @property
+    def conditioning(self) -> Optional[str]:
+        """``None`` (unconditional), ``"class"`` or ``"text"``."""
+        return self.config.conditioning
+
+    def guided_core(self, condition=None, negative=None, guidance: float = 0.0, blend=None) -> GuidedCore:
+        """The core-like view ``(1 + w)·A(t, c) − w·A(t, c⁻)`` whose collapse is the guided ``B(c, w)``
+        (``negative`` defaults to the null class for class conditioning; text needs it). ``blend`` =
+        ``[(λ_k, c_k), …]`` (weights summing to 1) replaces ``c`` by the interpolated ``Σ λ_k A(t, c_k)``."""
+        if self.conditioning is None:
+            raise ValueError("This model is unconditional: it has no condition to guide.")
+        return GuidedCore(self.core, blend if blend is not None else [(1.0, condition)], negative, guidance)
 
     def check_sample(self, x: Tensor, name: str = "input") -> None:
         """Raise a ``ValueError`` naming the expected shape unless ``x`` is ``(N, C, H, W)``."""
@@ -196,10 +232,15 @@ class LinearizerModel(ModelMixin, ConfigMixin):
         net, role = self.network(space)
         return net.inverse(z, self._role(role, z))
 
-    def apply_core(self, z: Tensor, t=None) -> Tensor:
-        """``A_t z`` on image-shaped latents ``(N, C, H, W)`` (t: float or (N,) tensor)."""
+    def apply_core(self, z: Tensor, t=None, condition: Optional[Tensor] = None) -> Tensor:
+        """``A_t z`` (``A(t, c) z`` for a conditional core) on image-shaped latents ``(N, C, H, W)`` (t: float or
+        (N,) tensor; condition: ``(N,)`` class ids or ``(N, condition_dim)`` pooled text embeddings)."""
         self.check_sample(z, "latent")
-        return self.core(z.flatten(1), t).view_as(z)
+        if self.conditioning is None:
+            if condition is not None:
+                raise ValueError("This model is unconditional: apply_core takes no condition.")
+            return self.core(z.flatten(1), t).view_as(z)
+        return self.core(z.flatten(1), t, condition).view_as(z)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
@@ -226,12 +267,12 @@ class LinearizerModel(ModelMixin, ConfigMixin):
             )
         return (model, info) if want_info else model
 
-    def forward(self, x: Tensor, t=None, return_dict: bool = True):
-        """``f(x) = g_y⁻¹(A_t g_x(x))``; ``t`` is required by time-dependent cores."""
+    def forward(self, x: Tensor, t=None, return_dict: bool = True, condition: Optional[Tensor] = None):
+        """``f(x) = g_y⁻¹(A_t g_x(x))``; ``t`` is required by time-dependent cores, ``condition`` by conditional ones."""
         self.check_sample(x)
         if self.time_dependent and t is None:
             raise ValueError(f"This model's core ({self.config.core_type}) is time-dependent: pass t in [0, 1].")
-        latent = self.apply_core(self.encode(x, "x"), t)
+        latent = self.apply_core(self.encode(x, "x"), t, condition)
         sample = self.decode(latent, "y")
         if not return_dict:
             return (sample, latent)
@@ -270,6 +311,7 @@ class LinearizerModel(ModelMixin, ConfigMixin):
             core_type, rank = "lowrank", core.U.shape[1]
         # diffusers drops keys listed in `_use_default_values` from a config: keep only real entries
         config = {k: v for k, v in self.config.items() if not k.startswith("_")}
+        config.update(conditioning=None, num_classes=0, condition_dim=0, id2label=None)
         config.update(core_type=core_type, core_rank=rank, shared_g=shared, role_x=float(role_x), role_y=float(role_y))
         model = type(self).from_config(config).to(device=self.device, dtype=self.dtype)
         if shared:

@@ -40,11 +40,14 @@ def linearizer_model_card(pipeline, metrics: Optional[Dict[str, Any]] = None, re
     scheduler_config = _public_config(pipeline.scheduler.config)
     metrics = _plain(dict(metrics or {}))
     c, h, w = pipeline.linearizer.sample_shape
+    kind = model_config.get("conditioning")
+    tags = list(TAGS) if kind is None else [t for t in TAGS if t != "unconditional-image-generation"] + [
+        f"{kind}-conditional", "classifier-free-guidance"]
     data = ModelCardData(
         library_name="diffusers",
         license="apache-2.0",
-        tags=list(TAGS),
-        pipeline_tag="unconditional-image-generation",
+        tags=tags,
+        pipeline_tag="text-to-image" if kind == "text" else "unconditional-image-generation",
         linearizer_config=model_config,
         scheduler_config=scheduler_config,
         linearizer_metrics=metrics,

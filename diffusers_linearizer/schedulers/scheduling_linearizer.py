@@ -88,7 +88,7 @@ class LinearizerScheduler(SchedulerMixin, ConfigMixin):
     """
 
     _compatibles = ["FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler"]
-    collapse_cache_size = 4
+    collapse_cache_size = 16  # one entry per (condition, guidance) a batch of mixed labels asks for
 
     @register_to_config
     def __init__(self, num_train_timesteps: int = 1000, shift: float = 1.0, solver: str = "euler",
@@ -296,7 +296,8 @@ class LinearizerScheduler(SchedulerMixin, ConfigMixin):
         runs (not on cache hits) and advanced once per solver step.
 
         Cached (LRU of ``collapse_cache_size``, thread-safe) by grid, solver, dtype, ``tol`` and the
-        core's identity, device and weights (``data_ptr``, in-place version counter, shape); the entry
+        core's identity, device and weights (``data_ptr``, in-place version counter, shape), plus, for a view of a
+        core (``cache_identity()`` → ``(owner, key)``, e.g. a guided conditional core), the view's key; the entry
         also holds ``B†`` once :meth:`pseudo_inverse` asked for it. Edits through ``.data`` bypass the
         version counter: pass ``cache=False`` or call :meth:`clear_collapse_cache` then.
 
@@ -329,18 +330,20 @@ class LinearizerScheduler(SchedulerMixin, ConfigMixin):
         T, solver = self.check_run(T, solver)
         if dtype not in (torch.float64, torch.float32):
             raise ValueError(f"collapse accumulates in torch.float64 or torch.float32, got {dtype}.")
-        if not cache and torch.is_grad_enabled() and _requires_grad(core):
+        # a view of a core (a guided conditional core) names its owner module and what it adds to it
+        owner, view_key = core.cache_identity() if hasattr(core, "cache_identity") else (core, None)
+        if not cache and torch.is_grad_enabled() and _requires_grad(owner):
             start = time.perf_counter()
             _, hs, _, t_eval = self._schedule(T, solver)
             B, info = _collapse(core, solver, hs, t_eval, dtype, tol, grad=True)
             return B, CollapseInfo(seconds=time.perf_counter() - start, **info), {}
-        prints = _fingerprint(core) if cache else None
+        prints = _fingerprint(owner) if cache else None
         key = None if prints is None else (
             T, solver, self.config.timestep_spacing, float(self.config.shift), self.config.num_train_timesteps,
-            dtype, tol, prints[1], prints[0])
+            dtype, tol, prints[1], prints[0], view_key)
         with self._collapse_lock:
             hit = self._collapse_cache.get(key) if key is not None else None
-            if hit is not None and hit[0]() is core:
+            if hit is not None and hit[0]() is owner:
                 self._collapse_cache.move_to_end(key)
                 return hit[1], hit[2], hit[3]
             start = time.perf_counter()
@@ -349,7 +352,7 @@ class LinearizerScheduler(SchedulerMixin, ConfigMixin):
             with bar as tick:
                 B, info = _collapse(core, solver, hs, t_eval, dtype, tol, getattr(tick, "update", None))
             info = CollapseInfo(seconds=time.perf_counter() - start, **info)
-            entry = (weakref.ref(core) if key is not None else None, B, info, {})
+            entry = (weakref.ref(owner) if key is not None else None, B, info, {})
             if key is not None:
                 self._collapse_cache[key] = entry
                 while len(self._collapse_cache) > self.collapse_cache_size:

@@ -49,6 +49,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     d.add_argument(*_flag("max_train_samples"), type=int, default=None, help="Use only the first N images.")
     d.add_argument(*_flag("dataloader_num_workers"), type=int, default=0, help="DataLoader worker processes.")
     d.add_argument(*_flag("random_flip"), action="store_true", help="Random horizontal flips (seeded per step).")
+    d.add_argument("--conditioning", choices=("class", "text"), default=None,
+                   help="Train a conditional core: class (Fashion-MNIST labels, or one sub-folder per class in "
+                        "--train_data_dir) or text (captions of --train_data_dir/metadata.jsonl). Default: unconditional.")
+    d.add_argument(*_flag("caption_column"), default="text", help="Caption key of metadata.jsonl. Default: text.")
+    d.add_argument(*_flag("text_encoder"), default=None,
+                   help="Folder of a CLIP-style text model (text_encoder/ + tokenizer/, or both in one), for --conditioning text.")
+    d.add_argument(*_flag("condition_dropout"), type=float, default=0.1,
+                   help="Probability of replacing a condition by ∅ (null class / empty prompt), for guidance. Default: 0.1.")
+    d.add_argument(*_flag("init_weights"), default=None,
+                   help="Start from the tensors of this saved model or pipeline that match by name and shape "
+                        "(e.g. g and the core of an unconditional model for a conditional one).")
     d.add_argument(*_flag("teacher_pairs"), default=None,
                    help="A teacher-pairs .npz (`diffusers-linearizer distill-data`): train on (noise, teacher sample) "
                    "pairs instead of the images; required by --objective distill.")
@@ -187,6 +198,14 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError("--random_flip would break teacher pairs (a flipped teacher sample is not the sample of its noise).")
     if args.teacher_pairs and args.train_data_dir:
         raise ValueError("Give either --teacher_pairs or --train_data_dir, not both.")
+    if not 0.0 <= args.condition_dropout < 1.0:
+        raise ValueError(f"--condition_dropout must be in [0, 1), got {args.condition_dropout}.")
+    if args.conditioning and (args.teacher_pairs or set(mix) - {"fast", "reference"}):
+        raise ValueError("--conditioning trains with --objective fast or reference (no teacher pairs) for now.")
+    if args.conditioning == "text" and not args.text_encoder:
+        raise ValueError("--conditioning text needs --text_encoder DIR (a CLIP-style text model and its tokenizer).")
+    if args.text_encoder and args.conditioning != "text":
+        raise ValueError("--text_encoder only applies with --conditioning text.")
     if args.report_to == "tensorboard":
         import importlib.util
 

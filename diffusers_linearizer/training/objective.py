@@ -165,19 +165,22 @@ def _decode(model, z: Tensor, space: str) -> Tensor:
     return net.inverse(z, torch.full((z.shape[0],), float(role), dtype=z.dtype, device=z.device))
 
 
-def _flat_core(model, z: Tensor, t: Tensor) -> Tensor:
-    return model.core(z.flatten(1), t.to(z.dtype)).view_as(z)
+def _flat_core(model, z: Tensor, t: Tensor, condition: Optional[Tensor] = None) -> Tensor:
+    """``A(t) z`` (``A(t, c) z`` with a condition: class ids or pooled text embeddings, for conditional cores)."""
+    if condition is None:
+        return model.core(z.flatten(1), t.to(z.dtype)).view_as(z)
+    return model.core(z.flatten(1), t.to(z.dtype), condition).view_as(z)
 
 
 # ---------------------------------------------------------------------- objectives
 def reference_objective(
     model, images: Tensor, noise: Tensor, t: Tensor, eps_y: Tensor, eps_x: Tensor, noise_level: float = 0.3,
-    pixel_loss: str = "mse", ssim_weight: float = 0.1,
+    pixel_loss: str = "mse", ssim_weight: float = 0.1, condition: Optional[Tensor] = None,
 ) -> Dict[str, Tensor]:
     """The paper's four terms with five full-batch passes of ``g`` (module docstring). Returns the terms."""
     z0 = _encode(model, noise, "y")
     z1 = _encode(model, images, "x")
-    z1_pred = _flat_core(model, interpolate_latents(z0, z1, t), t)
+    z1_pred = _flat_core(model, interpolate_latents(z0, z1, t), t, condition)
     return {
         "latent_flow": latent_flow_loss(z1_pred, z1),
         "noise_reconstruction": noise_reconstruction_loss(noise, _decode(model, z0 + noise_level * eps_y, "y")),
@@ -201,7 +204,7 @@ def _masked_mean(values: Tensor, mask: Tensor) -> Tensor:
 
 def fast_objective(
     model, images: Tensor, noise: Tensor, t: Tensor, eps_y: Tensor, eps_x: Tensor, noise_level: float = 0.3,
-    pixel_loss: str = "mse", ssim_weight: float = 0.1, offset=0,
+    pixel_loss: str = "mse", ssim_weight: float = 0.1, offset=0, condition: Optional[Tensor] = None,
 ) -> Dict[str, Tensor]:
     """The default objective: one batched forward and one batched inverse of ``g`` (module docstring).
 
@@ -215,7 +218,7 @@ def fast_objective(
     is_x = torch.cat([torch.zeros(n, dtype=torch.bool, device=dev), torch.ones(n, dtype=torch.bool, device=dev)])
     z = run_g(model, torch.cat([noise, images.to(noise.dtype)]), is_x)
     z0, z1 = z[:n], z[n:]
-    z1_pred = _flat_core(model, interpolate_latents(z0, z1, t), t)
+    z1_pred = _flat_core(model, interpolate_latents(z0, z1, t), t, condition)
     terms = {"latent_flow": latent_flow_loss(z1_pred, z1)}
 
     kind = decode_assignment(n, offset, dev)
@@ -306,9 +309,14 @@ class LinearizerObjective(nn.Module):
     def _distance(self, target: Tensor, prediction: Tensor) -> Tensor:
         return pixel_distance(target, prediction, self.pixel_loss, self.ssim_weight)
 
-    def terms(self, images, noise, t, eps_y, eps_x, offset: int = 0, uniform: Optional[Tensor] = None) -> Dict[str, Tensor]:
-        """Every term of every component of the mix (unweighted)."""
-        kwargs = dict(noise_level=self.noise_level, pixel_loss=self.pixel_loss, ssim_weight=self.ssim_weight)
+    def terms(self, images, noise, t, eps_y, eps_x, offset: int = 0, uniform: Optional[Tensor] = None,
+              condition: Optional[Tensor] = None) -> Dict[str, Tensor]:
+        """Every term of every component of the mix (unweighted); ``condition`` for conditional cores."""
+        if condition is not None and self.scheduler is not None:
+            raise ValueError("The one-step objectives (distill, likelihood) do not take conditions yet; train "
+                             "conditional models with fast or reference.")
+        kwargs = dict(noise_level=self.noise_level, pixel_loss=self.pixel_loss, ssim_weight=self.ssim_weight,
+                      condition=condition)
         out: Dict[str, Tensor] = {}
         if "reference" in self.mix:
             reference = self.compiled_flow.get("reference", reference_objective)
@@ -343,8 +351,9 @@ class LinearizerObjective(nn.Module):
         flow = self.mix.get("fast", self.mix.get("reference", 0.0))
         return flow * self.weights[term]
 
-    def forward(self, images, noise, t, eps_y, eps_x, offset: int = 0, uniform: Optional[Tensor] = None) -> Dict[str, Tensor]:
-        terms = self.terms(images, noise, t, eps_y, eps_x, offset, uniform)
+    def forward(self, images, noise, t, eps_y, eps_x, offset: int = 0, uniform: Optional[Tensor] = None,
+                condition: Optional[Tensor] = None) -> Dict[str, Tensor]:
+        terms = self.terms(images, noise, t, eps_y, eps_x, offset, uniform, condition)
         loss = sum(self.term_weight(k) * v for k, v in terms.items() if self.term_weight(k) != 0)
         out = {"loss": loss}
         out.update(terms)

@@ -14,7 +14,7 @@ from .checkpoints import MODEL_SUBDIR
 SAMPLES_DIR = "samples"
 
 
-def generate_samples(model, num: int, num_inference_steps: int, solver: str, seed: int):
+def generate_samples(model, num: int, num_inference_steps: int, solver: str, seed: int, **condition):
     """One-step samples ``(num, C, H, W)`` from ``model`` (noise of image i from seed + i).
 
     Uses ``LinearizerPipeline`` when available, else the scheduler's ``collapse`` directly. Raises
@@ -29,7 +29,8 @@ def generate_samples(model, num: int, num_inference_steps: int, solver: str, see
     if LinearizerPipeline is not None:
         pipe = LinearizerPipeline(linearizer=model, scheduler=LinearizerScheduler(solver=solver))
         pipe.set_progress_bar_config(disable=True)
-        return pipe(batch_size=num, num_inference_steps=num_inference_steps, generator=gens, output_type="pt").images
+        return pipe(batch_size=num, num_inference_steps=num_inference_steps, generator=gens, output_type="pt",
+                    **condition).images
     from ..schedulers import LinearizerScheduler  # noqa: F811  (ImportError propagates: nothing to sample with)
 
     scheduler = LinearizerScheduler(solver=solver)
@@ -58,9 +59,10 @@ def save_sample_grid(images: "torch.Tensor", output_dir: str, step: int):
     return grid[None] if grid.ndim == 2 else grid.permute(2, 0, 1)
 
 
-def save_final(model, output_dir: str, solver: str, metrics: Dict[str, Any], say=print) -> None:
-    """``LinearizerPipeline(model, LinearizerScheduler).save_pretrained(output_dir, metrics=...)``; without
-    the pipeline class, ``model.save_pretrained(output_dir/linearizer)`` and the scheduler config."""
+def save_final(model, output_dir: str, solver: str, metrics: Dict[str, Any], say=print, text=None) -> None:
+    """``LinearizerPipeline(model, LinearizerScheduler).save_pretrained(output_dir, metrics=...)`` (with the text
+    encoder and tokenizer of ``text = (tokenizer, encoder)`` for a text model); without the pipeline class,
+    ``model.save_pretrained(output_dir/linearizer)`` and the scheduler config."""
     try:
         from ..pipelines import LinearizerPipeline
     except ImportError:
@@ -70,9 +72,9 @@ def save_final(model, output_dir: str, solver: str, metrics: Dict[str, Any], say
     except ImportError:
         LinearizerScheduler = None
     if LinearizerPipeline is not None and LinearizerScheduler is not None:
-        LinearizerPipeline(linearizer=model, scheduler=LinearizerScheduler(solver=solver)).save_pretrained(
-            output_dir, metrics=metrics
-        )
+        tokenizer, encoder = text if text is not None else (None, None)
+        LinearizerPipeline(linearizer=model, scheduler=LinearizerScheduler(solver=solver), text_encoder=encoder,
+                           tokenizer=tokenizer).save_pretrained(output_dir, metrics=metrics)
         return
     say("LinearizerPipeline is not available: saving the model (and scheduler config) only.")
     model.save_pretrained(os.path.join(output_dir, MODEL_SUBDIR))

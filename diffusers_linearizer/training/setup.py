@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import torch
 
@@ -40,10 +40,16 @@ def make_accelerator(args, output_dir: str):
 
 
 def load_dataset(args):
-    """The training set: teacher pairs (``--teacher_pairs``), an image folder or Fashion-MNIST."""
+    """The training set: teacher pairs (``--teacher_pairs``), an image folder or Fashion-MNIST; with
+    ``--conditioning``, items ``(image, condition)`` and ``dataset.model_config`` (the model's condition options)."""
     from .data import build_dataset
     from .distill import TeacherPairs
 
+    if args.conditioning:
+        from .conditions import build_conditional_dataset
+
+        dataset, dataset.model_config = build_conditional_dataset(args)
+        return dataset
     if args.teacher_pairs:
         dataset = TeacherPairs(args.teacher_pairs, max_samples=args.max_train_samples)
         if dataset.resolution != args.resolution or dataset.channels != (args.channels or dataset.channels):
@@ -56,8 +62,9 @@ def load_dataset(args):
     )
 
 
-def build_model(args, in_channels: int):
-    """A fresh ``LinearizerModel`` from ``--model_config`` and the model options, or a pretrained one."""
+def build_model(args, in_channels: int, condition_config: Optional[Dict[str, Any]] = None):
+    """A fresh ``LinearizerModel`` from ``--model_config``, the model options and the data's conditions
+    (``condition_config``; ``--init_weights`` copies matching tensors in), or a pretrained one."""
     from ..models import LinearizerModel
 
     if args.pretrained_model:
@@ -83,7 +90,13 @@ def build_model(args, in_channels: int):
         if key in config and config[key] != value:
             raise ValueError(f"--model_config has {key}={config[key]} but the data need {value}.")
         config[key] = value
-    return LinearizerModel(**config)
+    config.update(condition_config or {})
+    model = LinearizerModel(**config)
+    if getattr(args, "init_weights", None):
+        from .conditions import init_from
+
+        init_from(model, args.init_weights)
+    return model
 
 
 def initialize_model(args, dataset, device):
@@ -95,7 +108,7 @@ def initialize_model(args, dataset, device):
     from .objective import initialize_actnorm
 
     set_seed(args.seed)
-    model = build_model(args, dataset.channels).to(device)
+    model = build_model(args, dataset.channels, getattr(dataset, "model_config", None)).to(device)
     model.train()
     if any(p.dtype != torch.float32 for p in model.parameters()):
         model.to(torch.float32)
@@ -112,13 +125,14 @@ def make_loader(args, dataset, pin_memory: bool = False):
     per-process ``DataLoader`` of ``--train_batch_size`` (incomplete batches dropped)."""
     from torch.utils.data import DataLoader
 
+    from .conditions import stack_conditioned
     from .data import EpochShuffleSampler, stack_images
     from .distill import stack_pairs
 
     sampler = EpochShuffleSampler(len(dataset), seed=args.seed)
     loader = DataLoader(
         dataset, batch_size=args.train_batch_size, sampler=sampler, drop_last=True,
-        collate_fn=stack_pairs if args.teacher_pairs else stack_images,
+        collate_fn=stack_pairs if args.teacher_pairs else stack_conditioned if args.conditioning else stack_images,
         num_workers=args.dataloader_num_workers, pin_memory=pin_memory,
     )
     return sampler, loader

@@ -45,6 +45,9 @@ What it does
   kind of device), so on CPU a resumed run ends with the same weights as an uninterrupted one. The noise of a step is drawn for the whole global batch and sliced per process and
   micro-batch, so P processes × A accumulation steps × batch B train like one process with batch
   P·A·B (up to floating-point summation order).
+* ``--conditioning class|text`` trains a conditional core ``A(t, c)`` (labels, class sub-folders, or the captions
+  of ``metadata.jsonl`` with ``--text_encoder``) with ``--condition_dropout`` for classifier-free guidance
+  (:mod:`.conditions`).
 * Every ``--sample_steps`` steps a grid of one-step samples goes to ``OUTPUT/samples/`` (and to
   TensorBoard with ``--report_to tensorboard``).
 * At the end, ``LinearizerPipeline(linearizer=<EMA model>, scheduler=LinearizerScheduler())`` is saved

@@ -105,6 +105,13 @@ class Trainer:
         args = self.args
         dataset = self.load_dataset()
         self.uses_likelihood = "likelihood" in parse_objective(args.objective)
+        self.text = None  # (tokenizer, frozen text encoder) with --conditioning text
+        if args.conditioning == "text":
+            from .conditions import load_text_encoder, pooled_dim
+
+            tokenizer, encoder = load_text_encoder(args.text_encoder)
+            self.text = (tokenizer, encoder.to(self.device))
+            dataset.model_config["condition_dim"] = pooled_dim(encoder)
         if self.main_process:
             os.makedirs(self.ckpt_root, exist_ok=True)
             remove_stale(self.ckpt_root)
@@ -209,7 +216,17 @@ class Trainer:
         inputs.append(torch.rand(n_step, generator=gen, device=gen.device) < 0.5)
         if self.uses_likelihood:
             inputs.append(torch.rand((n_step, *self.shape), generator=gen, device=gen.device))
+        if self.args.conditioning:  # condition dropout
+            inputs.append(torch.rand(n_step, generator=gen, device=gen.device) < self.args.condition_dropout)
         return inputs
+
+    def conditions(self, conds, drop):
+        """Condition dropout on a micro-batch's class ids or captions, then ids (on the device) or pooled
+        caption embeddings."""
+        from .conditions import drop_conditions, encode_captions
+
+        conds = drop_conditions(conds, drop, self.model.config.num_classes)
+        return conds.to(self.device) if self.text is None else encode_captions(*self.text, conds, self.device)
 
     def train_micro_batch(self, images) -> bool:
         """Forward and backward on one micro-batch (images, or teacher pairs whose noise replaces the drawn
@@ -221,8 +238,12 @@ class Trainer:
             self.step_inputs = self.draw_step_inputs(self.global_step)
         first = (micro_in_step * self.num_processes + self.rank) * args.train_batch_size
         noise, t, eps_y, eps_x, flip, *rest = (v[first:first + args.train_batch_size] for v in self.step_inputs)
-        uniform = rest[0].to(self.device, non_blocking=True) if rest else None
-        if isinstance(images, (tuple, list)):  # teacher pairs: the pair's noise replaces the drawn one
+        uniform = rest[0].to(self.device, non_blocking=True) if self.uses_likelihood else None
+        condition = None
+        if args.conditioning:  # (images, ids or captions)
+            images, condition = images
+            condition = self.conditions(condition, rest[-1])
+        elif isinstance(images, (tuple, list)):  # teacher pairs: the pair's noise replaces the drawn one
             images, noise = images
         if args.random_flip:
             images = torch.where(flip.view(-1, 1, 1, 1).to(images.device), images.flip(-1), images)
@@ -232,7 +253,7 @@ class Trainer:
         # round-robin assignment of decode terms continues across batches, processes and steps)
         offset = self.global_step * accumulation * self.global_batch + first
         with accelerator.accumulate(self.objective):
-            out = self.objective(images, noise, t, eps_y, eps_x, offset=offset, uniform=uniform)
+            out = self.objective(images, noise, t, eps_y, eps_x, offset=offset, uniform=uniform, condition=condition)
             accelerator.backward(out["loss"])
             if accelerator.sync_gradients and args.max_grad_norm > 0:
                 accelerator.clip_grad_norm_(self.objective.parameters(), args.max_grad_norm)
@@ -366,7 +387,7 @@ class Trainer:
         if self.main_process:
             try:
                 images = generate_samples(self.sampling_model(), self.args.num_samples, self.args.sample_inference_steps,
-                                          self.args.solver, self.args.seed)
+                                          self.args.solver, self.args.seed, **self.sample_condition())
             except Exception as err:  # sampling must never stop training
                 if not self.sample_warned:
                     self.say(f"WARNING: could not generate samples ({type(err).__name__}: {err}); continuing without.")
@@ -377,6 +398,17 @@ class Trainer:
                     if tracker.name == "tensorboard":
                         tracker.writer.add_image("samples", grid, step)
         self.accelerator.wait_for_everyone()
+
+    def sample_condition(self) -> Dict[str, Any]:
+        """What sample grids are conditioned on: class models cycle through their classes by themselves; text
+        models take the first captions of the data, unguided."""
+        if self.args.conditioning != "text":
+            return {}
+        from .conditions import encode_captions
+
+        n = self.args.num_samples
+        captions = [self.dataset[i][1] for i in range(min(n, len(self.dataset)))]
+        return dict(prompt_embeds=encode_captions(*self.text, (captions * n)[:n], self.device), guidance_scale=1.0)
 
     def save_final(self, elapsed: Optional[float] = None) -> None:
         """The end of a run: a checkpoint of the final state (a finished run can be extended), the last
@@ -397,7 +429,7 @@ class Trainer:
                 "final_loss": self.last_logs.get("loss"), "mixed_precision": self.accelerator.mixed_precision,
                 "num_processes": self.num_processes, "device": str(self.device), "train_seconds_this_run": round(elapsed, 1),
             }
-            save_final(final_model, self.output_dir, args.solver, metrics, self.say)
+            save_final(final_model, self.output_dir, args.solver, metrics, self.say, self.text)
             self.say(f"Saved the {'EMA' if self.ema is not None else 'trained'} pipeline to {self.output_dir} after "
                      f"{step} steps ({self.steps_this_run} in this run, {elapsed:.1f} s).")
 

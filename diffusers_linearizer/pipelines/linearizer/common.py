@@ -8,6 +8,7 @@ from diffusers.utils import logging
 
 from ...images import OUTPUT_TYPES
 from ...models import LinearizerModel
+from .conditioning import ConditionalPipelineMixin
 from .loading import LinearizerLoadingMixin
 
 logger = logging.get_logger(__name__)
@@ -25,7 +26,7 @@ def check_output_type(output_type, allowed: Sequence[str] = OUTPUT_TYPES) -> str
     return output_type
 
 
-class LinearizerPipelineMixin(LinearizerLoadingMixin):
+class LinearizerPipelineMixin(ConditionalPipelineMixin, LinearizerLoadingMixin):
     """Machinery shared by :class:`LinearizerPipeline` and :class:`LinearizerInversionPipeline`.
 
     Not a ``DiffusionPipeline`` itself (so that diffusers finds exactly one pipeline class in a module);
@@ -68,19 +69,27 @@ class LinearizerPipelineMixin(LinearizerLoadingMixin):
     def _collapse_dtype(self) -> torch.dtype:
         return torch.float32 if self.linearizer.device.type == "mps" else torch.float64
 
-    def collapsed_operator(self, num_inference_steps: int = 100, solver: Optional[str] = None):
+    def collapsed_operator(self, num_inference_steps: int = 100, solver: Optional[str] = None, core=None):
         """The operator ``B`` of a whole sampler run of ``num_inference_steps`` grid points.
 
         Accumulated in float64 (float32 on MPS) whatever the model's dtype, and cached by the scheduler
         (thread-safe), so every pipeline built on the same scheduler shares it. A collapse that really
-        runs (not a cache hit) shows a progress bar, one tick per solver step.
+        runs (not a cache hit) shows a progress bar, one tick per solver step. ``core``: a view of the
+        model's core to collapse instead (a guided conditional core, ``guided_view``), ``B(c, w)``.
         """
         T, solver = self.check_run(num_inference_steps, solver)
-        return self.scheduler.collapse(self.linearizer.core, T, solver=solver, dtype=self._collapse_dtype(),
-                                       progress_bar=self.progress_bar)
+        return self.scheduler.collapse(self.linearizer.core if core is None else core, T, solver=solver,
+                                       dtype=self._collapse_dtype(), progress_bar=self.progress_bar)
 
-    def pseudo_inverse(self, num_inference_steps: int = 100, solver: Optional[str] = None, rcond: Optional[float] = None):
+    def pseudo_inverse(self, num_inference_steps: int = 100, solver: Optional[str] = None, rcond: Optional[float] = None,
+                       core=None):
         """``B†``, the Moore–Penrose pseudo-inverse of :meth:`collapsed_operator` (cached with ``B`` by the scheduler)."""
         T, solver = self.check_run(num_inference_steps, solver)
-        return self.scheduler.pseudo_inverse(self.linearizer.core, T, solver=solver, dtype=self._collapse_dtype(),
-                                             rcond=rcond, progress_bar=self.progress_bar)
+        return self.scheduler.pseudo_inverse(self.linearizer.core if core is None else core, T, solver=solver,
+                                             dtype=self._collapse_dtype(), rcond=rcond, progress_bar=self.progress_bar)
+
+    def _operator_for(self, condition, negative, w: float, num_inference_steps: int, solver, blend=None):
+        """``B`` (unconditional, ``condition`` None and no blend) or ``B(c, w)``."""
+        if condition is None and blend is None:
+            return self.collapsed_operator(num_inference_steps, solver)
+        return self.collapsed_operator(num_inference_steps, solver, core=self.guided_view(condition, negative, w, blend))

@@ -135,7 +135,8 @@ class LinearizerLoadingMixin:
             raise ValueError("Linearizer pipelines load weights from safetensors only; drop use_safetensors=False.")
         kwargs["use_safetensors"] = True
         needed = [name for name in cls._component_names if name not in kwargs]
-        folder = resolve_folder(path, needed, {k: kwargs[k] for k in _DOWNLOAD_KWARGS if k in kwargs}, cls.config_name)
+        wanted = needed + [n for n in getattr(cls, "_optional_components", ()) if n not in kwargs]  # text encoder
+        folder = resolve_folder(path, wanted, {k: kwargs[k] for k in _DOWNLOAD_KWARGS if k in kwargs}, cls.config_name)
         check_layout(folder, needed, path, cls.config_name)
         pipe = DiffusionPipeline.from_pretrained.__func__(cls, folder, **kwargs)
         pipe.register_to_config(_name_or_path=path)

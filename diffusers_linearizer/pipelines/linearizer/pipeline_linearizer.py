@@ -1,4 +1,5 @@
-"""``LinearizerPipeline``: one-step (or stepped) unconditional image generation with a Linearizer.
+"""``LinearizerPipeline``: one-step (or stepped) image generation with a Linearizer, unconditional or
+class / text conditioned with classifier-free guidance (:mod:`.conditioning`).
 
 For flow matching every sampler step of the Linearizer's latent ODE is a linear map, so the whole run
 collapses into one structured operator ``B`` (``LinearizerScheduler.collapse``) and generation is
@@ -6,6 +7,7 @@ collapses into one structured operator ``B`` (``LinearizerScheduler.collapse``) 
     ε ~ N(0, I)  →  z₀ = g_y(τ·ε)  →  z = B z₀  →  x = g_x⁻¹(z)
 
 one network pass each way and one low-rank product (``τ``: the sampling temperature, 1 by default).
+A conditional model replaces ``B`` by the guided ``B(c, w)`` of each image's condition.
 ``one_step=False`` runs the same solver step by step (``A_t z`` evaluated by
 ``LinearizerModel.apply_core`` at every stage) and gives the same image up to round-off.
 
@@ -23,7 +25,7 @@ from diffusers import DiffusionPipeline, ImagePipelineOutput
 from diffusers.utils import logging
 from diffusers.utils.torch_utils import randn_tensor
 
-from ...images import postprocess_images
+from ...images import postprocess_images, psnr  # noqa: F401  (psnr: benchmarks/quality.py imports it from here)
 from ...models import LinearizerModel
 from ...schedulers import LinearizerScheduler
 from .common import LinearizerPipelineMixin, apply_operator, check_output_type
@@ -33,11 +35,14 @@ logger = logging.get_logger(__name__)
 
 
 class LinearizerPipeline(FastSamplingMixin, LinearizerPipelineMixin, DiffusionPipeline):
-    r"""Unconditional image generation with a Linearizer: ``x = g_x⁻¹(B g_y(τ·ε))``.
+    r"""Image generation with a Linearizer: ``x = g_x⁻¹(B g_y(τ·ε))``, or ``B(c, w)`` for a conditional model.
 
     Args:
-        linearizer ([`LinearizerModel`]): ``g_x``, ``g_y`` and the linear core ``A_t``.
+        linearizer ([`LinearizerModel`]): ``g_x``, ``g_y`` and the linear core ``A_t`` (or ``A(t, c)``).
         scheduler ([`LinearizerScheduler`]): the flow-matching sampler and its exact collapse into ``B``.
+        text_encoder (optional, a ``transformers`` text model such as ``CLIPTextModel``) and tokenizer
+            (optional): encode ``prompt`` for a text-conditioned model; saved and loaded like Stable
+            Diffusion's components.
 
     Both pipelines (this one and :class:`LinearizerInversionPipeline`) built on the same scheduler share
     its collapse cache, e.g. ``LinearizerInversionPipeline(**pipe.components)``. A pipeline object may be
@@ -49,12 +54,15 @@ class LinearizerPipeline(FastSamplingMixin, LinearizerPipelineMixin, DiffusionPi
     (:mod:`.fast_sampling`).
     """
 
-    model_cpu_offload_seq = "linearizer"
+    model_cpu_offload_seq = "text_encoder->linearizer"
+    _optional_components = ["text_encoder", "tokenizer"]
     _callback_tensor_inputs = ["latents", "noise"]
 
-    def __init__(self, linearizer: LinearizerModel, scheduler: LinearizerScheduler):
+    def __init__(self, linearizer: LinearizerModel, scheduler: LinearizerScheduler, text_encoder=None, tokenizer=None):
         super().__init__()
-        self.register_modules(linearizer=linearizer, scheduler=scheduler)
+        self.register_modules(linearizer=linearizer, scheduler=scheduler, text_encoder=text_encoder, tokenizer=tokenizer)
+        if type(self).__call__ is LinearizerPipeline.__call__:  # a subclass's own __call__ keeps its signature
+            self._expose_call_signature()
 
     @property
     def num_timesteps(self) -> int:
@@ -153,10 +161,12 @@ class LinearizerPipeline(FastSamplingMixin, LinearizerPipelineMixin, DiffusionPi
     def integrate(self, latents: torch.Tensor, num_inference_steps: int, solver: Optional[str] = None,
                   callback_on_step_end: Optional[Callable] = None,
                   callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
-                  noise: Optional[torch.Tensor] = None) -> torch.Tensor:
+                  noise: Optional[torch.Tensor] = None, conditions=None, guidance: float = 0.0) -> torch.Tensor:
         """Run the solver step by step on latents ``z₀ = g_y(noise)``; returns the latents ``z`` at the end.
 
-        A private copy of the scheduler holds the stepping state (calls may run in parallel).
+        A private copy of the scheduler holds the stepping state (calls may run in parallel). ``conditions``
+        (from :meth:`prepare_conditions`) and ``guidance`` ``w``: the guided prediction of every image, two core
+        evaluations per stage when ``w ≠ 0``.
         """
         config = dict(self.scheduler.config)
         if solver is not None:
@@ -168,11 +178,19 @@ class LinearizerPipeline(FastSamplingMixin, LinearizerPipelineMixin, DiffusionPi
         with self.progress_bar(total=len(timesteps)) as progress_bar:
             for i, ts in enumerate(timesteps):
                 t = float(scheduler.t_of(ts))
-                prediction = self.linearizer.apply_core(latents, t)  # A_t z, the clean-latent prediction
+                prediction = self.guided_prediction(latents, t, conditions, guidance)  # the clean-latent prediction
                 latents = scheduler.step(prediction, ts, latents, return_dict=False)[0]
                 latents = self._callback(callback_on_step_end, i, ts, callback_on_step_end_tensor_inputs, latents, noise)
                 progress_bar.update()
         return latents
+
+    def apply_collapsed(self, z: torch.Tensor, conditions, w: float, num_inference_steps: int, solver) -> torch.Tensor:
+        """``B z`` (or ``B(c, w) z`` per group of images sharing a condition) on image-shaped latents."""
+        out = torch.empty_like(z)
+        for cond, neg, idx in self.condition_groups(conditions, z.shape[0]):
+            index = torch.tensor(idx, device=z.device)
+            out[index] = apply_operator(self._operator_for(cond, neg, w, num_inference_steps, solver), z[index])
+        return out
 
     @torch.no_grad()
     def __call__(
@@ -189,10 +207,21 @@ class LinearizerPipeline(FastSamplingMixin, LinearizerPipelineMixin, DiffusionPi
         callback_on_step_end: Optional[Callable] = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
         clamp: bool = True,
+        class_labels=None,
+        prompt=None,
+        guidance_scale: Optional[float] = None,
+        negative_class_labels=None,
+        negative_prompt=None,
+        prompt_embeds: Optional[torch.Tensor] = None,
+        negative_prompt_embeds: Optional[torch.Tensor] = None,
     ) -> Union[ImagePipelineOutput, Tuple]:
         r"""Generate images.
 
         Args:
+            class_labels: class-conditioned models only: a class id or name, or one per image (a list or an
+                integer tensor; names as in ``id2label``, see :meth:`get_label_ids`); by default the classes in
+                turn, ``i mod num_classes``. One call may mix classes: each class gets its own cached ``B(c, w)``.
+            prompt: text-conditioned models only: a string, or one per image.
             batch_size: number of images; by default ``latents.shape[0]``, else the length of a list of
                 generators, else 1.
             num_inference_steps: grid points ``T`` of the sampler (``T − 1`` solver steps), ≥ 2. With
@@ -217,26 +246,48 @@ class LinearizerPipeline(FastSamplingMixin, LinearizerPipelineMixin, DiffusionPi
                 (``"latents"``, ``"noise"``).
             clamp: clamp ``"pt"``/``"np"`` images to the data range ``[0, 1]`` (``False`` returns the raw
                 ``g_x⁻¹`` output, e.g. to invert it exactly); PIL images are always clamped.
+            guidance_scale: classifier-free guidance ``s`` of conditional models, diffusers' convention: the
+                prediction is ``(1 + w)·A(t, c) z − w·A(t, c⁻) z`` with ``w = s − 1``, on for ``s > 1`` (``0`` or
+                ``1``: off). Default (``None``): ``DEFAULT_GUIDANCE_SCALE`` = 4.0 for conditional models. The
+                guided run still collapses into one operator of the same rank: guidance costs nothing per image.
+            negative_class_labels: the class(es) ``c⁻`` to steer away from (default the learned null class ∅);
+                needs guidance.
+            negative_prompt: text ``c⁻`` (default the empty prompt); needs guidance.
+            prompt_embeds / negative_prompt_embeds: pooled text embeddings ``(N, condition_dim)`` instead of
+                ``prompt`` / ``negative_prompt`` (see :meth:`encode_prompt`).
         """
         from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+        cond_args = dict(class_labels=class_labels, negative_class_labels=negative_class_labels, prompt=prompt,
+                         negative_prompt=negative_prompt, prompt_embeds=prompt_embeds,
+                         negative_prompt_embeds=negative_prompt_embeds)
+        self._check_components()
+        w = self.resolve_guidance(guidance_scale)
+        self._check_condition_args(cond_args, w)
+        if batch_size is None and latents is None and not isinstance(generator, list):
+            batch_size = self.condition_batch_size(cond_args)
         batch_size, T, solver, temperature = self.check_inputs(
             batch_size, num_inference_steps, solver, output_type, generator, latents, callback_on_step_end,
             callback_on_step_end_tensor_inputs, temperature)
+        device = self._execution_device
+        if self.conditioning == "class":  # ids are checked here; text is encoded after onloading
+            conditions = self.prepare_conditions(cond_args, batch_size, w, device)
 
         self._onload()
-        device = self._execution_device
+        if self.conditioning != "class":
+            conditions = self.prepare_conditions(cond_args, batch_size, w, device)
         noise = self.prepare_noise(batch_size, generator, latents, device=device, temperature=temperature)
         z = self.run_g(noise, "y")
         if one_step:
-            z = apply_operator(self.collapsed_operator(T, solver), z)
+            z = self.apply_collapsed(z, conditions, w, T, solver)
             self._num_timesteps = 1
             first = self.scheduler.timestep_of(0.0)
             z = self._callback(callback_on_step_end, 0, first, callback_on_step_end_tensor_inputs, z, noise)
         else:
-            z = self.integrate(z, T, solver, callback_on_step_end, callback_on_step_end_tensor_inputs, noise=noise)
+            z = self.integrate(z, T, solver, callback_on_step_end, callback_on_step_end_tensor_inputs, noise=noise,
+                               conditions=conditions, guidance=w)
         if output_type == "latent":
             images = z
         else:

@@ -8,6 +8,11 @@ algebraic inverse through the Moore–Penrose pseudo-inverse ``B†`` (float64, 
 When ``B`` has full rank (``c·I + low rank`` with ``c ≠ 0`` is generic) ``B B† = I`` and the
 reconstruction is exact up to round-off; the PSNR and relative error returned measure it.
 
+A conditional model inverts through the guided ``B(c, w)†`` of each image's condition (the same arguments
+as :class:`LinearizerPipeline`), and :meth:`~LinearizerInversionPipeline.interpolate` can move between two
+conditions: frame ``λ`` uses the core ``(1 − λ)·A(t, c_a) + λ·A(t, c_b)`` (guided like any core), which
+still collapses into one operator.
+
 Every result is returned; nothing is stored on the pipeline or the scheduler, so one object can serve
 several threads.
 """
@@ -61,11 +66,12 @@ class LinearizerInversionPipeline(LinearizerPipelineMixin, DiffusionPipeline):
     noise whose one-step generation is closest to the image within the model's reach.
     """
 
-    model_cpu_offload_seq = "linearizer"
+    model_cpu_offload_seq = "text_encoder->linearizer"
+    _optional_components = ["text_encoder", "tokenizer"]
 
-    def __init__(self, linearizer: LinearizerModel, scheduler: LinearizerScheduler):
+    def __init__(self, linearizer: LinearizerModel, scheduler: LinearizerScheduler, text_encoder=None, tokenizer=None):
         super().__init__()
-        self.register_modules(linearizer=linearizer, scheduler=scheduler)
+        self.register_modules(linearizer=linearizer, scheduler=scheduler, text_encoder=text_encoder, tokenizer=tokenizer)
 
     def _prepare(self, image, name: str, num_inference_steps, solver, output_type, check_range=True):
         """Check everything before any work; return the images as a tensor on the execution device."""
@@ -75,15 +81,28 @@ class LinearizerInversionPipeline(LinearizerPipelineMixin, DiffusionPipeline):
         self._onload()
         return x.to(device=self._execution_device, dtype=self.linearizer.dtype)
 
-    def _invert(self, x: torch.Tensor, num_inference_steps: int, solver: Optional[str], rcond: Optional[float]):
-        """``(noise, z₀, z₁, x_rec)`` for images ``x`` already on the device in the model's dtype."""
-        B = self.collapsed_operator(num_inference_steps, solver)
-        B_pinv = self.pseudo_inverse(num_inference_steps, solver, rcond)
+    def _conditions(self, cond_args, guidance_scale, n: int):
+        """``(conditions, w)`` for ``n`` images after the checks of :class:`LinearizerPipeline`."""
+        self._check_components()
+        w = self.resolve_guidance(guidance_scale)
+        self._check_condition_args(cond_args, w)
+        return self.prepare_conditions(cond_args, n, w), w
+
+    def _invert(self, x: torch.Tensor, num_inference_steps: int, solver: Optional[str], rcond: Optional[float],
+                conditions=None, w: float = 0.0):
+        """``(noise, z₀, z₁, x_rec)`` for images ``x`` already on the device in the model's dtype; each group of
+        images sharing a condition through its own ``B(c, w)†``."""
         z1 = self.linearizer.encode(x, "x")
-        z0_exact = B_pinv.apply(z1.flatten(1).to(device=B_pinv.device, dtype=B_pinv.dtype))
-        z0 = z0_exact.to(device=z1.device, dtype=z1.dtype).view_as(z1)
+        z0, z1_rec = torch.empty_like(z1), torch.empty_like(z1)
+        for cond, neg, idx in self.condition_groups(conditions, x.shape[0]):
+            view = None if cond is None else self.guided_view(cond, neg, w)
+            B = self.collapsed_operator(num_inference_steps, solver, core=view)
+            B_pinv = self.pseudo_inverse(num_inference_steps, solver, rcond, core=view)
+            index = torch.tensor(idx, device=z1.device)
+            z0_exact = B_pinv.apply(z1[index].flatten(1).to(device=B_pinv.device, dtype=B_pinv.dtype))
+            z0[index] = z0_exact.to(device=z1.device, dtype=z1.dtype).view_as(z1[index])
+            z1_rec[index] = B.apply(z0_exact.to(B.dtype)).to(device=z1.device, dtype=z1.dtype).view_as(z1[index])
         noise = self.linearizer.decode(z0, "y")
-        z1_rec = B.apply(z0_exact.to(B.dtype)).to(device=z1.device, dtype=z1.dtype).view_as(z1)
         x_rec = self.linearizer.decode(z1_rec, "x")
         return noise, z0, z1, x_rec
 
@@ -98,6 +117,13 @@ class LinearizerInversionPipeline(LinearizerPipelineMixin, DiffusionPipeline):
         return_dict: bool = True,
         clamp: bool = True,
         check_range: bool = True,
+        class_labels=None,
+        prompt=None,
+        guidance_scale: Optional[float] = None,
+        negative_class_labels=None,
+        negative_prompt=None,
+        prompt_embeds: Optional[torch.Tensor] = None,
+        negative_prompt_embeds: Optional[torch.Tensor] = None,
     ) -> Union[LinearizerInversionPipelineOutput, Tuple]:
         r"""Invert images to the noise that generates them.
 
@@ -114,13 +140,20 @@ class LinearizerInversionPipeline(LinearizerPipelineMixin, DiffusionPipeline):
             check_range: refuse float images with values far outside ``[0, 1]`` (more than 0.5 below or
                 above: images in ``[0, 255]`` or ``[-1, 1]``, whose "noise" would be meaningless). Pass
                 ``False`` to invert such values on purpose, e.g. the unclamped output of an untrained model.
+            class_labels, prompt, guidance_scale, negative_class_labels, negative_prompt, prompt_embeds,
+                negative_prompt_embeds: the condition the images were generated with (as in
+                :class:`LinearizerPipeline`); each image is inverted through its exact ``B(c, w)†``.
 
         Returns:
             :class:`LinearizerInversionPipelineOutput` (``noise``, ``latents``, ``image_latents``,
             ``reconstruction``, ``psnr``, ``relative_error``), or that tuple in that order.
         """
+        cond_args = dict(class_labels=class_labels, negative_class_labels=negative_class_labels, prompt=prompt,
+                         negative_prompt=negative_prompt, prompt_embeds=prompt_embeds,
+                         negative_prompt_embeds=negative_prompt_embeds)
         x = self._prepare(image, "image", num_inference_steps, solver, output_type, check_range)
-        noise, z0, z1, x_rec = self._invert(x, num_inference_steps, solver, rcond)
+        conditions, w = self._conditions(cond_args, guidance_scale, x.shape[0])
+        noise, z0, z1, x_rec = self._invert(x, num_inference_steps, solver, rcond, conditions, w)
         err = (x_rec.double() - x.double()).flatten(1).norm(dim=1)
         rel = err / x.double().flatten(1).norm(dim=1).clamp_min(torch.finfo(torch.float64).tiny)
         quality = psnr(x_rec, x)
@@ -143,6 +176,8 @@ class LinearizerInversionPipeline(LinearizerPipelineMixin, DiffusionPipeline):
         rcond: Optional[float] = None,
         output_type: str = "pil",
         return_dict: bool = True,
+        class_labels=None,
+        guidance_scale: Optional[float] = None,
     ) -> Union[LinearizerInterpolationOutput, Tuple]:
         r"""Frames between two images: invert both, interpolate their noise, generate each frame in one step.
 
@@ -150,6 +185,10 @@ class LinearizerInversionPipeline(LinearizerPipelineMixin, DiffusionPipeline):
         keeps intermediate noise Gaussian-like; ``"linear"``: straight line), then every frame is
         ``g_x⁻¹(B g_y(noise_w))``. The first and last frames are the reconstructions of ``image_a`` and
         ``image_b``.
+
+        Class-conditioned models: ``class_labels`` is one class for both ends or ``[class_a, class_b]``; each
+        end is inverted under its class, and frame ``λ`` is generated with the interpolated core
+        ``(1 − λ)·A(t, c_a) + λ·A(t, c_b)``, guided by ``guidance_scale`` (its own collapsed operator per frame).
 
         Returns:
             :class:`LinearizerInterpolationOutput` with ``frames``, ``noise`` ``(F, C, H, W)``, ``weights``
@@ -166,7 +205,8 @@ class LinearizerInversionPipeline(LinearizerPipelineMixin, DiffusionPipeline):
                 f"interpolate takes one image for each end, got {xa.shape[0]} and {xb.shape[0]} images."
             )
         x = torch.cat([xa, xb])
-        noise, _, _, x_rec = self._invert(x, num_inference_steps, solver, rcond)
+        conditions, w = self._conditions(dict(class_labels=class_labels), guidance_scale, 2)
+        noise, _, _, x_rec = self._invert(x, num_inference_steps, solver, rcond, conditions, w)
         weights = torch.linspace(0.0, 1.0, num_frames, dtype=torch.float64)
         a, b = noise[0].flatten(), noise[1].flatten()
         if mode == "slerp":
@@ -175,7 +215,13 @@ class LinearizerInversionPipeline(LinearizerPipelineMixin, DiffusionPipeline):
             w = weights.to(device=a.device, dtype=torch.float64)[:, None]
             path = ((1 - w) * a.double() + w * b.double()).to(a.dtype)
         frame_noise = path.view(num_frames, *self.linearizer.sample_shape)
-        z = apply_operator(self.collapsed_operator(num_inference_steps, solver), self.linearizer.encode(frame_noise, "y"))
+        z = self.linearizer.encode(frame_noise, "y")
+        if conditions is None:
+            z = apply_operator(self.collapsed_operator(num_inference_steps, solver), z)
+        else:
+            (ca, cb), neg = conditions[0], conditions[1][0]
+            z = torch.cat([apply_operator(self._operator_for(None, neg, w, num_inference_steps, solver, blend=[
+                (1.0 - float(lam), ca), (float(lam), cb)]), z[i:i + 1]) for i, lam in enumerate(weights)])
         frames = postprocess_images(self.linearizer.decode(z, "x"), output_type)
         self.maybe_free_model_hooks()
         out = (frames, frame_noise, weights, psnr(x_rec, x).cpu())

@@ -1,0 +1,177 @@
+"""Classifier-free guidance that still collapses: exactness, cost and control → ``docs/guidance.md``.
+
+Measured on the packaged class-conditional Fashion-MNIST pipeline (``PACKAGED_MODELS["fashion-mnist-classes"]``):
+
+* **exactness** — the guided one-step image ``g_x⁻¹(B(c, w) g_y(ε))`` against the same guided sampler run step by
+  step (``one_step=False``: ``(1 + w)·A(t, c) z − w·A(t, ∅) z`` evaluated at every stage), PSNR in dB, for
+  euler / heun / rk4, in float32 and float64;
+* **cost** — seconds per batch of 64 for unguided and guided one-step generation (the collapse is cached, as in
+  use), and for the stepped sampler without and with guidance (two core evaluations per stage);
+* **control** — the project's Fashion-MNIST classifier (``benchmarks/fmnist_classifier.py``) on samples of every
+  requested class: accuracy, and the Fréchet distance of its features to the test set (the protocol of
+  ``benchmarks/quality.py``: 5,000 samples), as curves over ``w``; the unconditional default beside;
+* **pictures** — one row per class, the same noise in every column, one column per ``w``.
+
+    python benchmarks/guidance.py               # about 10 minutes on one CPU core
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from typing import Dict, List, Optional
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+if HERE not in sys.path:
+    sys.path.insert(0, HERE)
+
+from diffusers_linearizer import PACKAGED_MODELS, LinearizerPipeline  # noqa: E402
+from diffusers_linearizer.image_grid import make_grid  # noqa: E402
+from diffusers_linearizer.images import psnr  # noqa: E402
+from fmnist_classifier import accuracy, extract_features, frechet_distance, gaussian_stats, load_classifier, load_split  # noqa: E402
+
+DOCS = os.path.join(REPO, "docs")
+T = 100
+WS = (0.0, 0.5, 1.0, 2.0, 3.0, 5.0)
+
+
+def hardware() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu}, {os.cpu_count()} logical CPUs (1 thread used), torch {torch.__version__}"
+
+
+def load(name: str, dtype=torch.float32) -> LinearizerPipeline:
+    pipe = LinearizerPipeline.from_pretrained(PACKAGED_MODELS[name], dtype=dtype)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def noise(n: int, seed: int, dtype=torch.float32) -> torch.Tensor:
+    return torch.randn((n, 1, 32, 32), generator=torch.Generator().manual_seed(seed)).to(dtype)
+
+
+@torch.no_grad()
+def exactness(n: int) -> List[Dict]:
+    rows = []
+    for dtype in (torch.float32, torch.float64):
+        pipe = load("fashion-mnist-classes", dtype)
+        eps, labels = noise(n, 11, dtype), [i % 10 for i in range(n)]
+        for solver in ("euler", "heun", "rk4"):
+            kw = dict(latents=eps, class_labels=labels, guidance_scale=3.0, num_inference_steps=T, solver=solver,
+                      output_type="pt", clamp=False)
+            one, stepped = pipe(**kw).images, pipe(one_step=False, **kw).images
+            p = psnr(one, stepped)
+            rows.append({"dtype": str(dtype).replace("torch.", ""), "solver": solver, "min_db": float(p.min()),
+                         "median_db": float(p.median())})
+    return rows
+
+
+def _seconds(fn, repeats: int) -> float:
+    fn()  # warm: the collapse is computed (and cached) here
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+@torch.no_grad()
+def cost(batch: int = 64, repeats: int = 5) -> Dict:
+    pipe = load("fashion-mnist-classes")
+    eps, labels = noise(batch, 12), [3] * batch
+    kw = dict(latents=eps, class_labels=labels, num_inference_steps=T, output_type="pt")
+    out = {
+        "one_step_unguided": _seconds(lambda: pipe(guidance_scale=1.0, **kw), repeats),
+        "one_step_guided": _seconds(lambda: pipe(guidance_scale=3.0, **kw), repeats),
+        "one_step_guided_10_classes": _seconds(
+            lambda: pipe(**dict(kw, class_labels=[i % 10 for i in range(batch)]), guidance_scale=3.0), repeats),
+        "stepped_unguided": _seconds(lambda: pipe(guidance_scale=1.0, one_step=False, **kw), 1),
+        "stepped_guided": _seconds(lambda: pipe(guidance_scale=3.0, one_step=False, **kw), 1),
+    }
+    out["ratio_one_step"] = out["one_step_guided"] / out["one_step_unguided"]
+    out["ratio_stepped"] = out["stepped_guided"] / out["stepped_unguided"]
+    B, info = pipe.scheduler.collapse(pipe.linearizer.guided_core(3, None, 2.0), T, return_info=True)
+    B0 = pipe.scheduler.collapse(pipe.linearizer.guided_core(3, None, 0.0), T)
+    out.update(rank_guided=B.rank, rank_unguided=B0.rank, collapse_seconds=info.seconds)
+    return out
+
+
+@torch.no_grad()
+def control(per_class: int, classifier, ref) -> Dict:
+    pipe = load("fashion-mnist-classes")
+    n = 10 * per_class
+    eps, labels = noise(n, 13), torch.arange(n) % 10
+    curve = []
+    for w in WS:
+        images = torch.cat([pipe(latents=e, class_labels=lab.tolist(), guidance_scale=1.0 + w, num_inference_steps=T,
+                                 output_type="pt").images for e, lab in zip(eps.split(500), labels.split(500))])
+        feats = extract_features(classifier, images)
+        per = [accuracy(classifier, images[labels == k], labels[labels == k]) for k in range(10)]
+        curve.append({"w": w, "guidance_scale": 1.0 + w, "accuracy": accuracy(classifier, images, labels),
+                      "accuracy_per_class": per, "fd": frechet_distance(*gaussian_stats(feats), *ref)})
+    default = load("fashion-mnist")
+    images = torch.cat([default(latents=e, num_inference_steps=T, output_type="pt").images for e in eps.split(500)])
+    logits = torch.cat([classifier(b) for b in images.split(1000)])
+    share = torch.bincount(logits.argmax(1), minlength=10).double() / n
+    return {"curve": curve, "names": [pipe.id2label[k] for k in range(10)], "samples": n,
+            "unconditional_fd": frechet_distance(*gaussian_stats(extract_features(classifier, images)), *ref),
+            "unconditional_class_shares": share.tolist()}
+
+
+@torch.no_grad()
+def pictures(path: str, columns_w=WS) -> None:
+    pipe = load("fashion-mnist-classes")
+    eps = noise(10, 14)
+    rows = []
+    for k in range(10):
+        e = eps[k:k + 1].repeat(len(columns_w), 1, 1, 1)  # the same noise in every column of the row
+        rows.append(torch.cat([pipe(latents=e[i:i + 1], class_labels=k, guidance_scale=1.0 + w, num_inference_steps=T,
+                                    output_type="pt").images for i, w in enumerate(columns_w)]))
+    make_grid(torch.cat(rows), nrow=len(columns_w)).resize((len(columns_w) * 34 * 3, 10 * 34 * 3), 0).save(path)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--per-class", type=int, default=500, help="Samples per class and w. Default: 500.")
+    parser.add_argument("--exactness-images", type=int, default=16)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    classifier = load_classifier()
+    test, _ = load_split("test")
+    ref = gaussian_stats(extract_features(classifier, test))
+    result = {"date": datetime.date.today().isoformat(), "hardware": hardware(), "T": T}
+    result["exactness"] = exactness(args.exactness_images)
+    result["cost"] = cost()
+    result["control"] = control(args.per_class, classifier, ref)
+    os.makedirs(os.path.join(DOCS, "images"), exist_ok=True)
+    pictures(os.path.join(DOCS, "images", "guidance_classes.png"))
+    result["seconds"] = time.perf_counter() - start
+    with open(os.path.join(DOCS, "guidance.json"), "w", encoding="utf-8") as f:
+        json.dump(result, f, indent=2)
+    from guidance_page import render
+
+    with open(os.path.join(DOCS, "guidance.md"), "w", encoding="utf-8") as f:
+        f.write(render(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
