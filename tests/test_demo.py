@@ -99,6 +99,16 @@ class TemperaturePipeline(LinearizerPipeline):
         return super().__call__(*args, latents=latents, **kwargs)
 
 
+class NoTemperaturePipeline(LinearizerPipeline):
+    """An older pipeline's signature: no ``temperature`` (the demo then scales the noise it passes)."""
+
+    def __call__(self, batch_size=None, num_inference_steps=100, solver=None, one_step=True, generator=None,
+                 latents=None, output_type="pil", return_dict=True, clamp=True):
+        return super().__call__(batch_size=batch_size, num_inference_steps=num_inference_steps, solver=solver,
+                                one_step=one_step, generator=generator, latents=latents, output_type=output_type,
+                                return_dict=return_dict, clamp=clamp)
+
+
 class ClassPipeline(LinearizerPipeline):
     """A class-conditional pipeline's signature (labels recorded, otherwise unconditional)."""
 
@@ -110,7 +120,12 @@ class ClassPipeline(LinearizerPipeline):
 def test_features_follow_the_pipeline_signature(tmp_path):
     base = make_pipe(seed=1)
     plain = pipeline_features(base)
-    assert not plain["temperature"] and plain["class_labels"] is None and not plain["prompt"]
+    assert plain["temperature"] and plain["class_labels"] is None and not plain["prompt"]
+    old = pipeline_features(NoTemperaturePipeline(**base.components))
+    assert not old["temperature"] and old["class_labels"] is None and not old["prompt"]
+    demo_old = LinearizerDemo(NoTemperaturePipeline(**base.components), work_dir=str(tmp_path))
+    _, _, record = demo_old.generate(5, 3, STEPS, "euler", 0.6)
+    np.testing.assert_allclose(record["images"], stepped(base, [5, 6, 7], 0.6).numpy(), atol=1e-5, rtol=0)
 
     pipe = TemperaturePipeline(**base.components)
     demo = LinearizerDemo(pipe, work_dir=str(tmp_path))
