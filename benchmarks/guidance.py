@@ -21,7 +21,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -39,6 +38,7 @@ if HERE not in sys.path:
 from diffusers_linearizer import PACKAGED_MODELS, LinearizerPipeline  # noqa: E402
 from diffusers_linearizer.image_grid import make_grid  # noqa: E402
 from diffusers_linearizer.images import psnr  # noqa: E402
+from collapse import hardware as collapse_hardware  # noqa: E402
 from fmnist_classifier import accuracy, extract_features, frechet_distance, gaussian_stats, load_classifier, load_split  # noqa: E402
 
 DOCS = os.path.join(REPO, "docs")
@@ -47,13 +47,7 @@ WS = (0.0, 0.5, 1.0, 2.0, 3.0, 5.0)
 
 
 def hardware() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {os.cpu_count()} logical CPUs (1 thread used), torch {torch.__version__}"
+    return collapse_hardware(torch.device("cpu"))
 
 
 def load(name: str, dtype=torch.float32) -> LinearizerPipeline:

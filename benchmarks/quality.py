@@ -27,7 +27,6 @@ import datetime
 import json
 import math
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -42,6 +41,7 @@ for path in (REPO, HERE):
     if path not in sys.path:
         sys.path.insert(0, path)
 
+from collapse import hardware as collapse_hardware  # noqa: E402
 from fmnist_classifier import extract_features, frechet_distance, gaussian_stats, load_classifier, load_split  # noqa: E402
 
 from diffusers_linearizer import LinearizerInversionPipeline, LinearizerPipeline  # noqa: E402
@@ -69,13 +69,7 @@ COMMON = ["--learning_rate", "3e-4", "--train_batch_size", "64", "--checkpointin
 
 
 def hardware() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__}"
+    return collapse_hardware(torch.device("cpu"))
 
 
 def train_run(name: str, out: str, start: str, budget: float, pairs: str) -> None:
@@ -135,7 +129,7 @@ def bpd(pipe, test: torch.Tensor, seed: int = 0) -> float:
 
 @torch.no_grad()
 def exactness(pipe, n: int = 64, seed: int = 7) -> float:
-    from diffusers_linearizer.pipelines.linearizer.pipeline_linearizer import psnr
+    from diffusers_linearizer import psnr
 
     eps = noise(n, seed)
     a = pipe(n, num_inference_steps=T, latents=eps, output_type="pt", clamp=False).images
@@ -190,7 +184,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--pairs", default=PAIRS, help="Teacher pairs for the distillation runs.")
     parser.add_argument("--shipped", default=os.path.join(REPO, "diffusers_linearizer", "default_model"),
                         help="The packaged default, measured alongside.")
-    parser.add_argument("--shipped-training", default=None, help="A JSON file describing how the shipped model was trained.")
+    parser.add_argument("--shipped-training", default=os.path.join(HERE, "models", "training_runs.json"),
+                        help="A JSON file whose 'packaged_default' entry says how the shipped model was trained.")
     parser.add_argument("--runs", nargs="*", default=list(RUNS), choices=list(RUNS))
     parser.add_argument("--skip-training", action="store_true")
     args = parser.parse_args(argv)
@@ -225,7 +220,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         shipped = measure("shipped", args.shipped, classifier, ref, test, fd_eps, args)
         if args.shipped_training:
             with open(args.shipped_training, encoding="utf-8") as f:
-                shipped["training"] = json.load(f)
+                shipped["training"] = json.load(f).get("packaged_default", {})
     best = min((r for r in measured if r["name"] != "start"), key=lambda r: r["fd"])
     sweeps = {best["name"]: temperature_sweep(os.path.join(REPO, best["path"]), classifier, ref, fd_eps)}
     if shipped is not None:
