@@ -1,0 +1,168 @@
+"""The argument parser of ``diffusers-linearizer`` (one sub-command per task); the handlers are in :mod:`.cli`."""
+
+from __future__ import annotations
+
+import argparse
+
+
+DTYPES = ("float32", "float16", "bfloat16", "float64")
+
+
+# ---------------------------------------------------------------------- argument parsing
+def _add_common(p: argparse.ArgumentParser, output_default: str) -> None:
+    from .schedulers import SOLVERS
+
+    g = p.add_argument_group("model and sampler")
+    g.add_argument(
+        "--model",
+        default=None,
+        help="A saved pipeline directory, a packaged model (fashion-mnist, fashion-mnist-classes) or a Hugging "
+        "Face Hub repo id ('org/name'; the local cache is used when HF_HUB_OFFLINE=1). Default: the trained checkpoint shipped in the package "
+        "(diffusers_linearizer/default_model/) if present, otherwise a freshly initialised, UNTRAINED "
+        "small model (a warning says so).",
+    )
+    g.add_argument(
+        "--steps",
+        type=int,
+        default=100,
+        help="Sampler grid points T (T-1 solver steps, at least 2). The one-step operator B reproduces this "
+        "T-point run exactly; use the same value to invert and to regenerate. Default: 100.",
+    )
+    g.add_argument(
+        "--solver",
+        choices=SOLVERS,
+        default=None,
+        help="ODE solver whose run B collapses: euler, heun or rk4 (reference_rk: the original code's "
+        "first-order variant). Default: the one in the saved scheduler config.",
+    )
+    g.add_argument("--seed", type=int, default=0, help="Random seed. Image i uses seed + i. Default: 0.")
+    g.add_argument(
+        "--device",
+        default=None,
+        help="Torch device, e.g. cpu, cuda, cuda:1, mps (checked to exist before anything is loaded). Default: "
+        "the accelerate process's device (cuda if available, else cpu).",
+    )
+    g.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default="float32",
+        help="Weights' dtype. The collapsed operator and its pseudo-inverse are always accumulated in "
+        "float64 (float32 on mps). Default: float32.",
+    )
+    o = p.add_argument_group("output")
+    o.add_argument("--output", "-o", default=output_default,
+                   help=f"Image grid to write; the extension picks the format (.png, .jpg, .webp, ...). Default: {output_default}.")
+    o.add_argument("--nrow", type=int, default=None, help="Images per grid row. Default: about √N.")
+    o.add_argument("--no-progress", action="store_true", help="Hide the progress bars.")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="diffusers-linearizer",
+        description="One-step generation, exact inversion and interpolation with a Linearizer "
+        "(f(x) = g_y^-1(A g_x(x))) diffusers pipeline. Images are PNG grids with values in [0, 1]. "
+        "Run `diffusers-linearizer COMMAND --help` for each command's options.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="{generate,invert,interpolate,train,distill-data,demo}")
+    sub.required = True
+
+    gen = sub.add_parser(
+        "generate",
+        help="Generate images from noise (one step by default).",
+        description="Generate images: x = g_x^-1(B g_y(noise)) with the collapsed operator B, or step by step "
+        "with --multi-step. Under `accelerate launch` the images are split over the processes.",
+    )
+    _add_common(gen, "samples.png")
+    gen.add_argument("--num-images", "-n", type=int, default=16, help="How many images. Default: 16.")
+    gen.add_argument("--batch-size", type=int, default=16, help="Images per forward pass (per process). Default: 16.")
+    gen.add_argument(
+        "--temperature",
+        type=float,
+        default=1.0,
+        help="Sampling temperature τ > 0: the noise is τ·ε with ε ~ N(0, I) (below 1: smoother, more typical "
+        "images; above 1: more varied ones). Default: 1.0.",
+    )
+    gen.add_argument(
+        "--multi-step",
+        action="store_true",
+        help="Run the solver step by step (num_inference_steps model evaluations) instead of applying B once; "
+        "same images up to round-off.",
+    )
+    gen.add_argument("--class", dest="class_names", action="append", default=None, metavar="NAME",
+                     help="Class-conditioned models: a class name or id (repeat for several; the images take them in "
+                     "turn). Default: every class in turn. E.g. --model fashion-mnist-classes --class Sneaker.")
+    gen.add_argument("--prompt", default=None, help="Text-conditioned models: the prompt.")
+    gen.add_argument("--guidance-scale", type=float, default=None,
+                     help="Classifier-free guidance of conditional models (> 1: on; 0 or 1: off), as in diffusers; "
+                     "the guided run still collapses into one operator. Default: the pipeline's (4.0).")
+    gen.add_argument("--save-images", default=None, metavar="DIR", help="Also write every image as DIR/00000.png, ...")
+    gen.add_argument(
+        "--save-tensors",
+        default=None,
+        metavar="FILE",
+        help="Also save the unclamped float images as a (N, C, H, W) tensor with torch.save (exact comparisons).",
+    )
+
+    inv = sub.add_parser(
+        "invert",
+        help="Invert images to their noise through B† and report the reconstruction PSNR.",
+        description="Invert images: noise = g_y^-1(B† g_x(x)). Writes a grid with the inputs in the first row and "
+        "their reconstructions g_x^-1(B B† g_x(x)) below, and prints each PSNR.",
+    )
+    _add_common(inv, "inversion.png")
+    inv.add_argument("images", nargs="+", help="Image files (converted to the model's channels; see --resize).")
+    inv.add_argument("--resize", action="store_true", help="Resize images to the model's size instead of refusing them.")
+    inv.add_argument("--save-noise", default=None, metavar="FILE", help="torch.save the recovered noise (N, C, H, W).")
+
+    itp = sub.add_parser(
+        "interpolate",
+        help="Interpolate between two images through their noise; PNG grid and optional GIF.",
+        description="Invert two images, interpolate their noise (slerp or linear) and generate every frame in one "
+        "step. The first and last frames are the reconstructions of the two images.",
+    )
+    _add_common(itp, "interpolation.png")
+    itp.add_argument("image_a", help="First image file.")
+    itp.add_argument("image_b", help="Last image file.")
+    itp.add_argument("--frames", type=int, default=8, help="Number of frames including both ends (≥ 2). Default: 8.")
+    itp.add_argument("--mode", choices=("slerp", "linear"), default="slerp", help="Interpolation of the noise. Default: slerp.")
+    itp.add_argument("--resize", action="store_true", help="Resize images to the model's size instead of refusing them.")
+    itp.add_argument("--gif", default=None, metavar="FILE", help="Also write the frames as an animated GIF.")
+    itp.add_argument("--duration", type=int, default=120, help="GIF frame duration in milliseconds. Default: 120.")
+
+    from .training.train import add_arguments as add_train_arguments
+
+    trn = sub.add_parser(
+        "train",
+        help="Train a Linearizer with accelerate (Fashion-MNIST or a folder of images).",
+        description="Train a Linearizer as a flow-matching model in latent space; writes a pipeline directory "
+        "(EMA weights, model card), checkpoints and sample grids. Under `accelerate launch` it trains on several "
+        "processes. See `python -m diffusers_linearizer.training.train --help`.",
+    )
+    add_train_arguments(trn)
+
+    from .training.teacher import add_arguments as add_teacher_arguments
+
+    dd = sub.add_parser(
+        "distill-data",
+        help="Sample a diffusers flow-matching teacher into (noise, image) pairs for --objective distill.",
+        description="Write teacher pairs: the noise of pair i is row i % CHUNK of the seeded chunk i // CHUNK "
+        "(regenerated, not stored) and its image the teacher's Euler sample as uint8. Resumable: finished chunks "
+        "are kept in OUTPUT.parts/.",
+    )
+    add_teacher_arguments(dd)
+
+    dem = sub.add_parser(
+        "demo",
+        help="Start the web demo (gradio): generate, invert, interpolate and edit in a browser.",
+        description="Serve the web demo on http://HOST:PORT (needs gradio: pip install \"diffusers-linearizer[demo]\"). "
+        "The model is loaded once; with the packaged default no network is used.",
+    )
+    dem.add_argument("--model", default=None, help="A saved pipeline directory or a Hub repo id. Default: the packaged model.")
+    dem.add_argument("--host", default="127.0.0.1", help="Address to listen on (0.0.0.0: every interface). Default: 127.0.0.1.")
+    dem.add_argument("--port", type=int, default=7860, help="Port. Default: 7860.")
+    dem.add_argument("--share", action=argparse.BooleanOptionalAction, default=False,
+                     help="Also open a public gradio.live link (needs network). Default: --no-share.")
+    return parser
+
+
+# ---------------------------------------------------------------------- helpers
