@@ -54,6 +54,14 @@ def render(r: Dict) -> str:
         f"The teacher (a diffusers `UNet2DModel`, 3.6 M parameters) was trained separately: {r['teacher_training']}.",
         "",
     ]
+    check = r.get("pairs_check")
+    if check:
+        lines += [
+            f"`diffusers-linearizer distill-data`'s code regenerated the first {check['pairs']:,} stored teacher pairs on "
+            f"this CPU (float32) in {check['seconds']:.0f} s: largest difference {check['max_level_difference']} uint8 level "
+            f"(mean {check['mean_level_difference']:.4f}; {check['images_differing']} images differ at all).",
+            "",
+        ]
     shipped = r.get("shipped")
     if shipped:
         fd = shipped["fd"]
