@@ -34,7 +34,10 @@ def render(r: Dict) -> str:
         "",
         f"Measured on {r['date']} with `benchmarks/quality.py` on {r['hardware']}. Every run continues training the "
         f"same starting model (`{start['path']}`) for **{r['budget_seconds']:.0f} s** of wall-clock time on one CPU "
-        "thread, with AdamW 3e-4, batch 64 and EMA 0.999, one run after the other on the same machine. Sampling "
+        "thread, with AdamW 3e-4, batch 64 and EMA 0.999, one run after the other on the same machine. The steps column "
+        "differs between runs because a step of each objective costs a different number of passes of g (fast 2, "
+        "reference 5, likelihood 3, distill 2 on twice the batch) and because other jobs shared the machine's cores "
+        "while the runs trained (the load average is in the hardware line). Sampling "
         f"uses the collapsed operator of T = 100 Euler grid points. FD: Fréchet distance of {r['fd_samples']:,} "
         "one-step samples to the 10,000 Fashion-MNIST test images in the features of the project's classifier "
         "(`benchmarks/fmnist_classifier.py`; lower is better). Bits/dim: 1,000 dequantised test images under the "

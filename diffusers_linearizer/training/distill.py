@@ -9,9 +9,15 @@ A *teacher* is a diffusers ``UNet2DModel`` trained with the flow-matching object
 ``round(255·clamp((x_T + 1)/2, 0, 1))`` in uint8. The noise is not stored: pair ``i`` belongs to chunk
 ``k = i // chunk_size`` at position ``j = i % chunk_size`` and its noise is row ``j`` of
 ``torch.randn((chunk_size, C, H, W), generator=torch.Generator().manual_seed(seed_base + k))`` drawn on
-the CPU in float32. :func:`write_teacher_pairs` (``diffusers-linearizer distill-data``) writes such a
-file chunk by chunk (resumable: finished chunks are kept in ``OUTPUT.parts/``) and
+the CPU in float32. :func:`~.teacher.write_teacher_pairs` (``diffusers-linearizer distill-data``) writes
+such a file chunk by chunk (resumable: finished chunks are kept in ``OUTPUT.parts/``) and
 :class:`TeacherPairs` reads it back with its noise.
+
+torch's CPU normal sampler has two kernels: the vectorised one (AVX2 and AVX-512 CPUs, identical results) and
+a scalar one (``ATEN_CPU_CAPABILITY=default`` or CPUs without AVX2), which draws *different* numbers for
+tensors of 16 values or more. Files written by ``distill-data`` therefore record ``noise_check``, the float64
+sum of chunk 0's noise; :class:`TeacherPairs` recomputes it and refuses a file whose noise this machine
+would draw differently (older files without the check are read without it).
 
 The loss (``objective="distill"``)
 ----------------------------------
@@ -68,7 +74,7 @@ class TeacherPairs(Dataset):
     """
 
     def __init__(self, path: str, shape: Optional[Tuple[int, int, int]] = None, max_samples: Optional[int] = None):
-        images, self.chunk_size, self.seed_base = read_pairs_file(path)
+        images, self.chunk_size, self.seed_base, noise_check = read_pairs_file(path)
         if images.ndim == 3:
             images = images[:, None]
         if shape is not None and tuple(images.shape[1:]) != tuple(shape):
@@ -80,6 +86,15 @@ class TeacherPairs(Dataset):
             images = images[:max_samples]
         self.images = torch.from_numpy(np.ascontiguousarray(images))
         self.noise = pairs_noise(len(self.images), tuple(self.images.shape[1:]), self.chunk_size, self.seed_base)
+        if noise_check is not None:
+            drawn = noise_sum(tuple(self.images.shape[1:]), self.chunk_size, self.seed_base)
+            if abs(drawn - noise_check) > 1e-6 * max(1.0, abs(noise_check)):
+                raise ValueError(
+                    f"{path}: this machine draws different noise for the pairs (chunk 0 sums to {drawn:.10g}, the file "
+                    f"says {noise_check:.10g}). torch's CPU normal sampler differs between vectorised (AVX2/AVX-512) "
+                    f"and scalar kernels (now: {torch.backends.cpu.get_cpu_capability()}); use the pairs on a CPU of "
+                    "the kind that made them, or make them again here with `diffusers-linearizer distill-data`."
+                )
         self.channels, self.resolution = int(self.images.shape[1]), int(self.images.shape[2])
 
     def __len__(self) -> int:
@@ -89,8 +104,14 @@ class TeacherPairs(Dataset):
         return self.images[index].float() / 255.0, self.noise[index]
 
 
+def noise_sum(shape, chunk_size: int = PAIRS_CHUNK_SIZE, seed_base: int = PAIRS_SEED_BASE) -> float:
+    """The float64 sum of chunk 0's noise (the ``noise_check`` of a pairs file)."""
+    return float(chunk_noise(0, shape, chunk_size, seed_base).double().sum())
+
+
 def read_pairs_file(path: str):
-    """``(images uint8 array, chunk_size, seed_base)`` of a pairs file; ``ValueError`` naming what is wrong."""
+    """``(images uint8 array, chunk_size, seed_base, noise_check or None)`` of a pairs file; ``ValueError``
+    naming what is wrong."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Teacher pairs file {path} does not exist (make one with `diffusers-linearizer distill-data`).")
     try:
@@ -104,13 +125,14 @@ def read_pairs_file(path: str):
         images = data["images"]
         chunk = int(data["chunk_size"]) if "chunk_size" in keys else PAIRS_CHUNK_SIZE
         seed = int(data["seed_base"]) if "seed_base" in keys else PAIRS_SEED_BASE
+        check = float(data["noise_check"]) if "noise_check" in keys else None
     if images.dtype != np.uint8:
         raise ValueError(f"{path}: 'images' must be uint8 (round(255·(x + 1)/2)), got {images.dtype}.")
     if images.ndim not in (3, 4) or images.shape[0] == 0 or images.shape[-1] != images.shape[-2]:
         raise ValueError(f"{path}: 'images' must be (N, H, W) or (N, C, H, W) with H = W and N ≥ 1, got {images.shape}.")
     if chunk < 1:
         raise ValueError(f"{path}: chunk_size must be ≥ 1, got {chunk}.")
-    return images, chunk, seed
+    return images, chunk, seed, check
 
 
 def stack_pairs(batch):

@@ -20,7 +20,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from .distill import PAIRS_CHUNK_SIZE, PAIRS_SEED_BASE, chunk_noise
+from .distill import PAIRS_CHUNK_SIZE, PAIRS_SEED_BASE, chunk_noise, noise_sum
 
 TEACHER_STEPS = 50
 
@@ -123,8 +123,9 @@ def write_teacher_pairs(teacher: str, output: str, num_pairs: int, chunk_size: i
                              for k in range(chunks)])
     if images.shape[1] == 1:
         images = images[:, 0]
+    check = np.float64(noise_sum(shape, chunk_size, seed_base))
     _save_atomic(output, lambda f: np.savez(f, images=images, chunk_size=np.int64(chunk_size),
-                                            seed_base=np.int64(seed_base)))
+                                            seed_base=np.int64(seed_base), noise_check=check))
     return output
 
 
