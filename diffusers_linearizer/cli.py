@@ -255,8 +255,6 @@ def cmd_interpolate(args) -> int:
 def cmd_train(args) -> int:
     from .training.train import main as train_main
 
-    if args.max_train_steps is not None and args.max_train_steps < 1:
-        raise ValueError(f"--max_train_steps must be ≥ 1 (0 would save an untrained model), got {args.max_train_steps}.")
     return train_main(args)
 
 

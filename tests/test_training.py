@@ -343,6 +343,8 @@ def test_report_to_tensorboard_needs_tensorboard(monkeypatch):
         ttrain.check_args(args)
     with pytest.raises(ValueError, match="train_batch_size"):
         ttrain.check_args(ttrain.parse_args(["--train_batch_size", "0"]))
+    with pytest.raises(ValueError, match="untrained"):  # the trainer's own entry point refuses it, not only the CLI
+        ttrain.check_args(ttrain.parse_args(["--max_train_steps", "0"]))
 
 
 def test_cli_has_a_train_command():

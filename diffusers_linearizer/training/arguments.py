@@ -177,8 +177,8 @@ def check_args(args: argparse.Namespace) -> None:
     for name in ("checkpointing_steps", "checkpoints_total_limit", "sample_steps", "lr_warmup_steps"):
         if getattr(args, name) < 0:
             raise ValueError(f"--{name} must be ≥ 0, got {getattr(args, name)}.")
-    if args.max_train_steps is not None and args.max_train_steps < 0:
-        raise ValueError(f"--max_train_steps must be ≥ 0, got {args.max_train_steps}.")
+    if args.max_train_steps is not None and args.max_train_steps < 1:
+        raise ValueError(f"--max_train_steps must be ≥ 1 (0 would save an untrained model), got {args.max_train_steps}.")
     if args.max_train_steps is None and args.num_train_epochs < 1:
         raise ValueError(f"--num_train_epochs must be ≥ 1, got {args.num_train_epochs}.")
     if args.max_train_seconds is not None and not args.max_train_seconds > 0:
