@@ -3,6 +3,8 @@
 Every reference here is computed independently of ``LinearizerScheduler.collapse``: the stepped
 scheduler loop, dense matrices built from the cores' raw factors (``core.factors``), textbook dense
 propagators, and ``torch.linalg.matrix_exp`` of the exact solution.
+
+A little past 400 lines: every core type × solver × precision is checked against the same references.
 """
 
 import math

@@ -2,6 +2,9 @@
 
 The end-to-end tests run the trainer in subprocesses on a folder of tiny 8×8 images written by the
 test (Fashion-MNIST itself is not needed), with a model of ~11k parameters, on the CPU.
+
+Past 400 lines on purpose: the end-to-end runs (determinism, resume after a kill, several processes) share the
+image folder, command lines and weight comparisons defined at the top.
 """
 
 from __future__ import annotations
