@@ -43,8 +43,8 @@ def render(r: Dict) -> str:
         "```",
         "",
         f"Measured on {r['date']}, {r['hardware']}, T = {r['T']} grid points, with `python benchmarks/guidance.py` "
-        f"({r['seconds'] / 60:.1f} minutes). The two CPUs were shared with other training runs, so timings carry a few",
-        "per cent of noise. Numbers are as measured, goals met or not.",
+        f"({r['seconds'] / 60:.1f} minutes). Other processes may share the two CPUs (the load average above), and",
+        "timings then carry noise of several per cent. Numbers are as measured, goals met or not.",
         "",
         "## Exactness: guided one-step against guided stepping",
         "",
@@ -127,7 +127,8 @@ def render(r: Dict) -> str:
         "",
         "`diffusers_linearizer/fashion_mnist_classes/` (its README has the numbers): the class-conditional",
         "shared-basis core (a 10 + 1 row class table added to the core's time embedding; ∅ is the eleventh row),",
-        "whose `g` and core start from the packaged unconditional model (`--init_weights`; the class table starts",
+        "whose `g` and core start from the previous packaged unconditional model (`benchmarks/models/fashion_mnist_v1`, "
+        "`--init_weights`; the class table starts",
         "at `N(0, 1)`, the scale of the time features), trained with the fast objective and condition dropout 0.1",
         "on Fashion-MNIST's labels: 1,479 steps of batch 64 in 1,380 s on one CPU thread of the machine above,",
         "shared with other training runs. Reproduce with",

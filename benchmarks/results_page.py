@@ -191,7 +191,6 @@ def _summary(r: Dict) -> List[str]:
         f"| FD ours one-step ≤ {GOALS['fd_ratio']:.0f}× baseline 50-step, equal wall-clock | {ratio:.1f}× | {_met(ratio <= GOALS['fd_ratio'])} |",
         f"| throughput ours one-step ≥ {GOALS['throughput']:.0f}× baseline 50-step | {speed:.0f}× on CPU; GPU not measured | "
         f"{_met(speed >= GOALS['throughput'])} on CPU |",
-        "",
         f"| packaged default one-step FD (not at equal time) | {packaged['fd']:.1f} ({packaged['fd'] / base50['fd']:.1f}× the "
         "baseline's 50 steps) | `docs/quality.md` has its goals |",
         "",
