@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import math
 import os
 import subprocess
 import sys
@@ -46,6 +45,8 @@ from fmnist_classifier import extract_features, frechet_distance, gaussian_stats
 
 from diffusers_linearizer import LinearizerInversionPipeline, LinearizerPipeline  # noqa: E402
 from diffusers_linearizer.image_grid import make_grid  # noqa: E402
+from diffusers_linearizer.training import checkpoint_root, list_checkpoints  # noqa: E402
+from diffusers_linearizer.training.checkpoints import read_trainer_state  # noqa: E402
 from diffusers_linearizer.training.distill import read_pairs_file  # noqa: E402
 from diffusers_linearizer.training.one_step import bits_per_dim, dequantize, log_likelihood  # noqa: E402
 
@@ -90,14 +91,10 @@ def train_run(name: str, out: str, start: str, budget: float, pairs: str) -> Non
 
 def read_metrics(run_dir: str) -> Dict:
     """Steps and seconds of a finished run (from its final checkpoint's trainer state)."""
-    root = os.path.join(run_dir, "checkpoints")
-    if not os.path.isdir(root):
+    found = list_checkpoints(checkpoint_root(run_dir))
+    if not found:
         return {}
-    last = sorted((int(n.split("-")[1]), n) for n in os.listdir(root) if n.startswith("checkpoint-"))
-    if not last:
-        return {}
-    with open(os.path.join(root, last[-1][1], "trainer_state.json"), encoding="utf-8") as f:
-        state = json.load(f)
+    state = read_trainer_state(found[-1][1])
     return {"steps": state["global_step"], "train_seconds": state.get("train_seconds_this_run")}
 
 

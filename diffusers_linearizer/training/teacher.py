@@ -14,12 +14,14 @@ Example::
 from __future__ import annotations
 
 import argparse
+import io
 import os
 from typing import Optional, Sequence
 
 import numpy as np
 import torch
 
+from ..atomic import write_bytes_atomic
 from .distill import PAIRS_CHUNK_SIZE, PAIRS_SEED_BASE, chunk_noise, noise_sum
 
 TEACHER_STEPS = 50
@@ -82,12 +84,10 @@ def sample_teacher(unet, scheduler, noise: torch.Tensor, num_inference_steps: in
 
 
 def _save_atomic(path: str, writer) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        writer(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """``writer(file)`` into memory, then the bytes to ``path`` with the package's one atomic write."""
+    buffer = io.BytesIO()
+    writer(buffer)
+    write_bytes_atomic(path, buffer.getvalue())
 
 
 def write_teacher_pairs(teacher: str, output: str, num_pairs: int, chunk_size: int = PAIRS_CHUNK_SIZE,
