@@ -49,16 +49,12 @@ def _network(model, space: str, like: Tensor):
 
 def generate(model, B, noise: Tensor, temperature: float = 1.0) -> Tensor:
     """``x = g_x⁻¹(B g_y(τ·ε))`` (differentiable; no clamping)."""
-    net_y, ctx_y = _network(model, "y", noise)
-    net_x, ctx_x = _network(model, "x", noise)
-    return net_x.inverse(_apply(B, net_y(noise * temperature, ctx_y)), ctx_x)
+    return model.decode(_apply(B, model.encode(noise * temperature, "y")), "x")
 
 
 def invert(model, B, images: Tensor, temperature: float = 1.0) -> Tensor:
     """``ε = g_y⁻¹(B⁻¹ g_x(x)) / τ`` (differentiable)."""
-    net_x, ctx_x = _network(model, "x", images)
-    net_y, ctx_y = _network(model, "y", images)
-    return net_y.inverse(_apply(B, net_x(images, ctx_x), inverse=True), ctx_y) / temperature
+    return model.decode(_apply(B, model.encode(images, "x"), inverse=True), "y") / temperature
 
 
 def log_likelihood(model, B, images: Tensor) -> Tuple[Tensor, Tensor]:
