@@ -17,6 +17,9 @@ from .pipelines import (
     LinearizerInversionPipeline,
     LinearizerInversionPipelineOutput,
     LinearizerPipeline,
+    LinearizerClassPipeline,
+    LinearizerTextPipeline,
+    pipeline_class_for,
 )
 from .images import psnr
 from .atomic import replace_dir, write_json_atomic

@@ -130,17 +130,17 @@ def _device(args, state):
 def generate_condition(pipe, args) -> dict:
     """The condition arguments of ``generate`` (checked against the model before any image is made); class
     labels as a function of the image indices of a batch."""
+    labels = [int(c) if c.isdigit() else c for c in args.class_names] if args.class_names else None
+    check = {k: v for k, v in (("class_labels", labels), ("prompt", args.prompt)) if v is not None}
+    pipe._check_condition_args(check, pipe.resolve_guidance(args.guidance_scale))  # the model's kind first
     condition = {}
-    if args.class_names:
-        ids = pipe._class_ids([int(c) if c.isdigit() else c for c in args.class_names], "--class")
+    if labels is not None:
+        ids = pipe._class_ids(labels, "--class")
         condition["class_labels"] = lambda batch: [ids[i % len(ids)] for i in batch]
     if args.prompt is not None:
         condition["prompt"] = args.prompt
     if args.guidance_scale is not None:
         condition["guidance_scale"] = args.guidance_scale
-    check = {k: (v([0]) if callable(v) else v) for k, v in condition.items()}
-    w = pipe.resolve_guidance(check.pop("guidance_scale", None))
-    pipe._check_condition_args(check, w)
     return condition
 
 

@@ -149,6 +149,11 @@ def test_errors(model_dir, tmp_path, capsys):
     assert main(["invert", str(big), "--model", str(model_dir), "--steps", str(STEPS), "--resize",
                  "--output", str(tmp_path / "ok.png")]) == 0
     assert main(["generate", "--model", str(tmp_path / "nowhere" / "a" / "b"), "-n", "1"]) == 1
+    for extra in (["--class", "Bag"], ["--prompt", "a bag"], ["--guidance-scale", "3"]):  # an unconditional model
+        assert main(["generate", "--model", str(model_dir), "-n", "1", "-o", str(tmp_path / "u.png"), *extra]) == 1
+        err = capsys.readouterr().err
+        assert "unconditional" in err and "Traceback" not in err
+    assert not (tmp_path / "u.png").exists()
 
 
 def test_parser_defaults():

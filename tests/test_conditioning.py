@@ -6,7 +6,13 @@ import inspect
 import pytest
 import torch
 
-from diffusers_linearizer import LinearizerInversionPipeline, LinearizerPipeline, LinearizerScheduler
+from diffusers_linearizer import (
+    LinearizerClassPipeline,
+    LinearizerInversionPipeline,
+    LinearizerPipeline,
+    LinearizerScheduler,
+    LinearizerTextPipeline,
+)
 from diffusers_linearizer.models.conditional_cores import build_conditional_core
 
 from .utils import perturb_all, tiny_model
@@ -94,7 +100,7 @@ def _class_pipe(dtype=torch.float64, core_type="shared_basis"):
     torch.manual_seed(0)
     model = tiny_model(core_type=core_type, conditioning="class", num_classes=3, id2label=NAMES).to(dtype).eval()
     perturb_all(model.core, 0.1, seed=2)
-    pipe = LinearizerPipeline(linearizer=model, scheduler=LinearizerScheduler(solver="heun"))
+    pipe = LinearizerClassPipeline(linearizer=model, scheduler=LinearizerScheduler(solver="heun"))
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -129,7 +135,6 @@ def test_guidance_changes_the_image_and_scale_one_is_off():
 @pytest.mark.parametrize("kwargs, match", [
     (dict(class_labels="lion"), "Unknown class name 'lion'.*'bird'"),
     (dict(class_labels=[0, 3]), "class id 3 is out of range"),
-    (dict(prompt="a cat"), "class-conditioned: pass class_labels"),
     (dict(class_labels=0, negative_class_labels=1, guidance_scale=1.0), "only act with guidance"),
     (dict(class_labels=[0, 1], batch_size=3), "2 entries for batch_size 3"),
 ])
@@ -141,15 +146,28 @@ def test_class_pipeline_errors_before_any_work(kwargs, match, monkeypatch):
         pipe(num_inference_steps=STEPS, **kwargs)
 
 
-def test_unconditional_pipeline_refuses_conditions_and_hides_them_from_its_signature():
+def test_one_pipeline_class_per_kind_with_that_kind_s_arguments_only():
     torch.manual_seed(0)
-    pipe = LinearizerPipeline(linearizer=tiny_model().eval(), scheduler=LinearizerScheduler())
+    uncond = tiny_model().eval()
+    pipe = LinearizerPipeline(linearizer=uncond, scheduler=LinearizerScheduler())
+    params = set(inspect.signature(pipe.__call__).parameters)
+    assert not params & {"class_labels", "prompt", "guidance_scale", "negative_prompt"}
     for kwargs in (dict(class_labels=1), dict(prompt="x"), dict(guidance_scale=3.0)):
-        with pytest.raises(ValueError, match="unconditional"):
+        with pytest.raises(TypeError, match="unexpected keyword"):
             pipe(num_inference_steps=STEPS, **kwargs)
-    assert "class_labels" not in inspect.signature(pipe.__call__).parameters
-    params = inspect.signature(_class_pipe().__call__).parameters
+    class_pipe = _class_pipe()
+    params = inspect.signature(class_pipe.__call__).parameters
     assert "class_labels" in params and "guidance_scale" in params and "prompt" not in params
+    assert isinstance(class_pipe, LinearizerPipeline) and set(class_pipe.components) == {"linearizer", "scheduler"}
+    params = inspect.signature(LinearizerTextPipeline.__call__).parameters
+    assert "prompt" in params and "prompt_embeds" in params and "class_labels" not in params
+    # a model of another kind is refused, naming the class that serves it
+    with pytest.raises(ValueError, match="class-conditioned: use LinearizerClassPipeline"):
+        LinearizerPipeline(**class_pipe.components)
+    with pytest.raises(ValueError, match="unconditional: use LinearizerPipeline"):
+        LinearizerClassPipeline(linearizer=uncond, scheduler=LinearizerScheduler())
+    with pytest.raises(ValueError, match="class-conditioned: use LinearizerClassPipeline"):
+        LinearizerTextPipeline(**class_pipe.components)
 
 
 def test_conditioned_inversion_recovers_the_noise_and_interpolates_between_classes():
@@ -191,7 +209,8 @@ def _text_pipe():
     tokenizer, encoder = _tiny_text()
     model = tiny_model(core_type="shared_basis", conditioning="text", condition_dim=16).double().eval()
     perturb_all(model.core, 0.1, seed=4)
-    pipe = LinearizerPipeline(linearizer=model, scheduler=LinearizerScheduler(), text_encoder=encoder, tokenizer=tokenizer)
+    pipe = LinearizerTextPipeline(linearizer=model, scheduler=LinearizerScheduler(), text_encoder=encoder,
+                                  tokenizer=tokenizer)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -210,11 +229,11 @@ def test_text_pipeline_prompts_embeddings_saving_and_errors(tmp_path):
     pipe.save_pretrained(tmp_path / "p")
     loaded = LinearizerPipeline.from_pretrained(tmp_path / "p", dtype={"linearizer": torch.float64, "default": torch.float32})
     loaded.set_progress_bar_config(disable=True)
-    assert type(loaded.text_encoder).__name__ == "CLIPTextModel"
+    assert type(loaded) is LinearizerTextPipeline and type(loaded.text_encoder).__name__ == "CLIPTextModel"
     torch.testing.assert_close(loaded(prompt=["a red cat", "a blue dog"], negative_prompt="cat", **kw).images,
                                images, rtol=0, atol=1e-12)
     for kwargs, match in ((dict(prompt="a", prompt_embeds=embeds), "either prompt or prompt_embeds"),
-                          (dict(class_labels=1), "text-conditioned"), (dict(), "pass prompt")):
+                          (dict(), "pass prompt")):
         with pytest.raises(ValueError, match=match):
             pipe(num_inference_steps=STEPS, **kwargs)
 
@@ -225,6 +244,7 @@ def test_packaged_class_model_loads_offline_and_its_guided_one_step_equals_stepp
 
     pipe = LinearizerPipeline.from_pretrained(PACKAGED_MODELS["fashion-mnist-classes"], dtype=torch.float64)
     pipe.set_progress_bar_config(disable=True)
+    assert type(pipe) is LinearizerClassPipeline  # LinearizerPipeline.from_pretrained picks the saved model's class
     assert pipe.get_label_ids(["Sneaker", "Bag"]) == [7, 8] and pipe.num_classes == 10
     eps = torch.randn(2, 1, 32, 32, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     kw = dict(latents=eps, class_labels=["Sneaker", "Trouser"], guidance_scale=3.0, num_inference_steps=20,
@@ -252,3 +272,22 @@ def test_guidance_page_states_unmet_goals_plainly():
                     "unconditional_class_shares": [0.1] * 10}})
     assert "≥ 60 dB: met" in page and "≥ 120 dB: **not met**" in page
     assert "85.0 % (w = 2, FD 350.00): **not met**" in page and "70.0 % (w = 0)" in page
+
+
+def test_a_callback_may_change_the_guidance_scale_between_steps_as_in_diffusers():
+    pipe = _class_pipe()
+    eps = _noise(1)
+    kw = dict(latents=eps, class_labels=[1], num_inference_steps=STEPS, output_type="pt", clamp=False, one_step=False)
+    fixed = pipe(guidance_scale=2.0, **kw).images
+    assert pipe.guidance_scale == 2.0 and pipe.do_classifier_free_guidance
+
+    def raise_guidance(p, i, t, kwargs):
+        p._guidance_scale += 1.0
+        return kwargs
+
+    changed = pipe(guidance_scale=2.0, callback_on_step_end=raise_guidance, **kw).images
+    assert pipe.guidance_scale == 2.0 + pipe.num_timesteps
+    assert float((changed - fixed).abs().max()) > 1e-6
+    # a callback that leaves the scale alone changes nothing
+    unchanged = pipe(guidance_scale=2.0, callback_on_step_end=lambda p, i, t, k: k, **kw).images
+    torch.testing.assert_close(unchanged, fixed, rtol=0, atol=0)

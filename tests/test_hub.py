@@ -179,6 +179,8 @@ def modules_cache(tmp_path, monkeypatch):
     path = str(tmp_path / "modules")
     monkeypatch.setattr(dyn, "HF_MODULES_CACHE", path)
     monkeypatch.syspath_prepend(path)
+    for name in [m for m in sys.modules if m.startswith("diffusers_modules")]:  # a fresh process's view: a
+        monkeypatch.delitem(sys.modules, name)  # re-imported module would keep the names of an earlier copy
     return path
 
 
@@ -203,6 +205,27 @@ def test_custom_pipeline_directory(pipe, tmp_path, monkeypatch, modules_cache):
     # our own from_pretrained hands custom_pipeline to diffusers as well
     again = LinearizerPipeline.from_pretrained(path, custom_pipeline="pipelines/linearizer", trust_remote_code=True)
     assert torch.equal(images(again), images(pipe))
+
+
+def test_class_model_loads_as_its_pipeline_class_by_every_route(tmp_path, monkeypatch, modules_cache):
+    from diffusers_linearizer import PACKAGED_MODELS, LinearizerClassPipeline
+
+    pipe = LinearizerPipeline.from_pretrained(PACKAGED_MODELS["fashion-mnist-classes"])
+    assert type(pipe) is LinearizerClassPipeline
+    pipe.save_pretrained(tmp_path / "saved")
+    pipe.save_pretrained(tmp_path / "plain", pipeline_module=False)
+    monkeypatch.chdir(REPO_ROOT)
+    routes = [DiffusionPipeline.from_pretrained(tmp_path / "saved", trust_remote_code=True),
+              DiffusionPipeline.from_pretrained(tmp_path / "plain", custom_pipeline="pipelines/linearizer_class",
+                                                trust_remote_code=True),
+              LinearizerClassPipeline.from_pretrained(tmp_path / "plain")]
+    kw = dict(class_labels=["Bag", 0], num_inference_steps=8, output_type="pt",
+              generator=[torch.Generator().manual_seed(i) for i in range(2)])
+    expected = pipe(**kw).images
+    for loaded in routes:
+        assert type(loaded) is LinearizerClassPipeline
+        kw["generator"] = [torch.Generator().manual_seed(i) for i in range(2)]
+        assert torch.equal(loaded(**kw).images, expected)
 
 
 # ---------------------------------------------------------------------- incomplete directories

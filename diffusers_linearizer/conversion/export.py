@@ -8,6 +8,7 @@ from typing import Optional
 
 import torch
 
+from ..atomic import write_text_atomic
 from .convert import ReferenceConversion
 
 
@@ -44,10 +45,10 @@ def save_converted_pipeline(conversion: ReferenceConversion, dump_path: str, dty
                             push_to_hub: Optional[str] = None):
     """Write a standard ``LinearizerPipeline`` directory (``model_index.json``, safetensors, scheduler config,
     ``README.md`` with the source) and optionally upload it to the Hub repo ``push_to_hub``."""
-    from ..pipelines import LinearizerPipeline
+    from ..pipelines import pipeline_class_for
 
     model = conversion.model if dtype is None else conversion.model.to(dtype)
-    pipe = LinearizerPipeline(linearizer=model, scheduler=conversion.scheduler)
+    pipe = pipeline_class_for(model)(linearizer=model, scheduler=conversion.scheduler)
     pipe.save_pretrained(dump_path)
     readme = os.path.join(dump_path, "README.md")
     text = open(readme, encoding="utf-8").read() if os.path.isfile(readme) else ""
@@ -55,8 +56,7 @@ def save_converted_pipeline(conversion: ReferenceConversion, dump_path: str, dty
     section = source_card_section(conversion)
     text = text.replace(marker, "\n" + section + marker, 1) if marker in text else text + "\n" + section
     text = text.replace("license: apache-2.0", "license: other", 1)  # the package's license is not the weights' license
-    with open(readme, "w", encoding="utf-8") as f:
-        f.write(text)
+    write_text_atomic(readme, text)
     if push_to_hub:
         from huggingface_hub import HfApi
 

@@ -5,4 +5,9 @@ diffusers loads a third-party pipeline class from a module file saved beside `mo
 re-exports the pipeline classes of the installed package diffusers-linearizer.
 """
 
-from diffusers_linearizer import LinearizerInversionPipeline, LinearizerPipeline  # noqa: F401
+from diffusers_linearizer import (  # noqa: F401
+    LinearizerClassPipeline,
+    LinearizerInversionPipeline,
+    LinearizerPipeline,
+    LinearizerTextPipeline,
+)

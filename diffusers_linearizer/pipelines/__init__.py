@@ -5,10 +5,16 @@ from .linearizer import (
     LinearizerInversionPipeline,
     LinearizerInversionPipelineOutput,
     LinearizerPipeline,
+    LinearizerClassPipeline,
+    LinearizerTextPipeline,
+    pipeline_class_for,
 )
 
 __all__ = [
     "LinearizerPipeline",
+    "LinearizerClassPipeline",
+    "LinearizerTextPipeline",
+    "pipeline_class_for",
     "LinearizerInversionPipeline",
     "LinearizerInversionPipelineOutput",
     "LinearizerInterpolationOutput",

@@ -130,10 +130,9 @@ def pooled_dim(encoder) -> int:
 @torch.no_grad()
 def encode_captions(tokenizer, encoder, captions: List[str], device) -> Tensor:
     """Pooled embeddings ``(N, condition_dim)`` of ``captions``, the way the pipeline's ``encode_prompt`` makes them."""
-    from ..pipelines.linearizer.conditioning import ConditionalPipelineMixin
+    from ..pipelines.linearizer.conditioning import pooled_text_embeddings
 
-    holder = type("_Encoder", (), {"tokenizer": tokenizer, "text_encoder": encoder})()
-    return ConditionalPipelineMixin._pooled(holder, list(captions), device)
+    return pooled_text_embeddings(tokenizer, encoder, list(captions), device)
 
 
 def drop_conditions(conds, drop: Tensor, null_class: Optional[int]):

@@ -17,17 +17,17 @@ SAMPLES_DIR = "samples"
 def generate_samples(model, num: int, num_inference_steps: int, solver: str, seed: int, **condition):
     """One-step samples ``(num, C, H, W)`` from ``model`` (noise of image i from seed + i).
 
-    Uses ``LinearizerPipeline`` when available, else the scheduler's ``collapse`` directly. Raises
+    Uses the model's generation pipeline (``pipeline_class_for``) when available, else the scheduler's ``collapse`` directly. Raises
     ``ImportError`` when neither exists.
     """
     gens = [torch.Generator("cpu").manual_seed(seed + i) for i in range(num)]
     try:
-        from ..pipelines import LinearizerPipeline
+        from ..pipelines import pipeline_class_for
         from ..schedulers import LinearizerScheduler
     except ImportError:
-        LinearizerPipeline = None
-    if LinearizerPipeline is not None:
-        pipe = LinearizerPipeline(linearizer=model, scheduler=LinearizerScheduler(solver=solver))
+        pipeline_class_for = None
+    if pipeline_class_for is not None:
+        pipe = pipeline_class_for(model)(linearizer=model, scheduler=LinearizerScheduler(solver=solver))
         pipe.set_progress_bar_config(disable=True)
         return pipe(batch_size=num, num_inference_steps=num_inference_steps, generator=gens, output_type="pt",
                     **condition).images
@@ -60,21 +60,23 @@ def save_sample_grid(images: "torch.Tensor", output_dir: str, step: int):
 
 
 def save_final(model, output_dir: str, solver: str, metrics: Dict[str, Any], say=print, text=None) -> None:
-    """``LinearizerPipeline(model, LinearizerScheduler).save_pretrained(output_dir, metrics=...)`` (with the text
-    encoder and tokenizer of ``text = (tokenizer, encoder)`` for a text model); without the pipeline class,
+    """The model's generation pipeline (``pipeline_class_for(model)``: ``LinearizerPipeline`` or its class / text
+    subclass) ``.save_pretrained(output_dir, metrics=...)``, with the text encoder and tokenizer of
+    ``text = (tokenizer, encoder)`` for a text model; without the pipeline classes,
     ``model.save_pretrained(output_dir/linearizer)`` and the scheduler config."""
     try:
-        from ..pipelines import LinearizerPipeline
+        from ..pipelines import pipeline_class_for
     except ImportError:
-        LinearizerPipeline = None
+        pipeline_class_for = None
     try:
         from ..schedulers import LinearizerScheduler
     except ImportError:
         LinearizerScheduler = None
-    if LinearizerPipeline is not None and LinearizerScheduler is not None:
-        tokenizer, encoder = text if text is not None else (None, None)
-        LinearizerPipeline(linearizer=model, scheduler=LinearizerScheduler(solver=solver), text_encoder=encoder,
-                           tokenizer=tokenizer).save_pretrained(output_dir, metrics=metrics)
+    if pipeline_class_for is not None and LinearizerScheduler is not None:
+        components = dict(linearizer=model, scheduler=LinearizerScheduler(solver=solver))
+        if text is not None:
+            components.update(tokenizer=text[0], text_encoder=text[1])
+        pipeline_class_for(model)(**components).save_pretrained(output_dir, metrics=metrics)
         return
     say("LinearizerPipeline is not available: saving the model (and scheduler config) only.")
     model.save_pretrained(os.path.join(output_dir, MODEL_SUBDIR))

@@ -2,7 +2,12 @@
 
 diffusers loads a third-party pipeline class from a module file saved beside `model_index.json`
 (`DiffusionPipeline.from_pretrained(path, trust_remote_code=True)`). This file contains no model code: it
-re-exports the pipeline classes of the installed package (`pip install diffusers-linearizer`).
+re-exports the pipeline classes of the installed package diffusers-linearizer.
 """
 
-from diffusers_linearizer import LinearizerInversionPipeline, LinearizerPipeline  # noqa: F401
+from diffusers_linearizer import (  # noqa: F401
+    LinearizerClassPipeline,
+    LinearizerInversionPipeline,
+    LinearizerPipeline,
+    LinearizerTextPipeline,
+)

@@ -1,4 +1,4 @@
-"""Saving and loading Linearizer pipelines: diffusers' own machinery, plus the three things it lacks.
+"""Saving and loading Linearizer pipelines: diffusers' own machinery, plus the four things it lacks.
 
 Loading is ``DiffusionPipeline.from_pretrained``: ``model_index.json`` names our components as
 ``["diffusers_linearizer", "LinearizerModel"]`` and ``["diffusers_linearizer", "LinearizerScheduler"]``,
@@ -11,7 +11,9 @@ class (``ModelMixin`` / ``SchedulerMixin``), and calls its ``from_pretrained`` w
 1. ``from_pretrained()`` with no argument loads the packaged default
    (``diffusers_linearizer.defaults.DEFAULT_MODEL_DIR``);
 2. a model card (``README.md``) written by ``save_pretrained`` / ``push_to_hub``;
-3. Hub repo ids are resolved with ``snapshot_download`` first (so the Hugging Face cache works offline,
+3. ``LinearizerPipeline.from_pretrained`` returns the generation class of the saved model's kind
+   (``LinearizerClassPipeline`` / ``LinearizerTextPipeline`` for conditional models, both subclasses of it);
+4. Hub repo ids are resolved with ``snapshot_download`` first (so the Hugging Face cache works offline,
    ``HF_HUB_OFFLINE=1``, and diffusers' online file listing, which refuses libraries it does not know,
    is not needed).
 
@@ -41,10 +43,17 @@ diffusers loads a third-party pipeline class from a module file saved beside `mo
 re-exports the pipeline classes of the installed package diffusers-linearizer.
 """
 
-from diffusers_linearizer import LinearizerInversionPipeline, LinearizerPipeline  # noqa: F401
+from diffusers_linearizer import (  # noqa: F401
+    LinearizerClassPipeline,
+    LinearizerInversionPipeline,
+    LinearizerPipeline,
+    LinearizerTextPipeline,
+)
 '''
 #: component → the file that marks it as saved, and whether weights (safetensors) must be beside it
 COMPONENT_FILES = {"linearizer": ("config.json", True), "scheduler": ("scheduler_config.json", False)}
+#: components some Linearizer pipelines have (a text model's), fetched from the Hub when saved
+OPTIONAL_COMPONENTS = ("text_encoder", "tokenizer")
 _DOWNLOAD_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "proxies")
 
 
@@ -135,12 +144,27 @@ class LinearizerLoadingMixin:
             raise ValueError("Linearizer pipelines load weights from safetensors only; drop use_safetensors=False.")
         kwargs["use_safetensors"] = True
         needed = [name for name in cls._component_names if name not in kwargs]
-        wanted = needed + [n for n in getattr(cls, "_optional_components", ()) if n not in kwargs]  # text encoder
+        wanted = needed + [n for n in OPTIONAL_COMPONENTS if n not in kwargs]  # of a text model, if saved
         folder = resolve_folder(path, wanted, {k: kwargs[k] for k in _DOWNLOAD_KWARGS if k in kwargs}, cls.config_name)
         check_layout(folder, needed, path, cls.config_name)
+        cls = cls._class_for_kind(cls._saved_kind(folder, kwargs))
         pipe = DiffusionPipeline.from_pretrained.__func__(cls, folder, **kwargs)
         pipe.register_to_config(_name_or_path=path)
         return pipe
+
+    @classmethod
+    def _saved_kind(cls, folder: str, kwargs: Dict[str, Any]) -> Optional[str]:
+        """The ``conditioning`` of the linearizer to load (given in ``kwargs`` or saved in ``folder``)."""
+        given = kwargs.get("linearizer")
+        if given is not None:
+            return getattr(getattr(given, "config", None), "conditioning", None)
+        config = os.path.join(folder, "linearizer", COMPONENT_FILES["linearizer"][0])
+        return read_json(config).get("conditioning") if os.path.isfile(config) else None
+
+    @classmethod
+    def _class_for_kind(cls, kind: Optional[str]):
+        """The class to build for a model of ``kind``: ``cls`` itself (the generation pipelines refine this)."""
+        return cls
 
     @classmethod
     def load_config(cls, *args, **kwargs):

@@ -1,5 +1,6 @@
-"""``LinearizerPipeline``: one-step (or stepped) image generation with a Linearizer, unconditional or
-class / text conditioned with classifier-free guidance (:mod:`.conditioning`).
+"""``LinearizerPipeline``: one-step (or stepped) image generation with an unconditional Linearizer, and the
+generation machinery its class- and text-conditioned subclasses share (``LinearizerClassPipeline``,
+``LinearizerTextPipeline``: classifier-free guidance that still collapses, :mod:`.conditioning`).
 
 For flow matching every sampler step of the Linearizer's latent ODE is a linear map, so the whole run
 collapses into one structured operator ``B`` (``LinearizerScheduler.collapse``) and generation is
@@ -17,7 +18,7 @@ Loading and saving are diffusers' own (:mod:`.loading` adds the packaged default
 """
 
 import math
-from typing import Callable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -29,23 +30,28 @@ from ...images import postprocess_images, psnr  # noqa: F401  (psnr: benchmarks/
 from ...models import LinearizerModel
 from ...schedulers import LinearizerScheduler
 from .common import LinearizerPipelineMixin, apply_operator, check_output_type
+from .conditioning import guidance_weight
 from .fast_sampling import FastSamplingMixin
 
 logger = logging.get_logger(__name__)
 
 
 class LinearizerPipeline(FastSamplingMixin, LinearizerPipelineMixin, DiffusionPipeline):
-    r"""Image generation with a Linearizer: ``x = g_x⁻¹(B g_y(τ·ε))``, or ``B(c, w)`` for a conditional model.
+    r"""Image generation with an unconditional Linearizer: ``x = g_x⁻¹(B g_y(τ·ε))``.
 
     Args:
-        linearizer ([`LinearizerModel`]): ``g_x``, ``g_y`` and the linear core ``A_t`` (or ``A(t, c)``).
+        linearizer ([`LinearizerModel`]): ``g_x``, ``g_y`` and the linear core ``A_t``.
         scheduler ([`LinearizerScheduler`]): the flow-matching sampler and its exact collapse into ``B``.
-        text_encoder (optional, a ``transformers`` text model such as ``CLIPTextModel``) and tokenizer
-            (optional): encode ``prompt`` for a text-conditioned model; saved and loaded like Stable
-            Diffusion's components.
 
-    Both pipelines (this one and :class:`LinearizerInversionPipeline`) built on the same scheduler share
-    its collapse cache, e.g. ``LinearizerInversionPipeline(**pipe.components)``. A pipeline object may be
+    One class per kind of model, as in diffusers (``DDPMPipeline``, ``DiTPipeline``,
+    ``StableDiffusionPipeline``): conditional models run in :class:`LinearizerClassPipeline` (``class_labels``)
+    and :class:`LinearizerTextPipeline` (``prompt``), both subclasses of this one. ``from_pretrained`` called on
+    this class returns the class of the saved model's kind (the way ``AutoPipeline`` picks a class), so
+    ``LinearizerPipeline.from_pretrained(path)`` loads any Linearizer; building this class directly around a
+    conditional model is an error naming the right class.
+
+    The pipelines built on the same scheduler (this one and :class:`LinearizerInversionPipeline`) share its
+    collapse cache, e.g. ``LinearizerInversionPipeline(**pipe.components)``. A pipeline object may be
     called from several threads at once: ``B`` is computed once under the scheduler's lock and stepped
     runs use their own scheduler copy.
 
@@ -54,15 +60,23 @@ class LinearizerPipeline(FastSamplingMixin, LinearizerPipelineMixin, DiffusionPi
     (:mod:`.fast_sampling`).
     """
 
-    model_cpu_offload_seq = "text_encoder->linearizer"
-    _optional_components = ["text_encoder", "tokenizer"]
+    model_cpu_offload_seq = "linearizer"
     _callback_tensor_inputs = ["latents", "noise"]
+    _model_kinds = (None,)
 
-    def __init__(self, linearizer: LinearizerModel, scheduler: LinearizerScheduler, text_encoder=None, tokenizer=None):
+    def __init__(self, linearizer: LinearizerModel, scheduler: LinearizerScheduler):
         super().__init__()
-        self.register_modules(linearizer=linearizer, scheduler=scheduler, text_encoder=text_encoder, tokenizer=tokenizer)
-        if type(self).__call__ is LinearizerPipeline.__call__:  # a subclass's own __call__ keeps its signature
-            self._expose_call_signature()
+        self.register_modules(linearizer=linearizer, scheduler=scheduler)
+        self.check_model_kind()
+
+    @classmethod
+    def _class_for_kind(cls, kind: Optional[str]):
+        """The generation class of a model kind when it is this class or a subclass of it, else ``cls``
+        (whose ``__init__`` then names the right one)."""
+        from . import pipeline_class_for
+
+        target = pipeline_class_for(kind)
+        return target if issubclass(target, cls) else cls
 
     @property
     def num_timesteps(self) -> int:
@@ -166,7 +180,9 @@ class LinearizerPipeline(FastSamplingMixin, LinearizerPipelineMixin, DiffusionPi
 
         A private copy of the scheduler holds the stepping state (calls may run in parallel). ``conditions``
         (from :meth:`prepare_conditions`) and ``guidance`` ``w``: the guided prediction of every image, two core
-        evaluations per stage when ``w ≠ 0``.
+        evaluations per stage when ``w ≠ 0``. As in diffusers, a callback may change ``pipe._guidance_scale``
+        between steps of a guided run; the next steps use it (read only when a callback is given, so concurrent
+        calls without callbacks share no state).
         """
         config = dict(self.scheduler.config)
         if solver is not None:
@@ -175,12 +191,15 @@ class LinearizerPipeline(FastSamplingMixin, LinearizerPipelineMixin, DiffusionPi
         scheduler.set_timesteps(num_inference_steps, device=latents.device)
         timesteps = scheduler.timesteps
         self._num_timesteps = len(timesteps)
+        w = guidance
         with self.progress_bar(total=len(timesteps)) as progress_bar:
             for i, ts in enumerate(timesteps):
                 t = float(scheduler.t_of(ts))
-                prediction = self.guided_prediction(latents, t, conditions, guidance)  # the clean-latent prediction
+                prediction = self.guided_prediction(latents, t, conditions, w)  # the clean-latent prediction
                 latents = scheduler.step(prediction, ts, latents, return_dict=False)[0]
                 latents = self._callback(callback_on_step_end, i, ts, callback_on_step_end_tensor_inputs, latents, noise)
+                if callback_on_step_end is not None and guidance != 0.0:  # the callback may have changed it
+                    w = guidance_weight(self._guidance_scale)
                 progress_bar.update()
         return latents
 
@@ -192,78 +211,18 @@ class LinearizerPipeline(FastSamplingMixin, LinearizerPipelineMixin, DiffusionPi
             out[index] = apply_operator(self._operator_for(cond, neg, w, num_inference_steps, solver), z[index])
         return out
 
-    @torch.no_grad()
-    def __call__(
-        self,
-        batch_size: Optional[int] = None,
-        num_inference_steps: int = 100,
-        solver: Optional[str] = None,
-        one_step: bool = True,
-        generator: Optional[Union[torch.Generator, List[torch.Generator]]] = None,
-        latents: Optional[torch.Tensor] = None,
-        temperature: float = 1.0,
-        output_type: str = "pil",
-        return_dict: bool = True,
-        callback_on_step_end: Optional[Callable] = None,
-        callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
-        clamp: bool = True,
-        class_labels=None,
-        prompt=None,
-        guidance_scale: Optional[float] = None,
-        negative_class_labels=None,
-        negative_prompt=None,
-        prompt_embeds: Optional[torch.Tensor] = None,
-        negative_prompt_embeds: Optional[torch.Tensor] = None,
-    ) -> Union[ImagePipelineOutput, Tuple]:
-        r"""Generate images.
-
-        Args:
-            class_labels: class-conditioned models only: a class id or name, or one per image (a list or an
-                integer tensor; names as in ``id2label``, see :meth:`get_label_ids`); by default the classes in
-                turn, ``i mod num_classes``. One call may mix classes: each class gets its own cached ``B(c, w)``.
-            prompt: text-conditioned models only: a string, or one per image.
-            batch_size: number of images; by default ``latents.shape[0]``, else the length of a list of
-                generators, else 1.
-            num_inference_steps: grid points ``T`` of the sampler (``T − 1`` solver steps), ≥ 2. With
-                ``one_step=True`` it only selects which run ``B`` reproduces; the cost is one operator apply.
-            solver: ``"euler"``, ``"heun"``, ``"rk4"`` (or ``"reference_rk"``); ``None`` = the scheduler's.
-            one_step: apply the cached collapsed operator ``B`` (default) instead of stepping.
-            generator: a ``torch.Generator`` or one per image; noise is drawn with diffusers' ``randn_tensor``
-                in float32 (so a seed means the same image in every dtype), the only random choice made.
-            latents: the initial noise ``(batch_size, C, H, W)`` instead of drawing it, used as given.
-            temperature: ``τ > 0``; the drawn noise is ``τ·ε`` with ``ε ~ N(0, I)`` (``τ < 1``: more typical,
-                smoother images; ``τ > 1``: more varied ones). ``B`` is linear, so one-step and stepped runs
-                agree for every ``τ``. It does not apply to ``latents`` (pass ``latents * τ`` instead; giving
-                both with ``τ ≠ 1`` is an error).
-            output_type: ``"pil"``, ``"np"`` (``(N, H, W, C)`` float32), ``"pt"`` (``(N, C, H, W)``), or
-                ``"latent"`` (the final latents ``z = B g_y(noise)`` before ``g_x⁻¹``).
-            return_dict: return an ``ImagePipelineOutput`` instead of a tuple.
-            callback_on_step_end: ``callback(pipe, i, timestep, callback_kwargs) -> dict`` after every step, as
-                in diffusers; it may return new ``"latents"``. A stepped run calls it after every model
-                evaluation; a one-step run has one step: it is called once, after ``B``, with ``i = 0`` and
-                the first timestep.
-            callback_on_step_end_tensor_inputs: which tensors go into ``callback_kwargs``
-                (``"latents"``, ``"noise"``).
-            clamp: clamp ``"pt"``/``"np"`` images to the data range ``[0, 1]`` (``False`` returns the raw
-                ``g_x⁻¹`` output, e.g. to invert it exactly); PIL images are always clamped.
-            guidance_scale: classifier-free guidance ``s`` of conditional models, diffusers' convention: the
-                prediction is ``(1 + w)·A(t, c) z − w·A(t, c⁻) z`` with ``w = s − 1``, on for ``s > 1`` (``0`` or
-                ``1``: off). Default (``None``): ``DEFAULT_GUIDANCE_SCALE`` = 4.0 for conditional models. The
-                guided run still collapses into one operator of the same rank: guidance costs nothing per image.
-            negative_class_labels: the class(es) ``c⁻`` to steer away from (default the learned null class ∅);
-                needs guidance.
-            negative_prompt: text ``c⁻`` (default the empty prompt); needs guidance.
-            prompt_embeds / negative_prompt_embeds: pooled text embeddings ``(N, condition_dim)`` instead of
-                ``prompt`` / ``negative_prompt`` (see :meth:`encode_prompt`).
-        """
+    def _generate(self, batch_size, num_inference_steps, solver, one_step, generator, latents, temperature, output_type,
+                  return_dict, callback_on_step_end, callback_on_step_end_tensor_inputs, clamp,
+                  cond_args: Optional[Dict] = None, guidance_scale: Optional[float] = None):
+        """The body of every generation ``__call__`` (the subclasses add ``cond_args`` and ``guidance_scale``):
+        every check first, then noise → ``g_y`` → ``B`` (or stepping) → ``g_x⁻¹``."""
         from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
-        cond_args = dict(class_labels=class_labels, negative_class_labels=negative_class_labels, prompt=prompt,
-                         negative_prompt=negative_prompt, prompt_embeds=prompt_embeds,
-                         negative_prompt_embeds=negative_prompt_embeds)
+        cond_args = cond_args or {}
         self._check_components()
+        self.check_model_kind()
         w = self.resolve_guidance(guidance_scale)
         self._check_condition_args(cond_args, w)
         if batch_size is None and latents is None and not isinstance(generator, list):
@@ -296,3 +255,50 @@ class LinearizerPipeline(FastSamplingMixin, LinearizerPipelineMixin, DiffusionPi
         if not return_dict:
             return (images,)
         return ImagePipelineOutput(images=images)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        batch_size: Optional[int] = None,
+        num_inference_steps: int = 100,
+        solver: Optional[str] = None,
+        one_step: bool = True,
+        generator: Optional[Union[torch.Generator, List[torch.Generator]]] = None,
+        latents: Optional[torch.Tensor] = None,
+        temperature: float = 1.0,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        callback_on_step_end: Optional[Callable] = None,
+        callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+        clamp: bool = True,
+    ) -> Union[ImagePipelineOutput, Tuple]:
+        r"""Generate images.
+
+        Args:
+            batch_size: number of images; by default ``latents.shape[0]``, else the length of a list of
+                generators, else 1.
+            num_inference_steps: grid points ``T`` of the sampler (``T − 1`` solver steps), ≥ 2. With
+                ``one_step=True`` it only selects which run ``B`` reproduces; the cost is one operator apply.
+            solver: ``"euler"``, ``"heun"``, ``"rk4"`` (or ``"reference_rk"``); ``None`` = the scheduler's.
+            one_step: apply the cached collapsed operator ``B`` (default) instead of stepping.
+            generator: a ``torch.Generator`` or one per image; noise is drawn with diffusers' ``randn_tensor``
+                in float32 (so a seed means the same image in every dtype), the only random choice made.
+            latents: the initial noise ``(batch_size, C, H, W)`` instead of drawing it, used as given.
+            temperature: ``τ > 0``; the drawn noise is ``τ·ε`` with ``ε ~ N(0, I)`` (``τ < 1``: more typical,
+                smoother images; ``τ > 1``: more varied ones). ``B`` is linear, so one-step and stepped runs
+                agree for every ``τ``. It does not apply to ``latents`` (pass ``latents * τ`` instead; giving
+                both with ``τ ≠ 1`` is an error).
+            output_type: ``"pil"``, ``"np"`` (``(N, H, W, C)`` float32), ``"pt"`` (``(N, C, H, W)``), or
+                ``"latent"`` (the final latents ``z = B g_y(noise)`` before ``g_x⁻¹``).
+            return_dict: return an ``ImagePipelineOutput`` instead of a tuple.
+            callback_on_step_end: ``callback(pipe, i, timestep, callback_kwargs) -> dict`` after every step, as
+                in diffusers; it may return new ``"latents"``. A stepped run calls it after every model
+                evaluation; a one-step run has one step: it is called once, after ``B``, with ``i = 0`` and
+                the first timestep.
+            callback_on_step_end_tensor_inputs: which tensors go into ``callback_kwargs``
+                (``"latents"``, ``"noise"``).
+            clamp: clamp ``"pt"``/``"np"`` images to the data range ``[0, 1]`` (``False`` returns the raw
+                ``g_x⁻¹`` output, e.g. to invert it exactly); PIL images are always clamped.
+        """
+        return self._generate(batch_size, num_inference_steps, solver, one_step, generator, latents, temperature,
+                              output_type, return_dict, callback_on_step_end, callback_on_step_end_tensor_inputs, clamp)

@@ -8,8 +8,8 @@ algebraic inverse through the Moore–Penrose pseudo-inverse ``B†`` (float64, 
 When ``B`` has full rank (``c·I + low rank`` with ``c ≠ 0`` is generic) ``B B† = I`` and the
 reconstruction is exact up to round-off; the PSNR and relative error returned measure it.
 
-A conditional model inverts through the guided ``B(c, w)†`` of each image's condition (the same arguments
-as :class:`LinearizerPipeline`), and :meth:`~LinearizerInversionPipeline.interpolate` can move between two
+One class serves every kind of model: a conditional one inverts through the guided ``B(c, w)†`` of each
+image's condition (the arguments of :class:`LinearizerClassPipeline` and :class:`LinearizerTextPipeline`), and :meth:`~LinearizerInversionPipeline.interpolate` can move between two
 conditions: frame ``λ`` uses the core ``(1 − λ)·A(t, c_a) + λ·A(t, c_b)`` (guided like any core), which
 still collapses into one operator.
 
@@ -26,6 +26,7 @@ from ...images import images_to_tensor, postprocess_images, psnr
 from ...models import LinearizerModel
 from ...schedulers import LinearizerScheduler
 from .common import LinearizerPipelineMixin, apply_operator, check_output_type
+from .conditioning import ClassConditionMixin, TextConditionMixin
 from .pipeline_output import LinearizerInterpolationOutput, LinearizerInversionPipelineOutput
 
 INTERPOLATION_MODES = ("slerp", "linear")
@@ -48,7 +49,7 @@ def slerp(a: torch.Tensor, b: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return (direction * ((1 - w) * na + w * nb)).to(a.dtype)
 
 
-class LinearizerInversionPipeline(LinearizerPipelineMixin, DiffusionPipeline):
+class LinearizerInversionPipeline(ClassConditionMixin, TextConditionMixin, LinearizerPipelineMixin, DiffusionPipeline):
     r"""Images → noise through ``B†``, reconstructions with their error, and noise-space interpolation.
 
     Args:
@@ -72,6 +73,7 @@ class LinearizerInversionPipeline(LinearizerPipelineMixin, DiffusionPipeline):
     def __init__(self, linearizer: LinearizerModel, scheduler: LinearizerScheduler, text_encoder=None, tokenizer=None):
         super().__init__()
         self.register_modules(linearizer=linearizer, scheduler=scheduler, text_encoder=text_encoder, tokenizer=tokenizer)
+        self.check_model_kind()
 
     def _prepare(self, image, name: str, num_inference_steps, solver, output_type, check_range=True):
         """Check everything before any work; return the images as a tensor on the execution device."""
