@@ -40,6 +40,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from diffusers_linearizer.models import SharedBasisCore, TimeLowRankCore  # noqa: E402
 from diffusers_linearizer.schedulers import LinearizerScheduler  # noqa: E402
+from diffusers_linearizer import write_text_atomic  # noqa: E402
 
 F64 = torch.float64
 
@@ -160,7 +161,6 @@ ROWS = []
 def row(section, D, T, core, method, solver, dtype, seconds, mem, rank, err, note=""):
     ROWS.append(dict(section=section, D=D, T=T, core=core, method=method, solver=solver, dtype=dtype,
                      seconds=seconds, mem=mem, rank=rank, err=err, note=note))
-    r = ROWS[-1]
     print(f"{section:<8} D={D:<7} T={T:<5} {core:<13} {method:<10} {solver:<6} {dtype:<5} "
           f"{seconds:9.3f}s  mem {mem:<10} rank {str(rank):<6} err {err}  {note}", flush=True)
 
@@ -325,8 +325,7 @@ def write_markdown(args, device, speedups, total):
             " them in; the work per collapse is two D × R GEMMs (R = rank of B) plus O(T·k·R²) small"
             " products, and memory is O(D·R).",
         ]
-    with open(args.output, "w") as f:
-        f.write("\n".join(lines) + "\n")
+    write_text_atomic(args.output, "\n".join(lines) + "\n")
     print(f"\nwrote {os.path.normpath(args.output)} ({total:.0f} s)")
 
 

@@ -33,6 +33,7 @@ for path in (REPO, HERE):
 
 from diffusers_linearizer import DEFAULT_MODEL_DIR, LinearizerModel, LinearizerPipeline, LinearizerScheduler, replace_dir  # noqa: E402
 from diffusers_linearizer.training import checkpoint_root, list_checkpoints  # noqa: E402
+from diffusers_linearizer import write_text_atomic  # noqa: E402
 
 MODELS = os.path.join(HERE, "models")
 
@@ -99,8 +100,7 @@ def main(argv=None) -> int:
                      "seconds": base_final["train_seconds"], "learning_rate": base["learning_rate"],
                      "ema_decay": base["ema_decay"]},
     }
-    with open(os.path.join(MODELS, "training_runs.json"), "w") as f:
-        json.dump(runs, f, indent=2)
+    write_text_atomic(os.path.join(MODELS, "training_runs.json"), json.dumps(runs, indent=2) + "\n")
     print(json.dumps(runs, indent=2))
     return 0
 

@@ -33,6 +33,7 @@ if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
 from diffusers_linearizer.training.data import FASHION_MNIST_DIR, EpochShuffleSampler, FashionMNIST  # noqa: E402
+from diffusers_linearizer import write_text_atomic  # noqa: E402
 
 WEIGHTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fmnist_classifier.safetensors")
 FEATURES = 128
@@ -152,8 +153,8 @@ def main(argv=None) -> int:
     tmp = args.output + ".tmp"
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp, metadata={"test_accuracy": f"{acc:.4f}"})
     os.replace(tmp, args.output)
-    with open(os.path.splitext(args.output)[0] + ".json", "w") as f:
-        json.dump({"test_accuracy": acc, "epochs": args.epochs, "features": FEATURES}, f, indent=2)
+    summary = {"test_accuracy": acc, "epochs": args.epochs, "features": FEATURES}
+    write_text_atomic(os.path.splitext(args.output)[0] + ".json", json.dumps(summary, indent=2) + "\n")
     print(f"saved {args.output} (test accuracy {acc:.4f})")
     return 0
 

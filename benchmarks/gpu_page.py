@@ -6,6 +6,8 @@ import json
 import os
 from typing import Dict, List
 
+from diffusers_linearizer import write_text_atomic
+
 
 def _fmt(x, unit: str = "", digits: int = 1) -> str:
     return "—" if x is None else f"{x:,.{digits}f}{unit}"
@@ -138,7 +140,5 @@ def write_page(path: str, results: Dict, argv: List[str], goals: Dict) -> None:
                      + ("used the CPU." if not gpu else "was the quick mode."))
     lines.append("")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        f.write("\n".join(lines))
-    with open(os.path.splitext(path)[0] + ".json", "w", encoding="utf-8") as f:
-        json.dump(results, f, indent=2)
+    write_text_atomic(path, "\n".join(lines))
+    write_text_atomic(os.path.splitext(path)[0] + ".json", json.dumps(results, indent=2) + "\n")

@@ -40,6 +40,7 @@ from diffusers_linearizer.image_grid import make_grid  # noqa: E402
 from diffusers_linearizer.images import psnr  # noqa: E402
 from collapse import hardware as collapse_hardware  # noqa: E402
 from fmnist_classifier import accuracy, extract_features, frechet_distance, gaussian_stats, load_classifier, load_split  # noqa: E402
+from diffusers_linearizer import write_text_atomic  # noqa: E402
 
 DOCS = os.path.join(REPO, "docs")
 T = 100
@@ -158,12 +159,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     os.makedirs(os.path.join(DOCS, "images"), exist_ok=True)
     pictures(os.path.join(DOCS, "images", "guidance_classes.png"))
     result["seconds"] = time.perf_counter() - start
-    with open(os.path.join(DOCS, "guidance.json"), "w", encoding="utf-8") as f:
-        json.dump(result, f, indent=2)
+    write_text_atomic(os.path.join(DOCS, "guidance.json"), json.dumps(result, indent=2) + "\n")
     from guidance_page import render
 
-    with open(os.path.join(DOCS, "guidance.md"), "w", encoding="utf-8") as f:
-        f.write(render(result))
+    write_text_atomic(os.path.join(DOCS, "guidance.md"), render(result))
     return 0
 
 

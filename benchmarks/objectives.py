@@ -37,6 +37,7 @@ from fmnist_classifier import extract_features, frechet_distance, gaussian_stats
 from results import generate, hardware  # noqa: E402
 
 from diffusers_linearizer import DEFAULT_MODEL_DIR  # noqa: E402
+from diffusers_linearizer import write_text_atomic  # noqa: E402
 
 DOCS = os.path.join(REPO, "docs")
 
@@ -124,8 +125,7 @@ def main(argv=None) -> int:
     result = {"date": datetime.date.today().isoformat(), "hardware": hardware(), "seconds": args.seconds,
               "fd_samples": args.fd_samples, "config": " ".join(config_args), "rows": rows,
               "total_seconds": time.perf_counter() - t0}
-    with open(os.path.splitext(args.output)[0] + ".json", "w") as f:
-        json.dump(result, f, indent=2)
+    write_text_atomic(os.path.splitext(args.output)[0] + ".json", json.dumps(result, indent=2) + "\n")
     fast_t, ref_t, fast_s = rows
     lines = [
         "# Training objective: `fast` (default) vs the paper's `reference`",
@@ -156,9 +156,7 @@ def main(argv=None) -> int:
         "default is the equal-time one. The budget here is short (the packaged default trained 75 minutes) and the runs "
         "share one seed; the sample-seed spread shows the resolution of the FD estimate, not the training noise.",
     ]
-    with open(args.output + ".tmp", "w") as f:
-        f.write("\n".join(lines) + "\n")
-    os.replace(args.output + ".tmp", args.output)
+    write_text_atomic(args.output, "\n".join(lines) + "\n")
     print(f"wrote {args.output}")
     return 0
 

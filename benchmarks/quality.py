@@ -49,6 +49,7 @@ from diffusers_linearizer.training import checkpoint_root, list_checkpoints  # n
 from diffusers_linearizer.training.checkpoints import read_trainer_state  # noqa: E402
 from diffusers_linearizer.training.distill import read_pairs_file  # noqa: E402
 from diffusers_linearizer.training.one_step import bits_per_dim, dequantize, log_likelihood  # noqa: E402
+from diffusers_linearizer import write_text_atomic  # noqa: E402
 
 DOCS = os.path.join(REPO, "docs")
 IMAGES = os.path.join(DOCS, "images")
@@ -260,8 +261,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         "temperature": sweeps, "pairs_check": pairs_check, "teacher_training": "3,214 steps (batch 256) in 230 s on one NVIDIA H200; "
         "its 45,000 pairs took 150 s on that GPU",
     }
-    with open(os.path.join(DOCS, "quality.json"), "w", encoding="utf-8") as f:
-        json.dump(result, f, indent=2)
+    write_text_atomic(os.path.join(DOCS, "quality.json"), json.dumps(result, indent=2) + "\n")
     write_page(result)
     return 0
 
@@ -269,8 +269,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 def write_page(r: Dict) -> None:
     from quality_page import render
 
-    with open(os.path.join(DOCS, "quality.md"), "w", encoding="utf-8") as f:
-        f.write(render(r))
+    write_text_atomic(os.path.join(DOCS, "quality.md"), render(r))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ import os
 import sys
 from typing import Dict
 
+from diffusers_linearizer import write_text_atomic
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 DOCS = os.path.join(os.path.dirname(HERE), "docs")
 FD_GOAL = 98.0
@@ -109,6 +111,5 @@ def render(r: Dict) -> str:
 if __name__ == "__main__":
     with open(os.path.join(DOCS, "quality.json"), encoding="utf-8") as f:
         result = json.load(f)
-    with open(os.path.join(DOCS, "quality.md"), "w", encoding="utf-8") as f:
-        f.write(render(result))
+    write_text_atomic(os.path.join(DOCS, "quality.md"), render(result))
     sys.exit(0)

@@ -49,6 +49,7 @@ from diffusers_linearizer import LinearizerInversionPipeline, LinearizerPipeline
 from diffusers_linearizer.image_grid import make_grid  # noqa: E402
 from diffusers_linearizer import DEFAULT_MODEL_DIR, psnr  # noqa: E402
 from diffusers_linearizer.training.data import derive_seed  # noqa: E402
+from diffusers_linearizer import write_text_atomic  # noqa: E402
 
 MODELS = os.path.join(HERE, "models")
 DOCS = os.path.join(REPO, "docs")
@@ -328,8 +329,7 @@ def main(argv=None) -> int:
         return verify(stored, results)
     results["total_seconds"] = time.perf_counter() - t_start
     results["command"] = "python benchmarks/results.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    with open(os.path.splitext(args.output)[0] + ".json", "w") as f:
-        json.dump(results, f, indent=2)
+    write_text_atomic(os.path.splitext(args.output)[0] + ".json", json.dumps(results, indent=2) + "\n")
     from results_page import write_page
 
     write_page(results, args, args.output)

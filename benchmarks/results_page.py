@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import math
-import os
 import sys
 from typing import Dict, List
+
+from diffusers_linearizer import write_text_atomic
 
 GOALS = {"exact_fp32": 60.0, "exact_fp64": 120.0, "inversion": 60.0, "fd_ratio": 2.0, "throughput": 20.0}
 
@@ -237,7 +238,4 @@ def write_page(r: Dict, args, path: str) -> None:
         "--max_train_seconds 4500`, commands in the README and in the scripts' docstrings).",
         "",
     ]
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write("\n".join(lines).rstrip() + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, "\n".join(lines).rstrip() + "\n")

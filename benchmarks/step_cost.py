@@ -42,6 +42,7 @@ if REPO not in sys.path:
 
 from diffusers_linearizer import LinearizerModel  # noqa: E402
 from diffusers_linearizer.training.objective import LinearizerObjective, draw_step_noise, initialize_actnorm  # noqa: E402
+from diffusers_linearizer import write_text_atomic  # noqa: E402
 
 GOAL = 4.0
 # Candidate configurations (LinearizerModel keyword overrides) timed beside the defaults.
@@ -246,10 +247,8 @@ H100 at batch 256 (`shared/REFERENCE.md`). CPU timings on a shared machine are n
 keeps the *ratios* meaningful. Raw per-round times are in `docs/step_cost.json`.
 """
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(text)
-    with open(os.path.splitext(path)[0] + ".json", "w", encoding="utf-8") as f:
-        json.dump(results, f, indent=2)
+    write_text_atomic(path, text)
+    write_text_atomic(os.path.splitext(path)[0] + ".json", json.dumps(results, indent=2) + "\n")
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -22,7 +22,7 @@ from .pipelines import (
     pipeline_class_for,
 )
 from .images import psnr
-from .atomic import replace_dir, write_json_atomic
+from .atomic import replace_dir, write_json_atomic, write_text_atomic
 from diffusers import ModelMixin, SchedulerMixin  # noqa: F401  (diffusers' loader looks these up on the library named in model_index.json)
 
 # diffusers records a component as [library, class] in model_index.json, the library being the class's
