@@ -55,6 +55,9 @@ def linearizer_model_card(pipeline, metrics: Optional[Dict[str, Any]] = None, re
     name = repo_id or "path/to/this/pipeline"
     params = sum(p.numel() for p in pipeline.linearizer.parameters())
     metric_rows = "\n".join(f"| {k} | {v} |" for k, v in metrics.items()) or "| (none recorded) | |"
+    uses_condition = {"class": "class_labels=[0, 1, 2, 3], guidance_scale=4.0",
+                      "text": 'prompt=["a prompt"] * 4, guidance_scale=4.0'}.get(kind, "")
+    condition = uses_condition or "batch_size=4"
     body = f"""
 # Linearizer ({type(pipeline).__name__})
 
@@ -75,11 +78,14 @@ import torch
 from diffusers_linearizer import LinearizerPipeline, LinearizerInversionPipeline
 
 pipe = LinearizerPipeline.from_pretrained("{name}")
-images = pipe(batch_size=4, generator=torch.Generator().manual_seed(0)).images  # one step
+images = pipe({condition}, generator=torch.Generator().manual_seed(0)).images  # one step
 
 inverter = LinearizerInversionPipeline(**pipe.components)  # shares the collapsed operator
-out = inverter(images)  # out.noise regenerates the images; out.psnr measures the reconstruction
+out = inverter(images{", " + uses_condition if uses_condition else ""})  # out.noise regenerates the images
 ```
+
+`LinearizerPipeline.from_pretrained` returns the pipeline class of this model's kind
+(`{type(pipeline).__name__}`).
 
 `DiffusionPipeline.from_pretrained("{name}", trust_remote_code=True)` also works: the
 `pipeline_linearizer.py` file beside `model_index.json` only re-exports the installed package's classes.
