@@ -31,7 +31,6 @@ import sys
 import time
 from typing import Dict, List, Optional
 
-import numpy as np
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -173,22 +172,10 @@ def temperature_sweep(path: str, classifier, ref, fd_eps) -> List[Dict]:
 
 def check_pairs(pairs: str, n: int) -> Dict:
     """Regenerate the first ``n`` pairs with the teacher next to the pairs file, as `distill-data` does, and
-    compare with the stored images (uint8 levels)."""
-    import tempfile
+    compare with the stored images (``benchmarks/pairs_check.py``)."""
+    from pairs_check import check
 
-    from diffusers_linearizer.training.teacher import write_teacher_pairs
-
-    teacher = os.path.join(os.path.dirname(pairs), "teacher")
-    start = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        out = write_teacher_pairs(teacher, os.path.join(tmp, "pairs.npz"), n, progress=False)
-        made = read_pairs_file(out)[0].astype(np.int64)
-    stored = read_pairs_file(pairs)[0][:n].astype(np.int64)
-    diff = np.abs(made - stored)
-    result = {"pairs": n, "max_level_difference": int(diff.max()), "mean_level_difference": float(diff.mean()),
-              "images_differing": int((diff.reshape(n, -1).max(1) > 0).sum()), "seconds": round(time.perf_counter() - start, 1)}
-    print(f"pairs check: {result}", flush=True)
-    return result
+    return check(pairs, n)
 
 
 def _stored(key: str):

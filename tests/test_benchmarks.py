@@ -123,3 +123,18 @@ def test_gpu_benchmark_quick_mode_runs_every_code_path(tmp_path):
     goals = out.read_text().split("## Goals")[1]
     assert "1.1× the plain trainer (goal ≥ 5×: **not met**)" in goals and "0.45× the time of the faster UNet step" in goals
     assert "GPU numbers: not measured" not in out.read_text()
+
+
+def test_pairs_check_counts_level_differences():
+    import numpy as np
+
+    pairs_check = pytest.importorskip("pairs_check")
+    stored = np.zeros((3, 2, 2), dtype=np.uint8)
+    made = stored.copy()
+    made[0, 0, 0] = 1          # one level: counted as differing, not over one level
+    made[2, 1, 1] = 3          # three levels in image 2
+    made[2, 0, 1] = 2
+    out = pairs_check.compare(made, stored)
+    assert out["pairs"] == 3 and out["max_level_difference"] == 3 and out["images_differing"] == 2
+    assert out["pixels_over_one_level"] == 2 and out["images_over_one_level"] == [2]
+    assert math.isclose(out["mean_level_difference"], 6 / 12)
