@@ -154,7 +154,7 @@ def cmd_generate(args) -> int:
 
     if args.num_images < 1 or args.batch_size < 1:
         raise ValueError("--num-images and --batch-size must be ≥ 1.")
-    if not args.temperature > 0 or args.temperature == float("inf"):
+    if args.temperature is not None and (not args.temperature > 0 or args.temperature == float("inf")):
         raise ValueError(f"--temperature must be a finite number > 0, got {args.temperature}.")
     check_device(args.device)
     check_outputs(args.output)

@@ -78,9 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument(
         "--temperature",
         type=float,
-        default=1.0,
+        default=None,
         help="Sampling temperature τ > 0: the noise is τ·ε with ε ~ N(0, I) (below 1: smoother, more typical "
-        "images; above 1: more varied ones). Default: 1.0.",
+        "images; above 1: more varied ones). Default: the model's sampling_temperature (1 unless calibrated).",
     )
     gen.add_argument(
         "--multi-step",

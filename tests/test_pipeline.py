@@ -498,3 +498,25 @@ def test_inversion_refuses_float_images_in_another_range(guarded, image, message
     _, inv = guarded
     with pytest.raises(ValueError, match=message):
         inv(image)
+
+
+# ---------------------------------------------------------------------- the model's sampling temperature
+def test_model_sampling_temperature_is_the_default_noise_scale(tmp_path):
+    pipe = make_pipe(dtype=torch.float64, sampling_temperature=1.3)
+    shape = (2, *pipe.linearizer.sample_shape)
+    eps = torch.cat([torch.randn((1, *shape[1:]), generator=g) for g in gens(3, 4)])  # what randn_tensor draws
+    by_default = raw(pipe, batch_size=2, generator=gens(3, 4), num_inference_steps=STEPS)
+    torch.testing.assert_close(by_default, raw(pipe, latents=(1.3 * eps).double(), num_inference_steps=STEPS),
+                               rtol=0, atol=1e-12)
+    stepped = raw(pipe, batch_size=2, generator=gens(3, 4), num_inference_steps=STEPS, one_step=False)
+    assert float(psnr(stepped, by_default).min()) > 100
+    plain = raw(pipe, batch_size=2, generator=gens(3, 4), num_inference_steps=STEPS, temperature=1.0)
+    torch.testing.assert_close(plain, raw(pipe, latents=eps.double(), num_inference_steps=STEPS), rtol=0, atol=1e-12)
+    assert float((plain - by_default).abs().max()) > 1e-4
+    # given latents are used as they are
+    torch.testing.assert_close(raw(pipe, latents=eps.double(), num_inference_steps=STEPS), plain, rtol=0, atol=0)
+    pipe.save_pretrained(tmp_path / "p")
+    assert LinearizerPipeline.from_pretrained(tmp_path / "p").linearizer.config.sampling_temperature == 1.3
+    for bad in (0.0, -1.0, float("nan"), True):
+        with pytest.raises(ValueError, match="sampling_temperature"):
+            tiny_model(sampling_temperature=bad)

@@ -119,8 +119,8 @@ def build_app(demo: Optional[LinearizerDemo] = None, model: Optional[str] = None
                 seed = gr.Number(value=0, precision=0, label="Seed (image i uses seed + i)", elem_id="generate-seed")
                 count = gr.Slider(1, MAX_IMAGES, value=16, step=1, label="Number of images", elem_id="generate-count")
                 steps, solver = _sampler_inputs(gr, demo, "generate")
-                temperature = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="Temperature (noise scale)",
-                                        elem_id="generate-temperature")
+                temperature = gr.Slider(0.0, 2.0, value=demo.default_temperature, step=0.05,
+                                        label="Temperature (noise scale)", elem_id="generate-temperature")
             with gr.Row(visible=demo.conditional):
                 names = f["class_names"] or [str(i) for i in range(f["num_classes"] or 0)]
                 class_name = gr.Dropdown(choices=names, value=names[0] if names else None, allow_custom_value=True,

@@ -73,6 +73,7 @@ class LinearizerDemo:
         self.model.eval()
         self.sample_shape = tuple(self.model.sample_shape)
         self.default_solver = pipe.scheduler.config.get("solver") or SOLVERS[0]
+        self.default_temperature = float(self.model.config.get("sampling_temperature", 1.0))
         self.features = pipeline_features(pipe)
         if work_dir is None:
             work_dir = tempfile.mkdtemp(prefix="linearizer-demo-")
@@ -147,7 +148,7 @@ class LinearizerDemo:
             condition["guidance_scale"] = as_float(guidance_scale, "Guidance scale", 0.0, 50.0)
         return condition
 
-    def generate(self, seed, num_images, steps, solver, temperature=1.0, class_name=None, prompt=None,
+    def generate(self, seed, num_images, steps, solver, temperature=None, class_name=None, prompt=None,
                  guidance_scale=None, progress: Progress = None):
         """Tab 1: ``num_images`` images in one step. Returns ``(grid, message, record)``.
 
@@ -157,6 +158,7 @@ class LinearizerDemo:
         seed = as_int(seed, "Seed", 0, 2**62)
         n = as_int(num_images, "Number of images", 1, MAX_IMAGES)
         steps, solver = self._steps_and_solver(steps, solver)
+        temperature = self.default_temperature if temperature is None else temperature
         temperature = as_float(temperature, "Temperature", 0.0, 3.0)
         condition = self._condition(class_name, prompt, guidance_scale, n)
         _tick(progress, 0.0, f"collapsing {steps - 1} {solver} steps into B")

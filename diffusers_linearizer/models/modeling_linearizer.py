@@ -17,6 +17,7 @@ t = 0). Then ``g_x ≡ g_y`` only when ``role_x == role_y``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple, Union
 
@@ -95,6 +96,9 @@ class LinearizerModel(ModelMixin, ConfigMixin):
         condition_dim: size of the pooled text embedding of a text-conditioned core.
         id2label: class names, ``{"0": "T-shirt/top", …}`` (comma-separated synonyms allowed, as in
             diffusers' ``DiTPipeline``).
+        sampling_temperature: the noise scale τ the pipelines sample at when no ``temperature`` is given
+            (noise ``τ·ε``, ``ε ~ N(0, I)``): a calibration of a trained model, as a VAE's ``scaling_factor`` is;
+            1 means plain ``N(0, I)``. Training, likelihoods and inversion do not use it.
     """
 
     _supports_gradient_checkpointing = False
@@ -125,8 +129,12 @@ class LinearizerModel(ModelMixin, ConfigMixin):
         num_classes: int = 0,
         condition_dim: int = 0,
         id2label: Optional[Dict[str, str]] = None,
+        sampling_temperature: float = 1.0,
     ):
         super().__init__()
+        if isinstance(sampling_temperature, bool) or not isinstance(sampling_temperature, (int, float)) \
+                or not math.isfinite(sampling_temperature) or sampling_temperature <= 0:
+            raise ValueError(f"sampling_temperature must be a finite number > 0, got {sampling_temperature!r}.")
         if conditioning is not None and conditioning not in CONDITIONINGS:
             raise ValueError(f"Unknown conditioning {conditioning!r}; expected None or one of {', '.join(CONDITIONINGS)}.")
         if conditioning is None and core_type not in CORE_TYPES:

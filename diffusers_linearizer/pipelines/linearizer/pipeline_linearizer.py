@@ -7,7 +7,8 @@ collapses into one structured operator ``B`` (``LinearizerScheduler.collapse``) 
 
     ε ~ N(0, I)  →  z₀ = g_y(τ·ε)  →  z = B z₀  →  x = g_x⁻¹(z)
 
-one network pass each way and one low-rank product (``τ``: the sampling temperature, 1 by default).
+one network pass each way and one low-rank product (``τ``: the sampling temperature; by default the model's
+``sampling_temperature``, 1 unless the trained model was calibrated otherwise).
 A conditional model replaces ``B`` by the guided ``B(c, w)`` of each image's condition.
 ``one_step=False`` runs the same solver step by step (``A_t z`` evaluated by
 ``LinearizerModel.apply_core`` at every stage) and gives the same image up to round-off.
@@ -116,8 +117,10 @@ class LinearizerPipeline(FastSamplingMixin, LinearizerPipelineMixin, DiffusionPi
             )
         return int(batch_size)
 
-    @staticmethod
-    def _check_temperature(temperature, latents) -> float:
+    def _check_temperature(self, temperature, latents) -> float:
+        """``temperature``, or without one the model's ``sampling_temperature`` (1 for given ``latents``)."""
+        if temperature is None:
+            return 1.0 if latents is not None else float(getattr(self.linearizer.config, "sampling_temperature", 1.0))
         if isinstance(temperature, bool) or not isinstance(temperature, (int, float, np.number)) \
                 or not math.isfinite(temperature) or temperature <= 0:
             raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}.")
@@ -129,7 +132,7 @@ class LinearizerPipeline(FastSamplingMixin, LinearizerPipelineMixin, DiffusionPi
         return float(temperature)
 
     def check_inputs(self, batch_size, num_inference_steps, solver, output_type, generator, latents,
-                     callback_on_step_end, callback_on_step_end_tensor_inputs, temperature=1.0):
+                     callback_on_step_end, callback_on_step_end_tensor_inputs, temperature=None):
         """Every argument, before any work; returns ``(batch_size, T, solver, temperature)``."""
         T, solver = self.check_run(num_inference_steps, solver)
         batch_size = self._check_batch(batch_size, generator, latents)
@@ -265,7 +268,7 @@ class LinearizerPipeline(FastSamplingMixin, LinearizerPipelineMixin, DiffusionPi
         one_step: bool = True,
         generator: Optional[Union[torch.Generator, List[torch.Generator]]] = None,
         latents: Optional[torch.Tensor] = None,
-        temperature: float = 1.0,
+        temperature: Optional[float] = None,
         output_type: str = "pil",
         return_dict: bool = True,
         callback_on_step_end: Optional[Callable] = None,
@@ -285,9 +288,10 @@ class LinearizerPipeline(FastSamplingMixin, LinearizerPipelineMixin, DiffusionPi
                 in float32 (so a seed means the same image in every dtype), the only random choice made.
             latents: the initial noise ``(batch_size, C, H, W)`` instead of drawing it, used as given.
             temperature: ``τ > 0``; the drawn noise is ``τ·ε`` with ``ε ~ N(0, I)`` (``τ < 1``: more typical,
-                smoother images; ``τ > 1``: more varied ones). ``B`` is linear, so one-step and stepped runs
-                agree for every ``τ``. It does not apply to ``latents`` (pass ``latents * τ`` instead; giving
-                both with ``τ ≠ 1`` is an error).
+                smoother images; ``τ > 1``: more varied ones). Default (``None``): the model's
+                ``sampling_temperature`` (``pipe.linearizer.config``; 1 unless the model was calibrated). ``B`` is
+                linear, so one-step and stepped runs agree for every ``τ``. It does not apply to ``latents`` (pass
+                ``latents * τ`` instead; giving both with ``τ ≠ 1`` is an error).
             output_type: ``"pil"``, ``"np"`` (``(N, H, W, C)`` float32), ``"pt"`` (``(N, C, H, W)``), or
                 ``"latent"`` (the final latents ``z = B g_y(noise)`` before ``g_x⁻¹``).
             return_dict: return an ``ImagePipelineOutput`` instead of a tuple.

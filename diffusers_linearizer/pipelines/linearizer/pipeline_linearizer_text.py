@@ -43,7 +43,7 @@ class LinearizerTextPipeline(TextConditionMixin, LinearizerPipeline):
         prompt_embeds: Optional[torch.Tensor] = None, negative_prompt_embeds: Optional[torch.Tensor] = None,
         batch_size: Optional[int] = None, num_inference_steps: int = 100, solver: Optional[str] = None,
         one_step: bool = True, generator: Optional[Union[torch.Generator, List[torch.Generator]]] = None,
-        latents: Optional[torch.Tensor] = None, temperature: float = 1.0, output_type: str = "pil",
+        latents: Optional[torch.Tensor] = None, temperature: Optional[float] = None, output_type: str = "pil",
         return_dict: bool = True, callback_on_step_end: Optional[Callable] = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",), clamp: bool = True,
     ) -> Union[ImagePipelineOutput, Tuple]:
