@@ -85,15 +85,25 @@ def render(r: Dict) -> str:
     shipped = r.get("shipped")
     if shipped:
         fd = shipped["fd"]
-        sweep = r["temperature"].get("shipped", [])
-        best = min(sweep, key=lambda row: row["fd"]) if sweep else None
-        at_best = (f" At temperature τ = {best['temperature']} (noise scaled before `g_y`, exact) its FD is "
-                   f"{best['fd']:.1f}." if best and best["temperature"] != 1.0 else "")
+        tau = shipped.get("sampling_temperature", 1.0)
+        fd1 = shipped.get("fd_at_temperature_1", fd)
+        if tau == 1.0:
+            sweep = r["temperature"].get("shipped", [])
+            best = min(sweep, key=lambda row: row["fd"]) if sweep else None
+            goal = (f"* Packaged default's one-step FD ≤ {FD_GOAL:.0f} (at the default temperature τ = 1): **{fd:.1f}** — "
+                    + ("met." if fd <= FD_GOAL else "**not met**.")
+                    + (f" At temperature τ = {best['temperature']} (noise scaled before `g_y`, exact) its FD is "
+                       f"{best['fd']:.1f}." if best and best["temperature"] != 1.0 else ""))
+        else:
+            goal = (f"* Packaged default's one-step FD ≤ {FD_GOAL:.0f}: **{fd:.1f}** as `pipe()` samples it, at the "
+                    f"model's `sampling_temperature` τ = {tau:g} (chosen on training images, not these test images: "
+                    "`benchmarks/ship_default.py`) — " + ("met" if fd <= FD_GOAL else "**not met**")
+                    + f". With plain N(0, I) noise (τ = 1) its FD is {fd1:.1f} — "
+                    + ("met." if fd1 <= FD_GOAL else "**not met** at τ = 1."))
         lines += [
             "## Goals",
             "",
-            f"* Packaged default's one-step FD ≤ {FD_GOAL:.0f} (at the default temperature τ = 1): **{fd:.1f}** — "
-            + ("met." if fd <= FD_GOAL else "**not met**.") + at_best,
+            goal,
             f"* Distilled student ≤ 3× its teacher's 50-step FD ({3 * teacher:.1f}): **{fd:.1f}** "
             f"({fd / teacher:.1f}× the teacher) — " + ("met." if fd <= 3 * teacher else "**not met**."),
             f"* One-step vs stepped ≥ 60 dB (float32): {shipped['one_step_vs_stepped_db']:.1f} dB; inversion ≥ 60 dB: "

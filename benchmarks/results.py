@@ -295,7 +295,8 @@ def main(argv=None) -> int:
     results = {"hardware": hardware(), "torch": torch.__version__, "date": datetime.date.today().isoformat(),
                "T": T, "runs": runs, "classifier_test_accuracy": accuracy(classifier, test, test_labels), "fd_samples": args.fd_samples,
                "args": {k: getattr(args, k) for k in ("fd_samples", "inversions", "exactness_samples", "seed", "threads")},
-               "packaged_training": packaged_training()}
+               "packaged_training": packaged_training(),
+               "sampling_temperature": float(pipe32.linearizer.config.get("sampling_temperature", 1.0))}
     with torch.no_grad():
         _, results["collapse_seconds"] = timed(pipe32.collapsed_operator, T)  # first call: the collapse (then cached)
         results["exactness"] = exactness(pipe32, pipe64, args.exactness_samples, args.seed)

@@ -155,7 +155,9 @@ def _fd(r: Dict) -> List[str]:
         "",
         f"- Packaged default: one-step FD **{packaged['fd']:.1f}**, {packaged['fd'] / base50['fd']:.2f}× the baseline's "
         "50-step FD. It trained longer than the baseline and learned from a teacher trained on a GPU (models section): "
-        "this row is not an equal-time comparison.",
+        "this row is not an equal-time comparison."
+        + (f" It samples as `pipe()` does, at its calibrated `sampling_temperature` τ = {r['sampling_temperature']:g} "
+           "(noise τ·ε; chosen on training images, `docs/quality.md`)." if r.get("sampling_temperature", 1.0) != 1.0 else ""),
         f"- Equal wall-clock: ours one-step FD / baseline 50-step FD = **{ratio_t:.2f}** (goal ≤ {GOALS['fd_ratio']:.0f}: "
         f"{_met(ratio_t <= GOALS['fd_ratio'])}).",
         f"- Equal steps: ours one-step FD / baseline 50-step FD = **{ratio_s:.2f}**.",
