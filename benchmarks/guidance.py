@@ -125,9 +125,17 @@ def control(per_class: int, classifier, ref) -> Dict:
     images = torch.cat([default(latents=e, num_inference_steps=T, output_type="pt").images for e in eps.split(500)])
     logits = torch.cat([classifier(b) for b in images.split(1000)])
     share = torch.bincount(logits.argmax(1), minlength=10).double() / n
-    return {"curve": curve, "names": [pipe.id2label[k] for k in range(10)], "samples": n,
-            "unconditional_fd": frechet_distance(*gaussian_stats(extract_features(classifier, images)), *ref),
-            "unconditional_class_shares": share.tolist()}
+    out = {"curve": curve, "names": [pipe.id2label[k] for k in range(10)], "samples": n,
+           "unconditional_fd": frechet_distance(*gaussian_stats(extract_features(classifier, images)), *ref),
+           "unconditional_class_shares": share.tolist()}
+    tau = float(default.linearizer.config.get("sampling_temperature", 1.0))
+    if tau != 1.0:  # what pipe() draws for the unconditional default: τ·ε
+        images = torch.cat([default(latents=e * tau, num_inference_steps=T, output_type="pt").images
+                            for e in eps.split(500)])
+        out["unconditional_sampling_temperature"] = tau
+        out["unconditional_fd_at_sampling_temperature"] = frechet_distance(
+            *gaussian_stats(extract_features(classifier, images)), *ref)
+    return out
 
 
 @torch.no_grad()

@@ -89,7 +89,10 @@ def render(r: Dict) -> str:
         "by the project's Fashion-MNIST classifier (`benchmarks/fmnist_classifier.py`); FD: Fréchet distance of its",
         f"features to the 10,000 test images from {ctl['samples']} samples (the protocol of `docs/quality.md`). The",
         "unconditional default (`fashion-mnist`) on the same noise has FD "
-        f"**{ctl['unconditional_fd']:.2f}**.",
+        f"**{ctl['unconditional_fd']:.2f}**"
+        + (f" (at its calibrated `sampling_temperature` τ = {ctl['unconditional_sampling_temperature']:g}, which "
+           f"`pipe()` uses by default, {ctl['unconditional_fd_at_sampling_temperature']:.2f}; the class model was not "
+           "calibrated and samples at τ = 1 here)" if "unconditional_sampling_temperature" in ctl else "") + ".",
         "",
         "| w | guidance_scale | accuracy on the requested class | FD |",
         "|---:|---:|---:|---:|",
