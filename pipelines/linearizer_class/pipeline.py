@@ -1,12 +1,6 @@
-"""Community-pipeline entry point of the Linearizer for diffusers' ``custom_pipeline`` loader (class-conditioned models).
+"""diffusers ``custom_pipeline`` entry point for class-conditioned Linearizers (how it works: ``pipelines/linearizer``):
 
     DiffusionPipeline.from_pretrained(path, custom_pipeline="pipelines/linearizer_class", trust_remote_code=True)
-
-diffusers copies this file into its module cache and takes the one ``DiffusionPipeline`` subclass it
-finds here, so this file imports exactly one pipeline class: ``LinearizerClassPipeline`` from the installed
-``diffusers_linearizer`` package (installed from a clone of this repository: ``pip install .``). Each kind
-of model has its folder (``pipelines/linearizer``, ``pipelines/linearizer_class``, ``pipelines/linearizer_text``);
-the inversion pipeline is ``diffusers_linearizer.LinearizerInversionPipeline``.
 """
 
 from diffusers_linearizer import LinearizerClassPipeline
