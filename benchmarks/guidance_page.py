@@ -38,7 +38,7 @@ def render(r: Dict) -> str:
         "```python",
         "from diffusers_linearizer import PACKAGED_MODELS, LinearizerPipeline",
         "",
-        'pipe = LinearizerPipeline.from_pretrained(PACKAGED_MODELS["fashion-mnist-classes"])',
+        'pipe = LinearizerPipeline.from_pretrained(PACKAGED_MODELS["fashion-mnist-classes"])  # a LinearizerClassPipeline',
         'images = pipe(class_labels=["Sneaker", "Bag", 0], guidance_scale=3.0).images  # guidance_scale = 1 + w',
         "```",
         "",
