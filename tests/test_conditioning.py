@@ -245,6 +245,8 @@ def test_packaged_class_model_loads_offline_and_its_guided_one_step_equals_stepp
     pipe = LinearizerPipeline.from_pretrained(PACKAGED_MODELS["fashion-mnist-classes"], dtype=torch.float64)
     pipe.set_progress_bar_config(disable=True)
     assert type(pipe) is LinearizerClassPipeline  # LinearizerPipeline.from_pretrained picks the saved model's class
+    with pytest.raises(ValueError, match="unconditional: use LinearizerPipeline"):
+        LinearizerClassPipeline.from_pretrained(PACKAGED_MODELS["fashion-mnist"])  # a class names its kind
     assert pipe.get_label_ids(["Sneaker", "Bag"]) == [7, 8] and pipe.num_classes == 10
     eps = torch.randn(2, 1, 32, 32, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     kw = dict(latents=eps, class_labels=["Sneaker", "Trouser"], guidance_scale=3.0, num_inference_steps=20,
