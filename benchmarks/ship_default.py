@@ -7,9 +7,9 @@ images that judge the model on ``docs/quality.md`` and ``docs/results.md`` play 
 stored as ``sampling_temperature`` in the model's config, which the pipelines, the command line and the demo use
 when no ``temperature`` is given. ``--recalibrate DIR`` calibrates another saved pipeline in place (a
 class-conditional one samples the classes in turn at its default guidance). Measured on the packaged class model:
-the lowest FD is at τ = 1.85 (FD 63 to the test images instead of 75–84 at τ = 1), but only 83 % of those samples
-are classified as the requested class (91–93 % at τ = 1), so that model is shipped at τ = 1: for a conditional
-model FD alone is not the right criterion.
+at its default guidance the lowest FD is at τ = 1.85 (FD 63 to the test images instead of 75 at τ = 1), but only
+83 % of those samples are classified as the requested class (90 % at τ = 1), so that model is shipped at τ = 1:
+for a conditional model FD alone is not the right criterion.
 
     python benchmarks/ship_default.py --model runs/lik2/checkpoints/checkpoint-6500/linearizer_ema \\
         --phase likelihood --steps 6500 --seconds 3900 --note "…"
