@@ -36,10 +36,6 @@ def guidance_weight(guidance_scale) -> float:
     return float(guidance_scale) - 1.0 if guidance_scale > 1 else 0.0
 
 
-#: the pipeline class of each kind of model (``LinearizerModel.config.conditioning``)
-PIPELINE_OF_KIND = {None: "LinearizerPipeline", "class": "LinearizerClassPipeline", "text": "LinearizerTextPipeline"}
-
-
 def describe_kind(kind: Optional[str]) -> str:
     return "unconditional" if kind is None else f"{kind}-conditioned"
 
@@ -75,9 +71,11 @@ class ConditionalPipelineMixin:
             return
         kind = self.conditioning
         if kind not in self._model_kinds:
+            from . import pipeline_class_for  # the table of classes lives beside them
+
             raise ValueError(
                 f"{type(self).__name__} is for {' or '.join(describe_kind(k) for k in self._model_kinds)} models, but "
-                f"this linearizer is {describe_kind(kind)}: use {PIPELINE_OF_KIND[kind]} (or load with "
+                f"this linearizer is {describe_kind(kind)}: use {pipeline_class_for(kind).__name__} (or load with "
                 "LinearizerPipeline.from_pretrained, which picks the class from the saved model)."
             )
 
