@@ -128,7 +128,7 @@ def control(per_class: int, classifier, ref) -> Dict:
     out = {"curve": curve, "names": [pipe.id2label[k] for k in range(10)], "samples": n,
            "unconditional_fd": frechet_distance(*gaussian_stats(extract_features(classifier, images)), *ref),
            "unconditional_class_shares": share.tolist()}
-    tau = float(default.linearizer.config.get("sampling_temperature", 1.0))
+    tau = default.sampling_temperature
     if tau != 1.0:  # what pipe() draws for the unconditional default: τ·ε
         images = torch.cat([default(latents=e * tau, num_inference_steps=T, output_type="pt").images
                             for e in eps.split(500)])

@@ -102,16 +102,11 @@ def noise(n: int, seed: int) -> torch.Tensor:
     return torch.randn((n, 1, 32, 32), generator=torch.Generator().manual_seed(seed))
 
 
-def sampling_temperature(pipe) -> float:
-    """The τ the pipeline samples at by default (the model's ``sampling_temperature``)."""
-    return float(pipe.linearizer.config.get("sampling_temperature", 1.0))
-
-
 @torch.no_grad()
 def one_step(pipe, eps: torch.Tensor, temperature: Optional[float] = None, batch: int = 500) -> torch.Tensor:
     """One-step images of ``temperature·eps`` (the pipeline's initial noise scaled by τ; by default the model's
     own τ, as ``pipe()`` draws it), clamped to [0, 1]."""
-    temperature = sampling_temperature(pipe) if temperature is None else temperature
+    temperature = pipe.sampling_temperature if temperature is None else temperature
     out = [pipe(b.shape[0], num_inference_steps=T, latents=b * temperature, output_type="pt").images
            for b in eps.split(batch)]
     return torch.cat(out)
@@ -159,7 +154,7 @@ def measure(name: str, path: str, classifier, ref, test, fd_eps, args) -> Dict:
     t0 = time.perf_counter()
     pipe = load(path)
     images = one_step(pipe, fd_eps)
-    tau = sampling_temperature(pipe)
+    tau = pipe.sampling_temperature
     row = {"name": name, "path": os.path.relpath(path, REPO), "sampling_temperature": tau, "fd": fd(classifier, images, ref),
            "bits_per_dim": bpd(pipe, test[: args.bpd_images]), "one_step_vs_stepped_db": exactness(pipe),
            "inversion_db": inversion(pipe, test[: args.inversion_images])}

@@ -74,7 +74,7 @@ def generate(pipe, n: int, seed: int, one_step: bool = True, solver: str = "eule
     """``n`` images (N, 1, 32, 32) of our pipeline, in batches of ``batch``, from the noise ``pipe()`` would
     draw: ``τ·ε`` with the model's ``sampling_temperature`` τ (1 unless the model was calibrated)."""
     out = []
-    tau = float(pipe.linearizer.config.get("sampling_temperature", 1.0))
+    tau = pipe.sampling_temperature
     for start in range(0, n, batch):
         m = min(batch, n - start)
         z = (noise_batch(m, seed, start) * tau).to(pipe.linearizer.dtype)
@@ -296,7 +296,7 @@ def main(argv=None) -> int:
                "T": T, "runs": runs, "classifier_test_accuracy": accuracy(classifier, test, test_labels), "fd_samples": args.fd_samples,
                "args": {k: getattr(args, k) for k in ("fd_samples", "inversions", "exactness_samples", "seed", "threads")},
                "packaged_training": packaged_training(),
-               "sampling_temperature": float(pipe32.linearizer.config.get("sampling_temperature", 1.0))}
+               "sampling_temperature": pipe32.sampling_temperature}
     with torch.no_grad():
         _, results["collapse_seconds"] = timed(pipe32.collapsed_operator, T)  # first call: the collapse (then cached)
         results["exactness"] = exactness(pipe32, pipe64, args.exactness_samples, args.seed)

@@ -117,7 +117,8 @@ def main(argv=None) -> int:
     if args.model is None or args.phase is None or args.steps is None or args.seconds is None:
         p.error("shipping a default needs --model, --phase, --steps and --seconds (or use --recalibrate DIR)")
     model = LinearizerModel.from_pretrained(args.model)
-    rows = calibrate(LinearizerPipeline(linearizer=model.eval(), scheduler=LinearizerScheduler()))
+    pipe = LinearizerPipeline(linearizer=model.eval(), scheduler=LinearizerScheduler())
+    rows = calibrate(pipe)
     tau = best_temperature(rows)
     print(f"sampling_temperature = {tau}")
     if args.dry_run:
@@ -134,7 +135,6 @@ def main(argv=None) -> int:
     phases = "; ".join(f"{ph['objective']}: {ph['steps']} steps, {ph['seconds'] / 60:.0f} min" for ph in shipped["phases"])
     metrics = {"training": f"fashion_mnist_v1 (75 min, fast) + {phases}", "hardware": "AMD EPYC CPU, one torch thread",
                "dataset": "Fashion-MNIST (pad to 32×32) and 45,000 teacher pairs", "sampling_temperature": tau}
-    pipe = LinearizerPipeline(linearizer=model, scheduler=LinearizerScheduler())
     replace_dir(lambda d: pipe.save_pretrained(d, metrics=metrics), args.default_dir)
     write_text_atomic(RUNS_JSON, json.dumps(runs, indent=2) + "\n")
     print(f"wrote {args.default_dir} and {RUNS_JSON}")

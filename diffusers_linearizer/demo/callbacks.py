@@ -73,7 +73,7 @@ class LinearizerDemo:
         self.model.eval()
         self.sample_shape = tuple(self.model.sample_shape)
         self.default_solver = pipe.scheduler.config.get("solver") or SOLVERS[0]
-        self.default_temperature = float(self.model.config.get("sampling_temperature", 1.0))
+        self.default_temperature = pipe.sampling_temperature
         self.features = pipeline_features(pipe)
         if work_dir is None:
             work_dir = tempfile.mkdtemp(prefix="linearizer-demo-")

@@ -80,6 +80,11 @@ class LinearizerPipeline(FastSamplingMixin, LinearizerPipelineMixin, DiffusionPi
         return target if issubclass(target, cls) else cls
 
     @property
+    def sampling_temperature(self) -> float:
+        """The noise scale ``τ`` of a call without ``temperature``: the model's calibrated ``sampling_temperature``."""
+        return float(self.linearizer.config.sampling_temperature)
+
+    @property
     def num_timesteps(self) -> int:
         """Steps of the last call, as ``callback_on_step_end`` saw them (1 for a one-step run)."""
         return getattr(self, "_num_timesteps", 0)
@@ -120,7 +125,7 @@ class LinearizerPipeline(FastSamplingMixin, LinearizerPipelineMixin, DiffusionPi
     def _check_temperature(self, temperature, latents) -> float:
         """``temperature``, or without one the model's ``sampling_temperature`` (1 for given ``latents``)."""
         if temperature is None:
-            return 1.0 if latents is not None else float(getattr(self.linearizer.config, "sampling_temperature", 1.0))
+            return 1.0 if latents is not None else self.sampling_temperature
         if isinstance(temperature, bool) or not isinstance(temperature, (int, float, np.number)) \
                 or not math.isfinite(temperature) or temperature <= 0:
             raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}.")
