@@ -9,40 +9,21 @@ import torch
 
 from ..image_grid import make_grid
 from ..images import save_image
-from .checkpoints import MODEL_SUBDIR
 
 SAMPLES_DIR = "samples"
 
 
 def generate_samples(model, num: int, num_inference_steps: int, solver: str, seed: int, **condition):
-    """One-step samples ``(num, C, H, W)`` from ``model`` (noise of image i from seed + i).
+    """One-step samples ``(num, C, H, W)`` from ``model`` by its generation pipeline (``pipeline_class_for``;
+    noise of image i from seed + i)."""
+    from ..pipelines import pipeline_class_for
+    from ..schedulers import LinearizerScheduler
 
-    Uses the model's generation pipeline (``pipeline_class_for``) when available, else the scheduler's ``collapse`` directly. Raises
-    ``ImportError`` when neither exists.
-    """
     gens = [torch.Generator("cpu").manual_seed(seed + i) for i in range(num)]
-    try:
-        from ..pipelines import pipeline_class_for
-        from ..schedulers import LinearizerScheduler
-    except ImportError:
-        pipeline_class_for = None
-    if pipeline_class_for is not None:
-        pipe = pipeline_class_for(model)(linearizer=model, scheduler=LinearizerScheduler(solver=solver))
-        pipe.set_progress_bar_config(disable=True)
-        return pipe(batch_size=num, num_inference_steps=num_inference_steps, generator=gens, output_type="pt",
-                    **condition).images
-    from ..schedulers import LinearizerScheduler  # noqa: F811  (ImportError propagates: nothing to sample with)
-
-    scheduler = LinearizerScheduler(solver=solver)
-    c, h, w = model.sample_shape
-    param = next(model.parameters())
-    noise = torch.stack([torch.randn((c, h, w), generator=g) for g in gens]).to(param.device, param.dtype)
-    with torch.no_grad():
-        z0 = model.encode(noise, "y")
-        B = scheduler.collapse(model.core, num_inference_steps)
-        z = B.apply(z0.flatten(1).to(B.dtype)).to(z0.dtype).view_as(z0)
-        return model.decode(z, "x").clamp(0, 1)
-
+    pipe = pipeline_class_for(model)(linearizer=model, scheduler=LinearizerScheduler(solver=solver))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe(batch_size=num, num_inference_steps=num_inference_steps, generator=gens, output_type="pt",
+                **condition).images
 
 
 def save_sample_grid(images: "torch.Tensor", output_dir: str, step: int):
@@ -59,27 +40,14 @@ def save_sample_grid(images: "torch.Tensor", output_dir: str, step: int):
     return grid[None] if grid.ndim == 2 else grid.permute(2, 0, 1)
 
 
-def save_final(model, output_dir: str, solver: str, metrics: Dict[str, Any], say=print, text=None) -> None:
+def save_final(model, output_dir: str, solver: str, metrics: Dict[str, Any], text=None) -> None:
     """The model's generation pipeline (``pipeline_class_for(model)``: ``LinearizerPipeline`` or its class / text
     subclass) ``.save_pretrained(output_dir, metrics=...)``, with the text encoder and tokenizer of
-    ``text = (tokenizer, encoder)`` for a text model; without the pipeline classes,
-    ``model.save_pretrained(output_dir/linearizer)`` and the scheduler config."""
-    try:
-        from ..pipelines import pipeline_class_for
-    except ImportError:
-        pipeline_class_for = None
-    try:
-        from ..schedulers import LinearizerScheduler
-    except ImportError:
-        LinearizerScheduler = None
-    if pipeline_class_for is not None and LinearizerScheduler is not None:
-        components = dict(linearizer=model, scheduler=LinearizerScheduler(solver=solver))
-        if text is not None:
-            components.update(tokenizer=text[0], text_encoder=text[1])
-        pipeline_class_for(model)(**components).save_pretrained(output_dir, metrics=metrics)
-        return
-    say("LinearizerPipeline is not available: saving the model (and scheduler config) only.")
-    model.save_pretrained(os.path.join(output_dir, MODEL_SUBDIR))
-    if LinearizerScheduler is not None:
-        LinearizerScheduler(solver=solver).save_pretrained(os.path.join(output_dir, "scheduler"))
+    ``text = (tokenizer, encoder)`` for a text model."""
+    from ..pipelines import pipeline_class_for
+    from ..schedulers import LinearizerScheduler
 
+    components = dict(linearizer=model, scheduler=LinearizerScheduler(solver=solver))
+    if text is not None:
+        components.update(tokenizer=text[0], text_encoder=text[1])
+    pipeline_class_for(model)(**components).save_pretrained(output_dir, metrics=metrics)

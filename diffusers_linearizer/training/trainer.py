@@ -429,7 +429,7 @@ class Trainer:
                 "final_loss": self.last_logs.get("loss"), "mixed_precision": self.accelerator.mixed_precision,
                 "num_processes": self.num_processes, "device": str(self.device), "train_seconds_this_run": round(elapsed, 1),
             }
-            save_final(final_model, self.output_dir, args.solver, metrics, self.say, self.text)
+            save_final(final_model, self.output_dir, args.solver, metrics, text=self.text)
             self.say(f"Saved the {'EMA' if self.ema is not None else 'trained'} pipeline to {self.output_dir} after "
                      f"{step} steps ({self.steps_this_run} in this run, {elapsed:.1f} s).")
 
