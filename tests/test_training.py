@@ -525,3 +525,19 @@ def test_trainer_methods_one_step_at_a_time(image_dir, tmp_path):
     assert state["global_step"] == 1 and state["micro_step"] == 2
     with pytest.raises(ValueError, match="ran out"):
         trainer.step(iter(first_three[2:]))
+
+
+def test_training_starts_uncalibrated_from_a_calibrated_model(tmp_path):
+    from diffusers_linearizer.training.setup import build_model
+
+    calibrated = tiny_model(sampling_temperature=1.3)
+    calibrated.save_pretrained(tmp_path / "m")
+    config = {k: v for k, v in calibrated.config.items() if not k.startswith("_")}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    args = ttrain.parse_args(["--output_dir", str(tmp_path / "out"), "--resolution", str(calibrated.sample_shape[1])])
+    for options in (dict(pretrained_model=str(tmp_path / "m")), dict(model_config=str(tmp_path / "config.json"))):
+        vars(args).update(options)
+        model = build_model(args, calibrated.sample_shape[0])
+        assert model.config.sampling_temperature == 1.0  # the calibration belonged to the old weights
+        vars(args).update(pretrained_model=None, model_config=None)
+    assert calibrated.config.sampling_temperature == 1.3

@@ -64,7 +64,17 @@ def load_dataset(args):
 
 def build_model(args, in_channels: int, condition_config: Optional[Dict[str, Any]] = None):
     """A fresh ``LinearizerModel`` from ``--model_config``, the model options and the data's conditions
-    (``condition_config``; ``--init_weights`` copies matching tensors in), or a pretrained one."""
+    (``condition_config``; ``--init_weights`` copies matching tensors in), or a pretrained one.
+
+    Either way its ``sampling_temperature`` is 1: a calibrated temperature belongs to the weights it was chosen
+    for, and training changes them (calibrate the result again with ``benchmarks/ship_default.py``)."""
+    model = _build_model(args, in_channels, condition_config)
+    if model.config.sampling_temperature != 1.0:
+        model.register_to_config(sampling_temperature=1.0)
+    return model
+
+
+def _build_model(args, in_channels: int, condition_config: Optional[Dict[str, Any]] = None):
     from ..models import LinearizerModel
 
     if args.pretrained_model:
