@@ -55,7 +55,7 @@ IMAGES = os.path.join(DOCS, "images")
 PAIRS = os.path.join(os.path.dirname(REPO), "shared", "distill", "fmnist32_teacher_pairs.npz")
 START = os.path.join(HERE, "models", "fashion_mnist_v1")
 T = 100
-TEMPERATURES = (0.7, 0.85, 1.0, 1.15, 1.3, 1.5)
+TEMPERATURES = (0.85, 1.0, 1.15, 1.3, 1.5, 1.7, 1.9)
 
 # name → (objective, uses teacher pairs, extra trainer options)
 RUNS = {
@@ -168,6 +168,26 @@ def measure(name: str, path: str, classifier, ref, test, fd_eps, args) -> Dict:
     return row
 
 
+@torch.no_grad()
+def teacher_fit(pipe, pairs: str, n: int = 1000) -> Dict:
+    """How closely the one-step student reproduces the teacher: its image of each pair's noise (τ = 1) against the
+    teacher's image, and the noise its inversion recovers from the teacher's image against the pair's noise."""
+    from diffusers_linearizer.training.distill import TeacherPairs
+
+    data = TeacherPairs(pairs, shape=tuple(pipe.linearizer.sample_shape), max_samples=n)
+    teacher = data.images.float() / 255.0
+    student = one_step(pipe, data.noise, 1.0)
+    inv = LinearizerInversionPipeline(**pipe.components)
+    inv.set_progress_bar_config(disable=True)
+    recovered = torch.cat([inv(b, num_inference_steps=T).noise for b in teacher.split(250)])
+    mse = float((student - teacher).pow(2).mean())
+    variance = float(teacher.var(0).mean())
+    noise_mse = float((recovered - data.noise).pow(2).mean())
+    return {"pairs": len(data), "mse": mse, "teacher_variance": variance, "variance_explained": 1 - mse / variance,
+            "noise_mse": noise_mse, "noise_variance_explained": 1 - noise_mse / float(data.noise.var(0).mean()),
+            "student_parameters": sum(p.numel() for p in pipe.linearizer.parameters())}
+
+
 def temperature_sweep(path: str, classifier, ref, fd_eps) -> List[Dict]:
     pipe = load(path)
     rows = [{"temperature": tau, "fd": fd(classifier, one_step(pipe, fd_eps, tau), ref)} for tau in TEMPERATURES]
@@ -240,6 +260,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     shipped = None
     if args.shipped and os.path.isdir(args.shipped):
         shipped = measure("shipped", args.shipped, classifier, ref, test, fd_eps, args)
+        shipped["teacher_fit"] = teacher_fit(load(args.shipped), args.pairs)
         if args.shipped_training:
             with open(args.shipped_training, encoding="utf-8") as f:
                 shipped["training"] = json.load(f).get("packaged_default", {})

@@ -26,6 +26,39 @@ def _row(r: Dict) -> str:
             f"{_fmt(inv.get('min'))} / {_fmt(inv.get('median'))} |")
 
 
+def _training_lines(training: Dict) -> list:
+    """The shipped model's training phases, in order, with what each showed (``benchmarks/models/training_runs.json``)."""
+    lines = ["How the packaged default was trained, phase after phase, each continuing from the previous phase's EMA "
+             f"weights (`benchmarks/models/training_runs.json`; start: {training.get('start', '–')}):", "",
+             "| phase | objective | steps | minutes | what it showed |", "|---:|---|---:|---:|---|"]
+    for i, ph in enumerate(training.get("phases", []), 1):
+        lines.append(f"| {i} | {ph['objective']} | {ph['steps']:,} | {ph['seconds'] / 60:.0f} | {ph.get('finding', '–')} |")
+    lines += [""]
+    if training.get("note"):
+        lines += [f"Note: {training['note']}.", ""]
+    calibration = training.get("sampling_temperature")
+    if calibration:
+        grid = ", ".join(f"{row['temperature']:g}: {row['fd_train']:.1f}" for row in calibration["grid"])
+        lines += [f"Sampling temperature τ = {calibration['value']:g}, the {calibration['chosen_by']} (FD to training "
+                  f"images by τ: {grid}).", ""]
+    return lines
+
+
+def _teacher_fit_lines(fit: Dict) -> list:
+    """How closely the shipped student reproduces the teacher's sample of the same noise."""
+    share = fit["variance_explained"]
+    follows = (f"it reproduces {100 * share:.0f} % of the teacher's variation from the same noise, and what it cannot "
+               "follow it averages, which blurs and narrows its samples" if share > 0 else
+               "its map from noise to image is not the teacher's (the likelihood lets it choose its own)")
+    return [f"What limits the student: on the first {fit['pairs']:,} teacher pairs (pairs it trained on, so an "
+            "optimistic measure), its one-step image of each pair's noise (τ = 1, the teacher's noise as it is) differs "
+            f"from the teacher's image by a mean squared error of {fit['mse']:.4f} (images in [0, 1]), against a "
+            f"per-pixel variance of {fit['teacher_variance']:.4f} of the teacher's images: {follows}. Inverting the teacher's images gives their noise back with a mean squared "
+            f"error of {fit['noise_mse']:.2f} (the noise has variance 1). The student "
+            f"({fit['student_parameters'] / 1e6:.1f} M parameters, one invertible map) would have to represent the "
+            "teacher's 50-step ODE map (3.6 M parameters, 50 evaluations).", ""]
+
+
 def render(r: Dict) -> str:
     teacher = r["references"]["teacher (50 Euler steps, stored pairs)"]["fd"]
     floor = r["references"]["Fashion-MNIST train images (floor)"]["fd"]
@@ -110,17 +143,10 @@ def render(r: Dict) -> str:
             f"{shipped['inversion_db']['min']:.1f} dB (worst of 1,000 test images).",
             "",
         ]
+        if "teacher_fit" in shipped:
+            lines += _teacher_fit_lines(shipped["teacher_fit"])
         if "training" in shipped:
-            lines += ["How the packaged default was trained (`benchmarks/models/training_runs.json`):", "", "```json",
-                      json.dumps(shipped["training"], indent=2), "```", "",
-                      "What was tried, in order: distillation alone from the equal-time model (FD 389 → 200 after "
-                      "1,000 steps at τ = 1, its samples too narrow: lower at τ = 1.3), then distillation with a small "
-                      "likelihood weight (500 steps), then — after the equal-budget comparison above showed the "
-                      "likelihood objective far ahead — the likelihood alone for 55 minutes (FD 105 at τ = 1)"
-                      + (", then the likelihood again with a cosine learning-rate decay to zero: bits/dim kept falling "
-                         "but the FD at τ = 1 stayed near 105 — the one-step samples stay too narrow at τ = 1, which "
-                         "is why the shipped model samples at a temperature calibrated on training images"
-                         if len(shipped["training"].get("phases", [])) > 3 else "") + ".", ""]
+            lines += _training_lines(shipped["training"])
     lines += ["## Temperature", "", "FD of one-step samples with the noise scaled by τ before `g_y` (exact: B(τ·ε) = τ·B ε).", "",
               "| model | " + " | ".join(f"τ = {row['temperature']}" for row in next(iter(r["temperature"].values()))) + " |",
               "|---|" + "---:|" * len(next(iter(r["temperature"].values())))]

@@ -12,7 +12,7 @@ at its default guidance the lowest FD is at τ = 1.85 (FD 63 to the test images 
 for a conditional model FD alone is not the right criterion.
 
     python benchmarks/ship_default.py --model runs/lik2/checkpoints/checkpoint-6500/linearizer_ema \\
-        --phase likelihood --steps 6500 --seconds 3900 --note "…"
+        --phase likelihood --steps 6500 --seconds 3900 --finding "…" --note "…"
 Writes ``diffusers_linearizer/default_model/`` and the ``packaged_default`` entry of
 ``benchmarks/models/training_runs.json``; ``--dry-run`` prints the calibration only.
 """
@@ -106,6 +106,8 @@ def main(argv=None) -> int:
     p.add_argument("--seconds", type=float)
     p.add_argument("--recalibrate", metavar="PIPELINE_DIR",
                    help="Only calibrate a saved (unconditional or class-conditional) pipeline in place.")
+    p.add_argument("--finding", default="",
+                   help="What this phase showed (one sentence; docs/quality.md lists the phases with their findings).")
     p.add_argument("--note", default="")
     p.add_argument("--default-dir", default=DEFAULT_MODEL_DIR)
     p.add_argument("--dry-run", action="store_true")
@@ -127,7 +129,10 @@ def main(argv=None) -> int:
     with open(RUNS_JSON, encoding="utf-8") as f:
         runs = json.load(f)
     shipped = runs["packaged_default"]
-    shipped["phases"].append({"objective": args.phase, "steps": args.steps, "seconds": args.seconds})
+    phase = {"objective": args.phase, "steps": args.steps, "seconds": args.seconds}
+    if args.finding:
+        phase["finding"] = args.finding
+    shipped["phases"].append(phase)
     shipped["sampling_temperature"] = {"value": tau, "chosen_by": "lowest FD of 5,000 one-step samples to 10,000 "
                                        "training images (benchmarks/ship_default.py)", "grid": rows}
     if args.note:
