@@ -53,8 +53,9 @@ def _teacher_fit_lines(fit: Dict) -> list:
     return [f"What limits the student: on the first {fit['pairs']:,} teacher pairs (pairs it trained on, so an "
             "optimistic measure), its one-step image of each pair's noise (τ = 1, the teacher's noise as it is) differs "
             f"from the teacher's image by a mean squared error of {fit['mse']:.4f} (images in [0, 1]), against a "
-            f"per-pixel variance of {fit['teacher_variance']:.4f} of the teacher's images: {follows}. Inverting the teacher's images gives their noise back with a mean squared "
-            f"error of {fit['noise_mse']:.2f} (the noise has variance 1). The student "
+            f"per-pixel variance of {fit['teacher_variance']:.4f} of the teacher's images: {follows}. Inverting the "
+            f"teacher's images gives their noise back with a mean squared error of {fit['noise_mse']:.2f} (the noise has "
+            "variance 1). The student "
             f"({fit['student_parameters'] / 1e6:.1f} M parameters, one invertible map) would have to represent the "
             "teacher's 50-step ODE map (3.6 M parameters, 50 evaluations).", ""]
 
