@@ -151,11 +151,12 @@ def cmd_generate(args) -> int:
     from tqdm.auto import tqdm
 
     from .images import save_image, to_pil_list
+    from .pipelines.linearizer.pipeline_linearizer import check_temperature
 
     if args.num_images < 1 or args.batch_size < 1:
         raise ValueError("--num-images and --batch-size must be ≥ 1.")
-    if args.temperature is not None and (not args.temperature > 0 or args.temperature == float("inf")):
-        raise ValueError(f"--temperature must be a finite number > 0, got {args.temperature}.")
+    if args.temperature is not None:
+        check_temperature(args.temperature, "--temperature")
     check_device(args.device)
     check_outputs(args.output)
     # On CPU, ask accelerate for its multi-CPU (gloo) backend: `accelerate launch --multi_gpu` on a machine

@@ -37,6 +37,15 @@ from .fast_sampling import FastSamplingMixin
 logger = logging.get_logger(__name__)
 
 
+def check_temperature(temperature, name: str = "temperature") -> float:
+    """``temperature`` as a float when it is a finite number > 0 (the sampling temperature's one rule; the command
+    line applies it to ``--temperature`` before loading anything), else a ``ValueError`` naming ``name``."""
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float, np.number)) \
+            or not math.isfinite(temperature) or temperature <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {temperature!r}.")
+    return float(temperature)
+
+
 class LinearizerPipeline(FastSamplingMixin, LinearizerPipelineMixin, DiffusionPipeline):
     r"""Image generation with an unconditional Linearizer: ``x = g_x⁻¹(B g_y(τ·ε))``.
 
@@ -126,15 +135,13 @@ class LinearizerPipeline(FastSamplingMixin, LinearizerPipelineMixin, DiffusionPi
         """``temperature``, or without one the model's ``sampling_temperature`` (1 for given ``latents``)."""
         if temperature is None:
             return 1.0 if latents is not None else self.sampling_temperature
-        if isinstance(temperature, bool) or not isinstance(temperature, (int, float, np.number)) \
-                or not math.isfinite(temperature) or temperature <= 0:
-            raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}.")
+        temperature = check_temperature(temperature)
         if latents is not None and temperature != 1.0:
             raise ValueError(
                 "latents are used as given, so temperature does not apply to them: pass latents * temperature "
                 "instead of both."
             )
-        return float(temperature)
+        return temperature
 
     def check_inputs(self, batch_size, num_inference_steps, solver, output_type, generator, latents,
                      callback_on_step_end, callback_on_step_end_tensor_inputs, temperature=None):
