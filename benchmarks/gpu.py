@@ -35,6 +35,7 @@ import statistics
 import sys
 import tempfile
 import time
+import traceback
 from typing import Callable, Dict, List, Optional
 
 import torch
@@ -160,27 +161,42 @@ TRAIN_VARIANTS = {
 }
 
 
-def measure_training(configs: Dict[str, Dict], args, device) -> List[Dict]:
-    rows = []
+class Deadline:
+    """No new measurement starts once ``seconds`` have passed (``None``: no limit); what is not started is listed."""
+
+    def __init__(self, seconds: Optional[float]):
+        self.start, self.seconds, self.skipped = time.perf_counter(), seconds, []
+
+    def allows(self, what: str) -> bool:
+        if self.seconds is None or time.perf_counter() - self.start < self.seconds:
+            return True
+        self.skipped.append(what)
+        return False
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+
+def measure_training(name: str, config: Dict, variants: List[str], args, device, deadline: Deadline,
+                     row: Optional[Dict] = None) -> Dict:
+    """Fill ``row`` with the steps/s of the trainer ``variants`` (keys of :data:`TRAIN_VARIANTS`) and of the
+    parameter-matched UNet (``"unet"``, ``"unet bf16"``) for one configuration; returns the row."""
+    row = {"config": name, "overrides": config, "batch": args.train_batch} if row is None else row
     with tempfile.TemporaryDirectory() as workdir:
-        for name, config in configs.items():
-            row = {"config": name, "overrides": config, "batch": args.train_batch}
-            for variant, options in TRAIN_VARIANTS.items():
-                if name != "shipped" and "compile" in variant:  # compiling takes most of the time budget
-                    continue
+        for variant in variants:
+            if not deadline.allows(f"training, {name}, {variant}"):
+                continue
+            if variant in TRAIN_VARIANTS:
                 torch._dynamo.reset()
-                trainer = make_trainer(config, options, args, device, workdir)
+                trainer = make_trainer(config, TRAIN_VARIANTS[variant], args, device, workdir)
                 row["params"] = count_params(trainer.unwrapped())
                 row[variant] = trainer_steps_per_second(trainer, device, args.train_steps, args.train_warmup)
-                print(f"[train] {name:>8} {variant:<22} {row[variant]:8.2f} steps/s", flush=True)
                 del trainer
-            for bf16 in (False, True):
-                key = "unet bf16" if bf16 else "unet"
-                row[key], row["unet_width"], row["unet_params"] = unet_steps_per_second(
-                    row["params"], args, device, args.train_steps, args.train_warmup, bf16)
-                print(f"[train] {name:>8} {key:<22} {row[key]:8.2f} steps/s", flush=True)
-            rows.append(row)
-    return rows
+            else:  # the UNet, matched to the parameter count of a trainer variant measured before it
+                row[variant], row["unet_width"], row["unet_params"] = unet_steps_per_second(
+                    row["params"], args, device, args.train_steps, args.train_warmup, bf16=variant == "unet bf16")
+            print(f"[train] {name:>8} {variant:<22} {row[variant]:8.2f} steps/s", flush=True)
+    return row
 
 
 # ---------------------------------------------------------------------- sampling
@@ -202,37 +218,39 @@ def sampling_pipeline(name: str, config: Dict, device):
     return pipe
 
 
-def measure_sampling(configs: Dict[str, Dict], args, device) -> List[Dict]:
+def measure_sampling(name: str, config: Dict, variants: List[str], args, device, deadline: Deadline) -> Dict:
+    """One configuration's sampling row: images/s and batch-1 latency of the pipeline ``variants`` (``"plain"``,
+    ``"fast"``, ``"fast half"``: the half dtype of the device), then the UNet's 50 Euler steps."""
     half = torch.float16 if device.type == "cuda" else torch.bfloat16
-    variants = {"plain": None, "fast": dict(), f"fast {str(half).split('.')[-1]}": dict(dtype=half)}
-    rows = []
-    for name, config in configs.items():
-        pipe = sampling_pipeline(name, config, device)
-        shape = (args.sample_batch, *pipe.linearizer.sample_shape)
-        noise = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(device)
-        row = {"config": name, "batch": args.sample_batch, "params": count_params(pipe.linearizer)}
-        reference = None
-        for variant, options in variants.items():
-            if name != "shipped" and options and "dtype" in options:
-                continue
-            torch._dynamo.reset()
-            pipe.disable_fast_sampling() if options is None else pipe.enable_fast_sampling(
-                backend=args.compile_backend, **options)
+    options = {"plain": None, "fast": dict(), "fast half": dict(dtype=half)}
+    pipe = sampling_pipeline(name, config, device)
+    shape = (args.sample_batch, *pipe.linearizer.sample_shape)
+    noise = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(device)
+    row = {"config": name, "batch": args.sample_batch, "params": count_params(pipe.linearizer)}
+    reference = None
+    for variant in variants:  # "plain" first: the reference images
+        label = f"fast {str(half).split('.')[-1]}" if variant == "fast half" else variant
+        if not deadline.allows(f"sampling, {name}, {label}"):
+            continue
+        torch._dynamo.reset()
+        pipe.disable_fast_sampling() if options[variant] is None else pipe.enable_fast_sampling(
+            backend=args.compile_backend, **options[variant])
 
-            def call(n=args.sample_batch, latents=None):
-                return pipe(batch_size=n, latents=latents, num_inference_steps=100, output_type="pt").images
+        def call(n=args.sample_batch, latents=None):
+            return pipe(batch_size=n, latents=latents, num_inference_steps=100, output_type="pt").images
 
-            images = call(latents=noise)
-            reference = images if reference is None else reference
-            row[f"{variant} max diff"] = float((images - reference).abs().max())
-            row[f"{variant} mean diff"] = float((images - reference).abs().mean())
-            row[variant] = args.sample_batch / timed(call, device, args.sample_repeats, warmup=2)
-            row[f"{variant} latency ms"] = 1e3 * timed(lambda: call(1), device, args.sample_repeats, warmup=2)
-            print(f"[sample] {name:>8} {variant:<12} {row[variant]:10.1f} images/s, batch-1 "
-                  f"{row[f'{variant} latency ms']:.2f} ms, max diff {row[f'{variant} max diff']:.1e}", flush=True)
-        if args.inductor_check and name == "shipped":
-            row.update(inductor_check(pipe, noise, reference))
-        pipe.disable_fast_sampling()
+        images = call(latents=noise)
+        reference = images if reference is None else reference
+        row[f"{label} max diff"] = float((images - reference).abs().max())
+        row[f"{label} mean diff"] = float((images - reference).abs().mean())
+        row[label] = args.sample_batch / timed(call, device, args.sample_repeats, warmup=2)
+        row[f"{label} latency ms"] = 1e3 * timed(lambda: call(1), device, args.sample_repeats, warmup=2)
+        print(f"[sample] {name:>8} {label:<12} {row[label]:10.1f} images/s, batch-1 "
+              f"{row[f'{label} latency ms']:.2f} ms, max diff {row[f'{label} max diff']:.1e}", flush=True)
+    if args.inductor_check and name == "shipped" and reference is not None:
+        row.update(inductor_check(pipe, noise, reference))
+    pipe.disable_fast_sampling()
+    if deadline.allows(f"sampling, {name}, UNet 50 steps"):
         torch.manual_seed(0)
         unet, _ = baseline_unet(row["params"], pipe.linearizer.sample_shape[-1], pipe.linearizer.sample_shape[0])
         unet = unet.to(device).eval()
@@ -241,8 +259,7 @@ def measure_sampling(configs: Dict[str, Dict], args, device) -> List[Dict]:
             lambda: unet_sample(unet, args.sample_batch, args.unet_steps, batch_size=args.sample_batch), device,
             max(1, args.sample_repeats // 5)) * args.unet_steps / 50
         print(f"[sample] {name:>8} {'unet 50 steps':<12} {row['unet 50 steps']:10.1f} images/s", flush=True)
-        rows.append(row)
-    return rows
+    return row
 
 
 def inductor_check(pipe, noise, reference) -> Dict:
@@ -297,6 +314,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads. Default: torch's.")
     p.add_argument("--size", action="append", default=[], metavar="KEY=N",
                    help=f"Override one size (repeatable), e.g. --size sample_batch=64; keys: {', '.join(SIZES)}.")
+    p.add_argument("--budget", type=float, default=None, metavar="SECONDS",
+                   help="Start no measurement after this many seconds; those not reached are listed on the page as not "
+                   "measured (a run sized for a time-limited GPU lease). Default: no limit.")
     p.add_argument("--output", default=os.path.join(REPO, "docs", "gpu.md"))
     args = p.parse_args(argv)
     if args.threads:
@@ -315,21 +335,48 @@ def main(argv: Optional[List[str]] = None) -> int:
     vars(args).update(sizes)
     configs = {"shipped": CANDIDATES["shipped"]} if args.quick else {"shipped": CANDIDATES["shipped"], "default": {}}
     parts = args.parts.split(",")
-    started = time.perf_counter()
-    results = {"sizes": sizes, "compile_backend": args.compile_backend, "device": str(device), "hardware": hardware(device), "torch": torch.__version__, "quick": args.quick,
-               "gpu": gpu, "date": datetime.date.today().isoformat(), "load_average": load_average()}
-    if "train" in parts:
-        results["training"] = measure_training(configs, args, device)
-    if "sample" in parts:
-        results["sampling"] = measure_sampling(configs, args, device)
-    if "collapse" in parts:
-        results["collapse"] = measure_collapse(args, device)
-    results["seconds"] = round(time.perf_counter() - started, 1)
+    deadline = Deadline(args.budget)
+    results = {"sizes": sizes, "compile_backend": args.compile_backend, "device": str(device), "hardware": hardware(device),
+               "torch": torch.__version__, "quick": args.quick, "gpu": gpu, "date": datetime.date.today().isoformat(),
+               "load_average": load_average(), "budget": args.budget, "skipped": deadline.skipped}
+    rows = {"training": {}, "sampling": {}}
     from gpu_page import write_page
 
-    write_page(args.output, results, list(argv if argv is not None else sys.argv[1:]), GOALS)
+    def train(name, variants):
+        rows["training"][name] = measure_training(name, configs[name], variants, args, device, deadline,
+                                                  rows["training"].get(name))
+
+    def sample(name, variants):
+        rows["sampling"][name] = measure_sampling(name, configs[name], variants, args, device, deadline)
+
+    def collapse():
+        if deadline.allows("collapse targets"):
+            results["collapse"] = measure_collapse(args, device)
+
+    # the goals' rows first (the shipped configuration), compiling last among them; with --budget, what
+    # is not reached in time is listed on the page as not measured
+    plan = [("train", lambda: train("shipped", ["plain", "fast", "unet", "unet bf16"])),
+            ("sample", lambda: sample("shipped", ["plain", "fast", "fast half"])),
+            ("train", lambda: train("shipped", ["fast + compile", "fast + compile + bf16"])),
+            ("collapse", collapse)]
+    plan += [(part, lambda name=name, part=part: train(name, ["plain", "fast", "unet", "unet bf16"]) if part == "train"
+              else sample(name, ["plain", "fast"])) for name in configs if name != "shipped" for part in ("train", "sample")]
+    argv = list(argv if argv is not None else sys.argv[1:])
+    for part, run in plan:
+        if part not in parts:
+            continue
+        try:
+            run()
+        except Exception as err:  # on a one-shot GPU lease one failing step must not lose the others' rows
+            traceback.print_exc()
+            results.setdefault("errors", []).append(f"{part}: {type(err).__name__}: {str(err).strip()[:300]}")
+        for key in rows:
+            if rows[key]:
+                results[key] = [row for row in rows[key].values() if "params" in row]
+        results["seconds"] = round(deadline.elapsed(), 1)
+        write_page(args.output, results, argv, GOALS)  # after every step: a run stopped midway keeps its rows
     print(f"\nwrote {args.output} ({results['seconds']:.0f} s)")
-    return 0
+    return 1 if results.get("errors") else 0
 
 
 if __name__ == "__main__":

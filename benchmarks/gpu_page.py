@@ -25,7 +25,7 @@ def training_table(rows: List[Dict]) -> str:
         lines.append(
             f"| {r['config']} | {r['params']:,} | {r['batch']} | {_fmt(r.get('plain'))} | {_fmt(r.get('fast'))} | "
             f"{_fmt(r.get('fast + compile'))} | {_fmt(r.get('fast + compile + bf16'))} | {_fmt(r.get('unet'))} "
-            f"(w={r['unet_width']}, {r['unet_params']:,}) | {_fmt(r.get('unet bf16'))} |")
+            + (f"(w={r['unet_width']}, {r['unet_params']:,})" if "unet_width" in r else "") + f" | {_fmt(r.get('unet bf16'))} |")
     return "\n".join(lines)
 
 
@@ -42,8 +42,9 @@ def sampling_table(rows: List[Dict]) -> str:
             lines.append(f"| {r['config']} | {r['batch']} | {variant} | {_fmt(r[variant])} | "
                          f"{_fmt(r[f'{variant} latency ms'], ' ms', 2)} | {r[f'{variant} max diff']:.1e} "
                          f"({r[f'{variant} mean diff']:.1e}) |")
-        scaled = f" (timed over {r['unet steps']}, scaled)" if r["unet steps"] != 50 else ""
-        lines.append(f"| {r['config']} | {r['batch']} | UNet, 50 Euler steps{scaled} | {_fmt(r['unet 50 steps'])} | — | — |")
+        if "unet steps" in r:
+            scaled = f" (timed over {r['unet steps']}, scaled)" if r["unet steps"] != 50 else ""
+            lines.append(f"| {r['config']} | {r['batch']} | UNet, 50 Euler steps{scaled} | {_fmt(r['unet 50 steps'])} | — | — |")
     return "\n".join(lines)
 
 
@@ -58,17 +59,18 @@ def collapse_table(rows: List[Dict]) -> str:
 def verdicts(results: Dict, goals: Dict) -> List[str]:
     """One line per goal, from the shipped configuration's rows."""
     out = []
-    train = next((r for r in results.get("training", []) if r["config"] == "shipped"), None)
-    if train:
-        best = max(v for k, v in train.items() if k.startswith("fast") and isinstance(v, float))
-        unet = max(train["unet"], train["unet bf16"])
+    train = next((r for r in results.get("training", []) if r["config"] == "shipped"), {})
+    fast = [v for k, v in train.items() if k.startswith("fast") and isinstance(v, float)]
+    unets = [train[k] for k in ("unet", "unet bf16") if k in train]
+    if fast and "plain" in train and unets:
+        best, unet = max(fast), max(unets)
         out.append(f"- Training step, shipped configuration: the fastest path runs {best:.2f} steps/s, "
                    f"{best / train['plain']:.1f}× the plain trainer (goal ≥ {goals['step_speedup']:g}×: "
                    f"{_met(best / train['plain'] >= goals['step_speedup'])}); its step takes {unet / best:.2f}× the time "
                    f"of the faster UNet step (goal ≤ {goals['step_vs_unet']:g}×: {_met(unet / best <= goals['step_vs_unet'])}).")
-    sample = next((r for r in results.get("sampling", []) if r["config"] == "shipped"), None)
-    if sample:
-        fast = {k: sample[k] for k in sampling_variants(sample) if k != "plain"}
+    sample = next((r for r in results.get("sampling", []) if r["config"] == "shipped"), {})
+    fast = {k: sample[k] for k in sampling_variants(sample) if k != "plain"}
+    if fast and "plain" in sample and "unet 50 steps" in sample:
         best_key = max(fast, key=fast.get)
         latency = min(sample[f"{k} latency ms"] for k in fast)
         speedup, vs_unet = fast[best_key] / sample["plain"], fast[best_key] / sample["unet 50 steps"]
@@ -95,6 +97,12 @@ def write_page(path: str, results: Dict, argv: List[str], goals: Dict) -> None:
         + (f"; 1-minute load average {results['load_average']}" if results.get("load_average") is not None else "") + ".",
         "", *note,
     ]
+    if results.get("errors"):
+        lines += ["**Steps that failed in this run** (their rows are missing): "
+                  + "; ".join(f"`{e}`" for e in results["errors"]) + ".", ""]
+    if results.get("skipped"):
+        lines += [f"**Not measured in this run** (no measurement starts after its budget of {results['budget']:g} s, "
+                  f"`--budget`): {'; '.join(results['skipped'])}.", ""]
     if "training" in results:
         lines += [
             "## Training steps per second", "",
@@ -134,7 +142,7 @@ def write_page(path: str, results: Dict, argv: List[str], goals: Dict) -> None:
                   collapse_table(results["collapse"]), ""]
     lines += ["## Goals", ""]
     if gpu and not results["quick"]:
-        lines += verdicts(results, goals)
+        lines += verdicts(results, goals) or ["- Not measured: the run ended before the shipped configuration's rows."]
     else:
         lines.append("- Not measured: the goals are ratios on one GPU, and this run "
                      + ("used the CPU." if not gpu else "was the quick mode."))
