@@ -158,7 +158,50 @@ TRAIN_VARIANTS = {
     "fast": ["--device_inputs", "on"],
     "fast + compile": ["--device_inputs", "on", "--compile"],
     "fast + compile + bf16": ["--device_inputs", "on", "--compile", "--mixed_precision", "bf16"],
+    "fast + compile + tf32": ["--device_inputs", "on", "--compile", "--allow_tf32"],
+    "fast + compile, CUDA graphs": ["--device_inputs", "on", "--compile", "--compile_mode", "reduce-overhead"],
 }
+
+
+class precision_flags:
+    """Restores torch's TF32 switches on exit (``--allow_tf32`` sets them for the process); with ``strict``,
+    float32 matrix products and convolutions in full float32 (no TF32) inside."""
+
+    def __init__(self, strict: bool = False):
+        self.strict = strict
+
+    def __enter__(self):
+        self.saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+        if self.strict:
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+
+    def __exit__(self, *exc):
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = self.saved
+
+
+def profile_steps(trainer, device, steps: int = 3, top: int = 4) -> Dict:
+    """Where one trainer step's time goes (``torch.profiler`` over ``steps`` steps): device kernels launched per
+    step, their summed time per step and the ``top`` kernels by time (on a CPU: operators and CPU time)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    stream = trainer.micro_batches()
+    trainer.step(stream)
+    sync(device)
+    cuda = device.type == "cuda"
+    with profile(activities=[ProfilerActivity.CUDA] if cuda else [ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            trainer.step(stream)
+        sync(device)
+    kind = torch.autograd.DeviceType.CUDA if cuda else torch.autograd.DeviceType.CPU
+    events = [e for e in prof.key_averages() if e.device_type == kind]
+
+    def self_us(e):
+        return getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0)) if cuda else e.self_cpu_time_total
+
+    events.sort(key=self_us, reverse=True)
+    return {"kernels per step": sum(e.count for e in events) / steps,
+            "kernel ms per step": sum(self_us(e) for e in events) / steps / 1e3,
+            "top": [(e.key[:60], self_us(e) / steps / 1e3) for e in events[:top]]}
 
 
 class Deadline:
@@ -188,9 +231,12 @@ def measure_training(name: str, config: Dict, variants: List[str], args, device,
                 continue
             if variant in TRAIN_VARIANTS:
                 torch._dynamo.reset()
-                trainer = make_trainer(config, TRAIN_VARIANTS[variant], args, device, workdir)
-                row["params"] = count_params(trainer.unwrapped())
-                row[variant] = trainer_steps_per_second(trainer, device, args.train_steps, args.train_warmup)
+                with precision_flags():
+                    trainer = make_trainer(config, TRAIN_VARIANTS[variant], args, device, workdir)
+                    row["params"] = count_params(trainer.unwrapped())
+                    row[variant] = trainer_steps_per_second(trainer, device, args.train_steps, args.train_warmup)
+                    if args.profile and name == "shipped":
+                        row.setdefault("profiles", {})[variant] = profile_steps(trainer, device)
                 del trainer
             else:  # the UNet, matched to the parameter count of a trainer variant measured before it
                 row[variant], row["unet_width"], row["unet_params"] = unet_steps_per_second(
@@ -247,6 +293,8 @@ def measure_sampling(name: str, config: Dict, variants: List[str], args, device,
         row[f"{label} latency ms"] = 1e3 * timed(lambda: call(1), device, args.sample_repeats, warmup=2)
         print(f"[sample] {name:>8} {label:<12} {row[label]:10.1f} images/s, batch-1 "
               f"{row[f'{label} latency ms']:.2f} ms, max diff {row[f'{label} max diff']:.1e}", flush=True)
+    if name == "shipped" and "fast" in variants and deadline.allows(f"sampling, {name}, strict float32 check"):
+        row.update(strict_check(pipe, noise, reference, args))
     if args.inductor_check and name == "shipped" and reference is not None:
         row.update(inductor_check(pipe, noise, reference))
     pipe.disable_fast_sampling()
@@ -260,6 +308,24 @@ def measure_sampling(name: str, config: Dict, variants: List[str], args, device,
             max(1, args.sample_repeats // 5)) * args.unet_steps / 50
         print(f"[sample] {name:>8} {'unet 50 steps':<12} {row['unet 50 steps']:10.1f} images/s", flush=True)
     return row
+
+
+def strict_check(pipe, noise, reference, args) -> Dict:
+    """The plain and fast paths' images with TF32 off (:class:`precision_flags`): how far TF32 (torch's default for
+    cuDNN convolutions) moves the plain images, and the fast path's difference in full float32."""
+    torch._dynamo.reset()
+    with precision_flags(strict=True):
+        pipe.disable_fast_sampling()
+        plain = pipe(latents=noise, num_inference_steps=100, output_type="pt").images
+        pipe.enable_fast_sampling(backend=args.compile_backend)
+        fast = pipe(latents=noise, num_inference_steps=100, output_type="pt").images
+    pipe.disable_fast_sampling()
+    out = {"strict plain vs plain max diff": float((plain - reference).abs().max()),
+           "strict fast max diff": float((fast - plain).abs().max()),
+           "strict fast mean diff": float((fast - plain).abs().mean())}
+    print(f"[sample] strict float32: plain moves {out['strict plain vs plain max diff']:.1e} without TF32; fast vs plain "
+          f"{out['strict fast max diff']:.1e} (mean {out['strict fast mean diff']:.1e})", flush=True)
+    return out
 
 
 def inductor_check(pipe, noise, reference) -> Dict:
@@ -317,6 +383,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--budget", type=float, default=None, metavar="SECONDS",
                    help="Start no measurement after this many seconds; those not reached are listed on the page as not "
                    "measured (a run sized for a time-limited GPU lease). Default: no limit.")
+    p.add_argument("--no-profile", dest="profile", action="store_false",
+                   help="Skip the profile of each shipped trainer variant (kernels and their time per step).")
     p.add_argument("--output", default=os.path.join(REPO, "docs", "gpu.md"))
     args = p.parse_args(argv)
     if args.threads:
@@ -357,8 +425,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     # is not reached in time is listed on the page as not measured
     plan = [("train", lambda: train("shipped", ["plain", "fast", "unet", "unet bf16"])),
             ("sample", lambda: sample("shipped", ["plain", "fast", "fast half"])),
-            ("train", lambda: train("shipped", ["fast + compile", "fast + compile + bf16"])),
-            ("collapse", collapse)]
+            ("train", lambda: train("shipped", ["fast + compile", "fast + compile + bf16", "fast + compile + tf32"])),
+            ("collapse", collapse),
+            ("train", lambda: train("shipped", ["fast + compile, CUDA graphs"] if gpu else []))]
     plan += [(part, lambda name=name, part=part: train(name, ["plain", "fast", "unet", "unet bf16"]) if part == "train"
               else sample(name, ["plain", "fast"])) for name in configs if name != "shipped" for part in ("train", "sample")]
     argv = list(argv if argv is not None else sys.argv[1:])

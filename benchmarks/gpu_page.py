@@ -17,16 +17,32 @@ def _met(ok: bool) -> str:
     return "met" if ok else "**not met**"
 
 
+TRAIN_COLUMNS = ("plain", "fast", "fast + compile", "fast + compile + bf16", "fast + compile + tf32",
+                 "fast + compile, CUDA graphs")
+
+
 def training_table(rows: List[Dict]) -> str:
-    head = ("| config | params | batch | plain | fast | fast + compile | fast + compile + bf16 | UNet (width, params) "
-            "| UNet bf16 |\n|---|---|---|---|---|---|---|---|---|")
-    lines = [head]
+    columns = [c for c in TRAIN_COLUMNS if any(c in r for r in rows)]
+    lines = ["| config | params | batch | " + " | ".join(columns) + " | UNet (width, params) | UNet bf16 |",
+             "|---" * (len(columns) + 5) + "|"]
     for r in rows:
-        lines.append(
-            f"| {r['config']} | {r['params']:,} | {r['batch']} | {_fmt(r.get('plain'))} | {_fmt(r.get('fast'))} | "
-            f"{_fmt(r.get('fast + compile'))} | {_fmt(r.get('fast + compile + bf16'))} | {_fmt(r.get('unet'))} "
-            + (f"(w={r['unet_width']}, {r['unet_params']:,})" if "unet_width" in r else "") + f" | {_fmt(r.get('unet bf16'))} |")
+        unet = _fmt(r.get("unet")) + (f" (w={r['unet_width']}, {r['unet_params']:,})" if "unet_width" in r else "")
+        lines.append(f"| {r['config']} | {r['params']:,} | {r['batch']} | "
+                     + " | ".join(_fmt(r.get(c)) for c in columns) + f" | {unet} | {_fmt(r.get('unet bf16'))} |")
     return "\n".join(lines)
+
+
+def profile_table(rows: List[Dict], gpu: bool) -> str:
+    """Per trainer variant: wall time of a step, the device's kernel time in it, kernels launched, top kernels."""
+    unit = "kernels" if gpu else "operators"
+    lines = [f"| config | variant | wall ms / step | {unit} ms / step | {unit} / step | largest {unit} (ms / step) |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        for variant, p in r.get("profiles", {}).items():
+            top = "; ".join(f"`{name.replace('|', '/')}` {ms:.2f}" for name, ms in p["top"])
+            lines.append(f"| {r['config']} | {variant} | {1e3 / r[variant]:.1f} | {p['kernel ms per step']:.1f} | "
+                         f"{p['kernels per step']:,.0f} | {top} |")
+    return "\n".join(lines) if len(lines) > 2 else ""
 
 
 def sampling_variants(row: Dict) -> List[str]:
@@ -114,7 +130,14 @@ def write_page(path: str, results: Dict, argv: List[str], goals: Dict) -> None:
             "parameter-matched `UNet2DModel` flow-matching step on the same batch (data on the device, fused "
             "AdamW on CUDA), float32 and bf16 autocast. Higher is better.", "",
             training_table(results["training"]), "",
-            f"torch.compile backend: `{results['compile_backend']}`.", ""]
+            f"torch.compile backend: `{results['compile_backend']}`. *tf32*: `--allow_tf32` (TF32 matrix products "
+            "and convolutions); *CUDA graphs*: `--compile_mode reduce-overhead`.", ""]
+        profiles = profile_table(results["training"], gpu)
+        if profiles:
+            lines += ["Where a step's time goes (`torch.profiler` over 3 steps of each variant; *wall* from the "
+                      "timed steps above). When the device's " + ("kernel" if gpu else "operator")
+                      + " time is well below the wall time, the step waits on the host (launches, Python); when "
+                      "it is close, the kernels themselves are the cost.", "", profiles, ""]
     if "sampling" in results:
         lines += [
             "## One-step sampling", "",
@@ -125,16 +148,17 @@ def write_page(path: str, results: Dict, argv: List[str], goals: Dict) -> None:
             "pixel difference (images in [0, 1]) from the plain path's images of the same noise. UNet: the "
             "parameter-matched `UNet2DModel` with 50 `FlowMatchEulerDiscreteScheduler` steps.", "",
             sampling_table(results["sampling"]), ""]
-        check = next((r for r in results["sampling"] if "inductor max diff" in r), None)
-        if check:
+        strict = next((r for r in results["sampling"] if "strict fast max diff" in r), None)
+        if strict:
+            tf32_share = strict["strict fast max diff"] < 0.1 * strict["fast max diff"]
             lines += [
-                f"torch.compile backend of the rows above: `{results['compile_backend']}`. One compile with "
-                f"inductor (the default backend), of the shipped model's fast path at batch {check['batch']}: "
-                + (f"it could not run here and fell back to the uncompiled path ({check['inductor warning']})"
-                   if check["inductor fell back"] else
-                   f"first call {check['inductor first call s']:.0f} s (compiling, or reading torch's compile cache "
-                   f"when an earlier run left one), largest difference from the plain "
-                   f"images {check['inductor max diff']:.1e}") + ".", ""]
+                "Full float32 (TF32 off for matrix products and cuDNN convolutions; torch allows TF32 in cuDNN "
+                f"convolutions by default), shipped model: the plain images move by up to "
+                f"{strict['strict plain vs plain max diff']:.1e} from the plain row above, and the fast path differs "
+                f"from the plain path by {strict['strict fast max diff']:.1e} at most (mean "
+                f"{strict['strict fast mean diff']:.1e})"
+                + (": most of the fast path's difference in the table comes from TF32 rounding in the two paths' "
+                   "different kernels." if tf32_share else "."), ""]
     if "collapse" in results:
         lines += ["## Collapse targets (`benchmarks/collapse.py`)", "",
                   "The reference's core (r = 8, MLP width 512); *dense*: the original code's product of D × D "

@@ -104,11 +104,14 @@ def test_gpu_benchmark_quick_mode_runs_every_code_path(tmp_path):
     assert gpu.main(argv + [x for k, v in sizes.items() for x in ("--size", f"{k}={v}")]) == 0
     results = json.loads(out.with_suffix(".json").read_text())
     train, = results["training"]
-    for key in ("plain", "fast", "fast + compile", "fast + compile + bf16", "unet", "unet bf16"):
+    for key in ("plain", "fast", "fast + compile", "fast + compile + bf16", "fast + compile + tf32", "unet", "unet bf16"):
         assert train[key] > 0
+    assert set(train["profiles"]) >= {"plain", "fast", "fast + compile"}  # every shipped trainer variant profiled
+    assert all(p["kernels per step"] > 0 and p["kernel ms per step"] > 0 for p in train["profiles"].values())
     sample, = results["sampling"]
     assert sample["plain"] > 0 and sample["fast"] > 0 and sample["unet 50 steps"] > 0
     assert sample["fast max diff"] <= 1e-6 and sample["fast bfloat16 max diff"] <= 0.1
+    assert sample["strict fast max diff"] <= 1e-6 and sample["strict plain vs plain max diff"] == 0  # no TF32 on a CPU
     assert [r["method"] for r in results["collapse"]] == ["dense", "ours", "ours", "ours"]
     page = out.read_text()
     assert "GPU numbers: not measured" in page and results["hardware"] in page and "| shipped |" in page
@@ -116,7 +119,8 @@ def test_gpu_benchmark_quick_mode_runs_every_code_path(tmp_path):
     with pytest.raises(SystemExit):
         gpu.main(["--quick", "--size", "batch=two", "--output", str(out)])
     # the goals' lines of a full GPU run, from these rows: 1.1× asked for ≥ 5× is not met, 0.5× asked for ≤ 1× is
-    train.update({"plain": 1.0, "fast": 1.1, "fast + compile": 0.9, "fast + compile + bf16": 0.8, "unet": 0.5, "unet bf16": 0.4})
+    train.update({"plain": 1.0, "fast": 1.1, "fast + compile": 0.9, "fast + compile + bf16": 0.8,
+                  "fast + compile + tf32": 0.7, "unet": 0.5, "unet bf16": 0.4})
     results.update(gpu=True, quick=False)
     gpu_page = pytest.importorskip("gpu_page")
     gpu_page.write_page(str(out), results, [], gpu.GOALS)
