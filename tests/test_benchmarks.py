@@ -127,6 +127,10 @@ def test_gpu_benchmark_quick_mode_runs_every_code_path(tmp_path):
     goals = out.read_text().split("## Goals")[1]
     assert "1.1× the plain trainer (goal ≥ 5×: **not met**)" in goals and "0.45× the time of the faster UNet step" in goals
     assert "GPU numbers: not measured" not in out.read_text()
+    # the page renders again from its JSON alone (argv and goals recorded): the same text
+    page = out.read_text()
+    out.unlink()
+    assert gpu_page.main([str(out.with_suffix(".json"))]) == 0 and out.read_text() == page
 
 
 def test_pairs_check_counts_level_differences():

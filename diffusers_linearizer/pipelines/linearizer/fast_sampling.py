@@ -11,7 +11,10 @@ spent launching them, not computing. ``LinearizerPipeline.enable_fast_sampling()
 
 ``B`` is applied as before, from the scheduler's cache in float64, and noise is drawn in float32, so a
 seed gives the same image as the plain path (to float round-off in float32, to the half type's precision
-in float16/bfloat16). Inputs and outputs keep the model's dtype. Calls are serialised by a lock (a
+in float16/bfloat16). On CUDA, torch runs cuDNN convolutions in TF32 by default
+(``torch.backends.cudnn.allow_tf32``); the compiled path picks other convolution kernels, so under TF32
+the two paths differ by TF32's rounding, about as much as TF32 moves the plain images themselves; with
+TF32 off they differ by float32 round-off (``docs/gpu.md`` has the measured differences). Inputs and outputs keep the model's dtype. Calls are serialised by a lock (a
 captured graph has one set of input and output buffers), so one pipeline can still be called from
 several threads. When ``torch.compile`` cannot run on a machine (no C++ compiler for the CPU backend,
 an unsupported GPU) the first call warns once and the path runs uncompiled.
