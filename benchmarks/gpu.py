@@ -36,6 +36,7 @@ and ``--size`` changes a size.
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
 import os
 import statistics
@@ -320,19 +321,27 @@ def measure_sampling(name: str, config: Dict, variants: List[str], args, device,
 
 def strict_check(pipe, noise, reference, args) -> Dict:
     """The plain and fast paths' images with TF32 off (:class:`precision_flags`): how far TF32 (torch's default for
-    cuDNN convolutions) moves the plain images, and the fast path's difference in full float32."""
+    cuDNN convolutions) moves the plain images, the fast path's difference in full float32, and the plain float32
+    path's own error against the same model in float64 (the accuracy float32 allows this network)."""
     torch._dynamo.reset()
     with precision_flags(strict=True):
         pipe.disable_fast_sampling()
         plain = pipe(latents=noise, num_inference_steps=100, output_type="pt").images
         pipe.enable_fast_sampling(backend=args.compile_backend)
         fast = pipe(latents=noise, num_inference_steps=100, output_type="pt").images
-    pipe.disable_fast_sampling()
+        pipe.disable_fast_sampling()
+        model = pipe.linearizer
+        wide = type(pipe)(linearizer=copy.deepcopy(model).to(torch.float64), scheduler=pipe.scheduler)
+        wide.set_progress_bar_config(disable=True)
+        exact = wide(latents=noise.double(), num_inference_steps=100, output_type="pt").images
     out = {"strict plain vs plain max diff": float((plain - reference).abs().max()),
            "strict fast max diff": float((fast - plain).abs().max()),
-           "strict fast mean diff": float((fast - plain).abs().mean())}
+           "strict fast mean diff": float((fast - plain).abs().mean()),
+           "float32 vs float64 max diff": float((plain.double() - exact).abs().max()),
+           "float32 vs float64 mean diff": float((plain.double() - exact).abs().mean())}
     print(f"[sample] strict float32: plain moves {out['strict plain vs plain max diff']:.1e} without TF32; fast vs plain "
-          f"{out['strict fast max diff']:.1e} (mean {out['strict fast mean diff']:.1e})", flush=True)
+          f"{out['strict fast max diff']:.1e} (mean {out['strict fast mean diff']:.1e}); plain float32 vs float64 "
+          f"{out['float32 vs float64 max diff']:.1e}", flush=True)
     return out
 
 

@@ -101,7 +101,9 @@ def verdicts(results: Dict, goals: Dict) -> List[str]:
                    f"with TF32 off (goal ≤ {goals['fp32_diff']:g}: {_met(diff <= goals['fp32_diff'])}; mean "
                    f"{sample['strict fast mean diff']:.1e}) and {sample['fast max diff']:.1e} under torch's default "
                    "TF32 convolutions, where the plain path itself moves by "
-                   f"{sample['strict plain vs plain max diff']:.1e} from its full-float32 images.")
+                   f"{sample['strict plain vs plain max diff']:.1e} from its full-float32 images"
+                   + (f"; float32 itself allows this network {sample['float32 vs float64 max diff']:.1e} (the plain "
+                      "float32 images against float64)" if "float32 vs float64 max diff" in sample else "") + ".")
     half = next((k for k in sampling_variants(sample) if k.startswith("fast ")), None)
     if half and "half_diff" in goals:
         diff = sample[f"{half} max diff"]
@@ -173,6 +175,8 @@ def write_page(path: str, results: Dict, argv: List[str], goals: Dict) -> None:
                 f"{strict['strict plain vs plain max diff']:.1e} from the plain row above, and the fast path differs "
                 f"from the plain path by {strict['strict fast max diff']:.1e} at most (mean "
                 f"{strict['strict fast mean diff']:.1e})"
+                + (f"; the plain float32 images themselves differ from the same model's float64 images by up to "
+                   f"{strict['float32 vs float64 max diff']:.1e}" if "float32 vs float64 max diff" in strict else "")
                 + (": most of the fast path's difference in the table comes from TF32 rounding in the two paths' "
                    "different kernels." if tf32_share else "."), ""]
     if "collapse" in results:

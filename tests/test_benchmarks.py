@@ -112,6 +112,7 @@ def test_gpu_benchmark_quick_mode_runs_every_code_path(tmp_path):
     assert sample["plain"] > 0 and sample["fast"] > 0 and sample["unet 50 steps"] > 0
     assert sample["fast max diff"] <= 1e-6 and sample["fast bfloat16 max diff"] <= 0.1
     assert sample["strict fast max diff"] <= 1e-6 and sample["strict plain vs plain max diff"] == 0  # no TF32 on a CPU
+    assert 0 < sample["float32 vs float64 max diff"] < 1e-3  # the float32 pipeline against the model in float64
     assert [r["method"] for r in results["collapse"]] == ["dense", "ours", "ours", "ours"]
     page = out.read_text()
     assert "GPU numbers: not measured" in page and results["hardware"] in page and "| shipped |" in page
