@@ -217,7 +217,8 @@ def write_markdown(path: str, results, argv: List[str]) -> None:
             f"{'met' if ok else '**not met**'}."
         )
     if not any(r["device"].startswith("cuda") for r in results):
-        verdict.append("- This run used the CPU only: GPU numbers are missing (rerun this script on a GPU).")
+        verdict.append("- This run used the CPU only (rerun this script on a GPU for GPU rows); `docs/gpu.md` "
+                       "(`benchmarks/gpu.py`) compares the whole trainer step with the UNet's on one GPU.")
     loads = [r["load_average"] for r in results if r.get("load_average") is not None]
     load_note = (f"- 1-minute load average during the run: {min(loads)}–{max(loads)} (a shared machine: other jobs were "
                  "running)\n") if loads else ""
