@@ -85,15 +85,17 @@ def sampling_pipeline(name: str, config: Dict, device):
     return pipe
 
 
-def measure_sampling(name: str, config: Dict, variants: List[str], args, device, deadline: Deadline) -> Dict:
-    """One configuration's sampling row: images/s and batch-1 latency of the pipeline ``variants`` (``"plain"``,
-    ``"fast"``, ``"fast half"``: the half dtype of the device), then the UNet's 50 Euler steps."""
+def measure_sampling(name: str, config: Dict, variants: List[str], args, device, deadline: Deadline,
+                     row: Dict) -> Dict:
+    """Fill ``row`` (in place: a step that fails midway keeps what it measured) with one configuration's
+    images/s and batch-1 latency of the pipeline ``variants`` (``"plain"``, ``"fast"``, ``"fast half"``: the
+    half dtype of the device), then the UNet's 50 Euler steps."""
     half = torch.float16 if device.type == "cuda" else torch.bfloat16
     options = {"plain": None, "fast": dict(), "fast half": dict(dtype=half)}
     pipe = sampling_pipeline(name, config, device)
     shape = (args.sample_batch, *pipe.linearizer.sample_shape)
     noise = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(device)
-    row = {"config": name, "batch": args.sample_batch, "params": count_params(pipe.linearizer)}
+    row.update(config=name, batch=args.sample_batch, params=count_params(pipe.linearizer))
     reference = None
     for variant in variants:  # "plain" first: the reference images
         label = f"fast {str(half).split('.')[-1]}" if variant == "fast half" else variant
@@ -114,7 +116,7 @@ def measure_sampling(name: str, config: Dict, variants: List[str], args, device,
         row[f"{label} latency ms"] = 1e3 * timed(lambda: call(1), device, args.sample_repeats, warmup=2)
         print(f"[sample] {name:>8} {label:<12} {row[label]:10.1f} images/s, batch-1 "
               f"{row[f'{label} latency ms']:.2f} ms, max diff {row[f'{label} max diff']:.1e}", flush=True)
-    if name == "shipped" and "fast" in variants and deadline.allows(f"sampling, {name}, strict float32 check"):
+    if name == "shipped" and reference is not None and "fast" in variants and deadline.allows(f"sampling, {name}, strict float32 check"):
         row.update(strict_check(pipe, noise, reference, args))
     if args.inductor_check and name == "shipped" and reference is not None:
         row.update(inductor_check(pipe, noise, reference))
@@ -239,12 +241,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     rows = {"training": {}, "sampling": {}}
     from gpu_page import write_page
 
-    def train(name, variants):
-        rows["training"][name] = measure_training(name, configs[name], variants, args, device, deadline,
-                                                  rows["training"].get(name))
+    def train(name, variants):  # rows are filled in place: a step that fails midway keeps what it measured
+        measure_training(name, configs[name], variants, args, device, deadline, rows["training"].setdefault(name, {}))
 
     def sample(name, variants):
-        rows["sampling"][name] = measure_sampling(name, configs[name], variants, args, device, deadline)
+        measure_sampling(name, configs[name], variants, args, device, deadline, rows["sampling"].setdefault(name, {}))
 
     def collapse():
         if deadline.allows("collapse targets"):
@@ -268,9 +269,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         except Exception as err:  # on a one-shot GPU lease one failing step must not lose the others' rows
             traceback.print_exc()
             results.setdefault("errors", []).append(f"{part}: {type(err).__name__}: {str(err).strip()[:300]}")
-        for key in rows:
-            if rows[key]:
-                results[key] = [row for row in rows[key].values() if "params" in row]
+        for key in rows:  # the rows with at least one measurement (steps/s, images/s, differences are floats)
+            measured = [row for row in rows[key].values() if any(isinstance(v, float) for v in row.values())]
+            if measured:
+                results[key] = measured
         results["seconds"] = round(deadline.elapsed(), 1)
         write_page(args.output, results, argv, GOALS)  # after every step: a run stopped midway keeps its rows
     print(f"\nwrote {args.output} ({results['seconds']:.0f} s)")

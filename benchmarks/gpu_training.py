@@ -178,10 +178,11 @@ class Deadline:
 
 
 def measure_training(name: str, config: Dict, variants: List[str], args, device, deadline: Deadline,
-                     row: Optional[Dict] = None) -> Dict:
-    """Fill ``row`` with the steps/s of the trainer ``variants`` (keys of :data:`TRAIN_VARIANTS`) and of the
-    parameter-matched UNet (``"unet"``, ``"unet bf16"``) for one configuration; returns the row."""
-    row = {"config": name, "overrides": config, "batch": args.train_batch} if row is None else row
+                     row: Dict) -> Dict:
+    """Fill ``row`` (in place, across calls) with the steps/s of the trainer ``variants`` (keys of
+    :data:`TRAIN_VARIANTS`) and of the parameter-matched UNet (``"unet"``, ``"unet bf16"``) for one
+    configuration; returns the row."""
+    row.update(config=name, overrides=config, batch=args.train_batch)
     with tempfile.TemporaryDirectory() as workdir:
         for variant in variants:
             if not deadline.allows(f"training, {name}, {variant}"):

@@ -134,6 +134,34 @@ def test_gpu_benchmark_quick_mode_runs_every_code_path(tmp_path):
     assert gpu_page.main([str(out.with_suffix(".json"))]) == 0 and out.read_text() == page
 
 
+def test_gpu_benchmark_budget_and_failures_keep_the_rows(tmp_path, monkeypatch):
+    """A run on a time-limited lease: ``--budget 0`` starts nothing and the page lists every step as not measured;
+    a step that fails midway is recorded on the page (exit status 1) and the rows measured before it stay."""
+    import json
+
+    gpu = pytest.importorskip("gpu")
+    out = tmp_path / "gpu.md"
+    sizes = dict(resolution=8, train_batch=4, train_images=12, train_steps=1, train_warmup=1, sample_batch=2,
+                 sample_repeats=1, unet_steps=2, collapse_small=4, collapse_large=4)
+    argv = ["--quick", "--device", "cpu", "--compile-backend", "eager", "--no-inductor-check", "--no-profile",
+            "--output", str(out)] + [x for k, v in sizes.items() for x in ("--size", f"{k}={v}")]
+    assert gpu.main(argv + ["--budget", "0"]) == 0
+    results = json.loads(out.with_suffix(".json").read_text())
+    assert "training, shipped, plain" in results["skipped"] and "collapse targets" in results["skipped"]
+    assert "training" not in results and "Not measured in this run" in out.read_text()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no strict check today")
+
+    monkeypatch.setattr(gpu, "strict_check", broken)
+    assert gpu.main(argv + ["--parts", "sample"]) == 1
+    results = json.loads(out.with_suffix(".json").read_text())
+    sample, = results["sampling"]
+    assert sample["plain"] > 0 and sample["fast"] > 0 and "unet 50 steps" not in sample  # kept; the UNet came after
+    assert results["errors"] == ["sample: RuntimeError: no strict check today"]
+    assert "Steps that failed in this run" in out.read_text() and "no strict check today" in out.read_text()
+
+
 def test_pairs_check_counts_level_differences():
     import numpy as np
 
