@@ -179,6 +179,16 @@ def write_page(path: str, results: Dict, argv: List[str], goals: Dict) -> None:
                    f"{strict['float32 vs float64 max diff']:.1e}" if "float32 vs float64 max diff" in strict else "")
                 + (": most of the fast path's difference in the table comes from TF32 rounding in the two paths' "
                    "different kernels." if tf32_share else "."), ""]
+        check = next((r for r in results["sampling"] if "inductor max diff" in r), None)
+        if check:
+            lines += [
+                f"torch.compile backend of the rows above: `{results['compile_backend']}`. One compile with "
+                f"inductor (the default backend), of the shipped model's fast path at batch {check['batch']}: "
+                + (f"it could not run here and fell back to the uncompiled path ({check['inductor warning']})"
+                   if check["inductor fell back"] else
+                   f"first call {check['inductor first call s']:.0f} s (compiling, or reading torch's compile cache "
+                   f"when an earlier run left one), largest difference from the plain "
+                   f"images {check['inductor max diff']:.1e}") + ".", ""]
     if "collapse" in results:
         lines += ["## Collapse targets (`benchmarks/collapse.py`)", "",
                   "The reference's core (r = 8, MLP width 512); *dense*: the original code's product of D × D "

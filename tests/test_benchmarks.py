@@ -128,6 +128,11 @@ def test_gpu_benchmark_quick_mode_runs_every_code_path(tmp_path):
     goals = out.read_text().split("## Goals")[1]
     assert "1.1× the plain trainer (goal ≥ 5×: **not met**)" in goals and "0.45× the time of the faster UNet step" in goals
     assert "GPU numbers: not measured" not in out.read_text()
+    # the quick mode's one inductor compile, when it ran, has its line on the page
+    sample.update({"inductor first call s": 5.0, "inductor max diff": 2e-6, "inductor fell back": False,
+                   "inductor warning": None})
+    gpu_page.write_page(str(out), results, [], gpu.GOALS)
+    assert "One compile with inductor" in out.read_text() and "2.0e-06" in out.read_text()
     # the page renders again from its JSON alone (argv and goals recorded): the same text
     page = out.read_text()
     out.unlink()
