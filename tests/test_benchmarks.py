@@ -119,6 +119,8 @@ def test_gpu_benchmark_quick_mode_runs_every_code_path(tmp_path):
     assert results["compile_backend"] == "eager" and "inductor max diff" not in sample
     with pytest.raises(SystemExit):
         gpu.main(["--quick", "--size", "batch=two", "--output", str(out)])
+    with pytest.raises(SystemExit):
+        gpu.main(["--quick", "--parts", "training", "--output", str(out)])  # the part is called "train"
     # the goals' lines of a full GPU run, from these rows: 1.1× asked for ≥ 5× is not met, 0.5× asked for ≤ 1× is
     train.update({"plain": 1.0, "fast": 1.1, "fast + compile": 0.9, "fast + compile + bf16": 0.8,
                   "fast + compile + tf32": 0.7, "unet": 0.5, "unet bf16": 0.4})
