@@ -28,6 +28,7 @@ import argparse
 import ctypes
 import datetime
 import gc
+import json
 import os
 import platform
 import sys
@@ -281,6 +282,29 @@ def main(argv=None):
     write_markdown(args, device, speedups, total)
 
 
+def gpu_targets(path: str):
+    """The GPU targets as ``benchmarks/gpu.py`` measured them with this script's functions (its ``docs/gpu.json``),
+    as one line for a CPU run's page; ``None`` when that file is missing or holds no full GPU run."""
+    try:
+        with open(path) as f:
+            results = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if not results.get("gpu") or results.get("quick") or not results.get("collapse"):
+        return None
+    rows = {(r["D"], r["method"], r["solver"], r["dtype"]): r for r in results["collapse"]}
+    small, large = min(r["D"] for r in results["collapse"]), max(r["D"] for r in results["collapse"])
+    dense, fast = rows.get((small, "dense", "euler", "fp32")), rows.get((small, "ours", "euler", "fp32"))
+    euler, rk4 = rows.get((large, "ours", "euler", "fp32")), rows.get((large, "ours", "rk4", "fp64"))
+    if not (dense and fast and euler and rk4):
+        return None
+    return (f"* GPU: `benchmarks/gpu.py` measured these targets with this script's functions on {results['hardware']}"
+            f" ({results['date']}, `docs/gpu.md`), T = {fast['T']}: at D = {small} the dense product took"
+            f" {dense['seconds']:.2f} s and ours {fast['seconds']:.3f} s (Euler fp32, **{dense['seconds'] / fast['seconds']:.0f}×**);"
+            f" at D = {large} ours took {euler['seconds']:.3f} s (Euler fp32, peak {euler['mem']}) and"
+            f" {rk4['seconds']:.3f} s (RK4 fp64, peak {rk4['mem']}).")
+
+
 def write_markdown(args, device, speedups, total):
     lines = [
         "# Collapse benchmark",
@@ -320,6 +344,7 @@ def write_markdown(args, device, speedups, total):
             "* CPU run: RK4 is shown up to 3·128² (at 3·256² it takes minutes here); the 3·64² dense row"
             " is estimated (one 12288³ product per step), the 3·32² dense row extrapolated from its first"
             " steps, as noted. Wall-clock times on a shared machine vary with its load (recorded above).",
+            gpu_targets(os.path.join(os.path.dirname(args.output), "gpu.json")) or
             "* GPU timings (e.g. 3·64² and 3·256² with T = 100 on an H100) are not measured here: this"
             " run used the CPU only. Run `python benchmarks/collapse.py` on a CUDA machine to fill"
             " them in; the work per collapse is two D × R GEMMs (R = rank of B) plus O(T·k·R²) small"

@@ -169,6 +169,28 @@ def test_gpu_benchmark_budget_and_failures_keep_the_rows(tmp_path, monkeypatch):
     assert "Steps that failed in this run" in out.read_text() and "no strict check today" in out.read_text()
 
 
+def test_collapse_page_cites_the_gpu_run_only_when_it_was_one(tmp_path):
+    """A CPU run's ``docs/benchmarks.md`` quotes the GPU targets from ``gpu.json`` beside it: only a full GPU run's,
+    with the speed-up computed from its two timings."""
+    import json
+
+    collapse = pytest.importorskip("collapse")
+    rows = [dict(D=12, T=100, method="dense", solver="euler", dtype="fp32", seconds=6.0, mem="1 GB"),
+            dict(D=12, T=100, method="ours", solver="euler", dtype="fp32", seconds=0.02, mem="1 MB"),
+            dict(D=48, T=100, method="ours", solver="euler", dtype="fp32", seconds=0.05, mem="2 MB"),
+            dict(D=48, T=100, method="ours", solver="rk4", dtype="fp64", seconds=0.2, mem="8 MB")]
+    path = tmp_path / "gpu.json"
+    assert collapse.gpu_targets(str(path)) is None  # no file
+    for gpu, quick in ((False, False), (True, True)):  # a CPU run, a quick run: nothing to quote
+        path.write_text(json.dumps(dict(gpu=gpu, quick=quick, collapse=rows, hardware="H", date="d")))
+        assert collapse.gpu_targets(str(path)) is None
+    path.write_text(json.dumps(dict(gpu=True, quick=False, collapse=rows, hardware="Some GPU", date="2026-01-01")))
+    line = collapse.gpu_targets(str(path))
+    assert "Some GPU" in line and "**300×**" in line and "D = 48 ours took 0.050 s" in line and "0.200 s (RK4 fp64" in line
+    path.write_text(json.dumps(dict(gpu=True, quick=False, collapse=rows[1:], hardware="H", date="d")))
+    assert collapse.gpu_targets(str(path)) is None  # no dense row: no ratio to quote
+
+
 def test_pairs_check_counts_level_differences():
     import numpy as np
 
