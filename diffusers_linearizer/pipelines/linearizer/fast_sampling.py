@@ -152,7 +152,9 @@ class FastSamplingMixin:
 
         Args:
             dtype: ``None`` (the model's dtype), ``torch.float16`` or ``torch.bfloat16`` (a half-precision copy
-                of ``g``; ``B`` is still applied in float64 and images come back in the model's dtype).
+                of ``g``; ``B`` is still applied in float64 and images come back in the model's dtype). At small
+                resolutions the passes are launch-bound, so half precision saves little time and costs
+                accuracy (``docs/gpu.md`` measures both): prefer the default unless memory is short.
             mode / backend: ``torch.compile``'s ``mode`` (default: torch's) and ``backend`` (default inductor).
                 ``mode="reduce-overhead"`` (inductor's own CUDA graphs) needs ``cuda_graphs=False``.
             compile: compile ``g``'s forward and inverse (one graph per batch size and direction; after
