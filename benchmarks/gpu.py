@@ -24,10 +24,10 @@ Three parts, written to ``docs/gpu.md`` (and ``docs/gpu.json``) with the hardwar
 * **collapse** — ``benchmarks/collapse.py``'s targets: the dense product vs ours at 3·64² (Euler, T = 100)
   and ours at 3·256² (Euler fp32, RK4 fp64).
 
-The goals (issue 14) are ratios measured side by side on one GPU; on a CPU the page says they are not
+The goals are ratios measured side by side on one GPU; on a CPU the page says they are not
 measured. The full run takes about 5 minutes on one H200, most of it compiling (its time is printed and
 recorded on the page). The shipped configuration's rows run first, then the collapse, then the default
-configuration's; ``--budget SECONDS`` starts nothing after that time (a time-limited GPU lease) and the page
+configuration's; ``--budget SECONDS`` starts nothing after that time (for a GPU borrowed for a fixed time) and the page
 lists what was not reached. The page is rewritten after every step, so a run stopped midway keeps its rows,
 and ``python benchmarks/gpu_page.py`` renders it again from ``docs/gpu.json``. ``--parts`` runs a subset
 and ``--size`` changes a size. The training half (trainer variants, the UNet step, profiles) is in
@@ -86,7 +86,7 @@ def sampling_pipeline(name: str, config: Dict, device):
 
 
 def measure_sampling(name: str, config: Dict, variants: List[str], args, device, deadline: Deadline,
-                     row: Dict) -> Dict:
+                     row: Dict) -> None:
     """Fill ``row`` (in place: a step that fails midway keeps what it measured) with one configuration's
     images/s and batch-1 latency of the pipeline ``variants`` (``"plain"``, ``"fast"``, ``"fast half"``: the
     half dtype of the device), then the UNet's 50 Euler steps."""
@@ -130,7 +130,6 @@ def measure_sampling(name: str, config: Dict, variants: List[str], args, device,
             lambda: unet_sample(unet, args.sample_batch, args.unet_steps, batch_size=args.sample_batch), device,
             max(1, args.sample_repeats // 5)) * args.unet_steps / 50
         print(f"[sample] {name:>8} {'unet 50 steps':<12} {row['unet 50 steps']:10.1f} images/s", flush=True)
-    return row
 
 
 def strict_check(pipe, noise, reference, args) -> Dict:
@@ -213,7 +212,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                    help=f"Override one size (repeatable), e.g. --size sample_batch=64; keys: {', '.join(SIZES)}.")
     p.add_argument("--budget", type=float, default=None, metavar="SECONDS",
                    help="Start no measurement after this many seconds; those not reached are listed on the page as not "
-                   "measured (a run sized for a time-limited GPU lease). Default: no limit.")
+                   "measured (a run on a GPU borrowed for a fixed time). Default: no limit.")
     p.add_argument("--no-profile", dest="profile", action="store_false",
                    help="Skip the profile of each shipped trainer variant (kernels and their time per step).")
     p.add_argument("--output", default=os.path.join(REPO, "docs", "gpu.md"))
@@ -234,7 +233,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     vars(args).update(sizes)
     configs = {"shipped": CANDIDATES["shipped"]} if args.quick else {"shipped": CANDIDATES["shipped"], "default": {}}
     parts = args.parts.split(",")
-    if not parts or not set(parts) <= {"train", "sample", "collapse"}:
+    if not set(parts) <= {"train", "sample", "collapse"}:
         p.error(f"--parts {args.parts!r}: expected a comma-separated subset of train, sample, collapse")
     deadline = Deadline(args.budget)
     results = {"sizes": sizes, "compile_backend": args.compile_backend, "device": str(device), "hardware": hardware(device),
@@ -271,7 +270,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             continue
         try:
             run()
-        except Exception as err:  # on a one-shot GPU lease one failing step must not lose the others' rows
+        except Exception as err:  # on a GPU borrowed for one run, one failing step must not lose the others' rows
             traceback.print_exc()
             results.setdefault("errors", []).append(f"{part}: {type(err).__name__}: {str(err).strip()[:300]}")
         for key in rows:  # the rows with at least one measurement (steps/s, images/s, differences are floats)

@@ -4,6 +4,7 @@ parameter-matched ``UNet2DModel`` step, a profile of each step, and the timing h
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import tempfile
 import time
@@ -120,20 +121,17 @@ TRAIN_VARIANTS = {
 }
 
 
-class precision_flags:
+@contextlib.contextmanager
+def precision_flags(strict: bool = False):
     """Restores torch's TF32 switches on exit (``--allow_tf32`` sets them for the process); with ``strict``,
     float32 matrix products and convolutions in full float32 (no TF32) inside."""
-
-    def __init__(self, strict: bool = False):
-        self.strict = strict
-
-    def __enter__(self):
-        self.saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-        if self.strict:
-            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-
-    def __exit__(self, *exc):
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = self.saved
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    if strict:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 def profile_steps(trainer, device, steps: int = 3, top: int = 4) -> Dict:
@@ -178,10 +176,10 @@ class Deadline:
 
 
 def measure_training(name: str, config: Dict, variants: List[str], args, device, deadline: Deadline,
-                     row: Dict) -> Dict:
+                     row: Dict) -> None:
     """Fill ``row`` (in place, across calls) with the steps/s of the trainer ``variants`` (keys of
     :data:`TRAIN_VARIANTS`) and of the parameter-matched UNet (``"unet"``, ``"unet bf16"``) for one
-    configuration; returns the row."""
+    configuration."""
     row.update(config=name, overrides=config, batch=args.train_batch)
     with tempfile.TemporaryDirectory() as workdir:
         for variant in variants:
@@ -200,4 +198,3 @@ def measure_training(name: str, config: Dict, variants: List[str], args, device,
                 row[variant], row["unet_width"], row["unet_params"] = unet_steps_per_second(
                     row["params"], args, device, args.train_steps, args.train_warmup, bf16=variant == "unet bf16")
             print(f"[train] {name:>8} {variant:<22} {row[variant]:8.2f} steps/s", flush=True)
-    return row
