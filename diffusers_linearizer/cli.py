@@ -18,15 +18,19 @@ images do not depend on the batch size or on how many processes share the work.
 
 from __future__ import annotations
 
+import io
 import os
+import re
 import sys
 from typing import List, Optional, Sequence
 
-from .image_grid import make_grid
-
-from .defaults import DEFAULT_MODEL_DIR, PACKAGED_MODELS
-
+from .cli_checks import (
+    TENSOR_EXTENSIONS, check_device, check_distinct, check_images_fit, check_output_file, check_output_folder,
+    check_seeds,
+)
 from .cli_parser import build_parser  # noqa: F401  (the parser lives in its own module)
+from .defaults import DEFAULT_MODEL_DIR, PACKAGED_MODELS
+from .image_grid import make_grid
 
 
 def _say(msg: str, main: bool = True) -> None:
@@ -72,37 +76,6 @@ def load_pipeline(model: Optional[str], dtype_name: str, main: bool = True, cls=
     return cls.from_pretrained(model, dtype=dtype)
 
 
-def check_device(name: Optional[str]) -> None:
-    """A ``ValueError`` (before anything is loaded) when ``--device`` names no device this machine has."""
-    import torch
-
-    if name is None:
-        return
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError) as err:
-        raise ValueError(f"--device {name!r} is not a torch device ({err}); use e.g. cpu, cuda, cuda:1, mps.") from None
-    if device.type == "cpu":
-        return
-    module = getattr(torch, device.type, None)
-    available = bool(module is not None and hasattr(module, "is_available") and module.is_available())
-    if not available:
-        hint = " (this torch is a CPU-only build)" if device.type == "cuda" and torch.version.cuda is None else ""
-        raise ValueError(f"--device {name}: no {device.type} device is available on this machine{hint}; use --device cpu.")
-    count = getattr(module, "device_count", lambda: 1)()
-    if device.index is not None and device.index >= count:
-        raise ValueError(f"--device {name}: this machine has {count} {device.type} device(s) (0 … {count - 1}).")
-
-
-def check_outputs(*paths: Optional[str]) -> None:
-    """Every image file to write must name a format by its extension (checked before any work)."""
-    from .images import image_format
-
-    for path in paths:
-        if path is not None:
-            image_format(path)
-
-
 def _wants_cpu(args) -> bool:
     import torch
 
@@ -144,6 +117,31 @@ def generate_condition(pipe, args) -> dict:
     return condition
 
 
+def _save_tensor(tensor, path: str) -> None:
+    """``torch.save`` into memory, then one atomic write (a reader never sees half a file)."""
+    import torch
+
+    from .atomic import write_bytes_atomic
+
+    buffer = io.BytesIO()
+    torch.save(tensor, buffer)
+    write_bytes_atomic(path, buffer.getvalue())
+
+
+def _grid_row(nrow: Optional[int], count: int) -> Optional[int]:
+    """``--nrow`` for a grid of ``count`` images: a row holds at most all of them (as torchvision's make_grid)."""
+    return None if nrow is None else min(nrow, count)
+
+
+def check_generate(args) -> None:
+    """Everything about ``generate`` that can be checked before the model is loaded."""
+    check_seeds(args.seed, args.num_images, f"--num-images {args.num_images}")
+    check_device(args.device)
+    check_output_file(args.output, "--output", "image grid", "samples.png", image=True)
+    check_output_file(args.save_tensors, "--save-tensors", "image tensors", "samples.pt", TENSOR_EXTENSIONS)
+    check_output_folder(args.save_images, "--save-images", "images")
+
+
 def cmd_generate(args) -> int:
     import torch
     from accelerate import PartialState
@@ -151,20 +149,16 @@ def cmd_generate(args) -> int:
     from tqdm.auto import tqdm
 
     from .images import save_image, to_pil_list
-    from .pipelines.linearizer.pipeline_linearizer import check_temperature
 
-    if args.num_images < 1 or args.batch_size < 1:
-        raise ValueError("--num-images and --batch-size must be ≥ 1.")
-    if args.temperature is not None:
-        check_temperature(args.temperature, "--temperature")
-    check_device(args.device)
-    check_outputs(args.output)
+    check_generate(args)
     # On CPU, ask accelerate for its multi-CPU (gloo) backend: `accelerate launch --multi_gpu` on a machine
     # without GPUs starts the processes, and cpu=True makes them one process group instead of N single ones.
     state = PartialState(cpu=_wants_cpu(args))
     main = state.is_main_process
     pipe = load_pipeline(args.model, args.dtype, main)
     condition = generate_condition(pipe, args)
+    check_images_fit(args.num_images, pipe.linearizer.sample_shape, "--num-images",
+                     "Generate them in several runs: image i uses seed + i, so --seed S continues a series at S.")
     pipe.to(_device(args, state))
     pipe.set_progress_bar_config(disable=args.no_progress or not main)
 
@@ -189,25 +183,32 @@ def cmd_generate(args) -> int:
         return 0
     results = sorted(results, key=lambda r: r[0])
     images = torch.stack([img for _, img in results])
-    save_image(make_grid(images, args.nrow), args.output)
+    save_image(make_grid(images, _grid_row(args.nrow, len(images))), args.output)
     if args.save_images:
         for (i, _), img in zip(results, to_pil_list(images)):
             save_image(img, os.path.join(args.save_images, f"{i:05d}.png"))
     if args.save_tensors:
-        torch.save(images, args.save_tensors)
+        _save_tensor(images, args.save_tensors)
     _say(f"wrote {len(results)} images to {args.output}")
     state.wait_for_everyone()
     return 0
 
 
-def _inversion_pipeline(args):
-    """Checks of ``--device`` and output files, then the inversion pipeline on its device."""
+def _inversion_pipeline(args, images: Sequence[str]):
+    """The checks of ``--device``, the output files and the input images (each read once as an image), then
+    the inversion pipeline on its device."""
     import torch
 
     from . import LinearizerInversionPipeline
+    from .images import load_image_files
 
     check_device(args.device)
-    check_outputs(args.output, getattr(args, "gif", None))
+    gif = getattr(args, "gif", None)
+    check_output_file(args.output, "--output", "image grid", "grid.png", image=True)
+    check_output_file(gif, "--gif", "animation", "frames.gif", (".gif",))
+    check_output_file(getattr(args, "save_noise", None), "--save-noise", "noise", "noise.pt", TENSOR_EXTENSIONS)
+    check_distinct(("--output", args.output), ("--gif", gif))
+    load_image_files(images)  # every input file readable as an image (its name in the error) before the model loads
     pipe = load_pipeline(args.model, args.dtype, cls=LinearizerInversionPipeline)
     pipe.to(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     pipe.set_progress_bar_config(disable=args.no_progress)
@@ -219,31 +220,30 @@ def cmd_invert(args) -> int:
 
     from .images import images_to_tensor, load_image_files, save_image
 
-    pipe = _inversion_pipeline(args)
+    pipe = _inversion_pipeline(args, args.images)
     shape = pipe.linearizer.sample_shape
     images = load_image_files(args.images, shape, args.resize)
     out = pipe(images, num_inference_steps=args.steps, solver=args.solver, output_type="pt")
     grid_images = torch.cat([images_to_tensor(images, shape), out.reconstruction.float().cpu()])
-    save_image(make_grid(grid_images, args.nrow or len(images)), args.output)
+    save_image(make_grid(grid_images, _grid_row(args.nrow, len(images)) or len(images)), args.output)
     for path, p, r in zip(args.images, out.psnr.tolist(), out.relative_error.tolist()):
         print(f"{path}: reconstruction PSNR {p:.2f} dB, relative error {r:.3e}")
     if args.save_noise:
-        torch.save(out.noise.cpu(), args.save_noise)
+        _save_tensor(out.noise.cpu(), args.save_noise)
     _say(f"wrote inputs and reconstructions to {args.output}")
     return 0
 
 
 def cmd_interpolate(args) -> int:
-    import io
-
     from .atomic import write_bytes_atomic
     from .images import load_image_files, save_image, to_pil_list
 
-    pipe = _inversion_pipeline(args)
+    pipe = _inversion_pipeline(args, [args.image_a, args.image_b])
+    check_images_fit(args.frames, pipe.linearizer.sample_shape, "--frames", "Ask for fewer frames.")
     a, b = load_image_files([args.image_a, args.image_b], pipe.linearizer.sample_shape, args.resize)
     out = pipe.interpolate(a, b, num_frames=args.frames, mode=args.mode, num_inference_steps=args.steps,
                            solver=args.solver, output_type="pt")
-    save_image(make_grid(out.frames, args.nrow or args.frames), args.output)
+    save_image(make_grid(out.frames, _grid_row(args.nrow, args.frames) or args.frames), args.output)
     if args.gif:
         frames, buf = to_pil_list(out.frames), io.BytesIO()
         frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:], duration=args.duration, loop=0)
@@ -259,9 +259,33 @@ def cmd_train(args) -> int:
     return train_main(args)
 
 
+#: the teacher-pairs file stores its seed base as an int64
+MAX_SEED_BASE = 2**63 - 1
+
+
+def check_distill_data(args) -> None:
+    """What ``distill-data`` can check before the teacher is loaded (the counts are checked by the writer)."""
+    check_device(args.device)
+    check_output_file(args.output, "--output", "teacher pairs", "pairs.npz")  # its extension: the writer's rule
+    parts = args.output + ".parts"
+    if os.path.exists(parts) and not os.path.isdir(parts):
+        raise ValueError(f"--output {args.output!r}: {parts!r}, where the finished chunks are kept, is a file; "
+                         "move it away or choose another --output.")
+    if args.seed_base < 0:
+        raise ValueError(f"--seed-base must be a whole number ≥ 0, got {args.seed_base}.")
+    if isinstance(args.num_pairs, int) and isinstance(args.chunk_size, int) and args.num_pairs > 0 and args.chunk_size > 0:
+        chunks = -(-args.num_pairs // args.chunk_size)
+        check_seeds(args.seed_base, chunks, f"{chunks} noise chunk(s) (--num-pairs / --chunk-size)", "--seed-base",
+                    MAX_SEED_BASE)
+    for flag, folder in (("--teacher", args.teacher), ("--student", args.student)):
+        if folder is not None and not os.path.isdir(folder):
+            raise ValueError(f"{flag} {folder!r}: no such folder (a saved model or pipeline folder is expected).")
+
+
 def cmd_distill_data(args) -> int:
     from .training.teacher import main as teacher_main
 
+    check_distill_data(args)
     return teacher_main(args=args)
 
 
@@ -282,16 +306,54 @@ def cmd_demo(args) -> int:
 COMMANDS = {"generate": cmd_generate, "invert": cmd_invert, "interpolate": cmd_interpolate, "train": cmd_train,
             "distill-data": cmd_distill_data, "demo": cmd_demo}
 
+#: the Python arguments that a command's flags set, to name the flag in an error that names the argument
+PYTHON_ARGUMENTS = {
+    "generate": {"num_inference_steps": "--steps", "guidance_scale": "--guidance-scale", "temperature": "--temperature",
+                 "class_labels": "--class", "prompt": "--prompt", "batch_size": "--batch-size", "solver": "--solver"},
+    "invert": {"num_inference_steps": "--steps", "solver": "--solver"},
+    "interpolate": {"num_inference_steps": "--steps", "solver": "--solver", "num_frames": "--frames", "mode": "--mode"},
+    "distill-data": {"num_pairs": "--num-pairs", "chunk_size": "--chunk-size", "batch_size": "--batch-size",
+                     "num_inference_steps": "--num-inference-steps"},
+}
+#: exceptions that mean the input was wrong (exit status 2, as argparse's own errors); other OSErrors and
+#: running out of memory are failures of the work (exit status 1)
+BAD_INPUT = (ValueError, TypeError, FileNotFoundError, NotADirectoryError, IsADirectoryError)
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    if getattr(args, "steps", 2) < 2:
-        build_parser().error("--steps must be at least 2 (T grid points give T - 1 solver steps)")
+
+def error_message(command: str, err: BaseException) -> str:
+    """``diffusers-linearizer COMMAND: error: ...`` on one line; an error naming a Python argument that a flag
+    of the command sets also names the flag."""
+    text = " ".join(line.strip() for line in str(err).splitlines() if line.strip()) or type(err).__name__
+    flags = [f"{name} is {flag}" for name, flag in PYTHON_ARGUMENTS.get(command, {}).items()
+             if re.search(rf"(?<![\w-]){name}(?![\w-])", text) and flag not in text]
+    if flags:
+        text += f" (on the command line {', '.join(flags)})"
+    return f"diffusers-linearizer {command}: error: {text}"
+
+
+def run(args) -> int:
+    """Run a parsed command: the one place where its errors become a message and an exit status."""
+    import torch
+
+    out_of_memory = (MemoryError, getattr(torch, "OutOfMemoryError", MemoryError))
     try:
         return COMMANDS[args.command](args)
-    except (ValueError, OSError) as err:
-        print(f"diffusers-linearizer {args.command}: error: {err}", file=sys.stderr)
+    except out_of_memory as err:
+        print(error_message(args.command, f"out of memory: {err}"), file=sys.stderr)
         return 1
+    except BAD_INPUT as err:
+        print(error_message(args.command, err), file=sys.stderr)
+        return 2
+    except OSError as err:
+        print(error_message(args.command, err), file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"diffusers-linearizer {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    return run(build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+from .cli_checks import (
+    FRAMES, GIF_DURATION, GIF_DURATION_RANGE, GUIDANCE_SCALE, PORT, POSITIVE, SEED, STEPS, TEMPERATURE,
+)
+
 
 DTYPES = ("float32", "float16", "bfloat16", "float64")
 
@@ -23,7 +27,7 @@ def _add_common(p: argparse.ArgumentParser, output_default: str) -> None:
     )
     g.add_argument(
         "--steps",
-        type=int,
+        type=STEPS,
         default=100,
         help="Sampler grid points T (T-1 solver steps, at least 2). The one-step operator B reproduces this "
         "T-point run exactly; use the same value to invert and to regenerate. Default: 100.",
@@ -35,7 +39,8 @@ def _add_common(p: argparse.ArgumentParser, output_default: str) -> None:
         help="ODE solver whose run B collapses: euler, heun or rk4 (reference_rk: the original code's "
         "first-order variant). Default: the one in the saved scheduler config.",
     )
-    g.add_argument("--seed", type=int, default=0, help="Random seed. Image i uses seed + i. Default: 0.")
+    g.add_argument("--seed", type=SEED, default=0,
+                   help="Random seed, 0 … 2**64 − 1. Image i uses seed + i. Default: 0.")
     g.add_argument(
         "--device",
         default=None,
@@ -52,7 +57,8 @@ def _add_common(p: argparse.ArgumentParser, output_default: str) -> None:
     o = p.add_argument_group("output")
     o.add_argument("--output", "-o", default=output_default,
                    help=f"Image grid to write; the extension picks the format (.png, .jpg, .webp, ...). Default: {output_default}.")
-    o.add_argument("--nrow", type=int, default=None, help="Images per grid row. Default: about √N.")
+    o.add_argument("--nrow", type=POSITIVE, default=None,
+                   help="Images per grid row (≥ 1; at most the number of images). Default: about √N.")
     o.add_argument("--no-progress", action="store_true", help="Hide the progress bars.")
 
 
@@ -62,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="One-step generation, exact inversion and interpolation with a Linearizer "
         "(f(x) = g_y^-1(A g_x(x))) diffusers pipeline. Images are PNG grids with values in [0, 1]. "
         "Run `diffusers-linearizer COMMAND --help` for each command's options.",
+        epilog="Every argument and every file to read or write is checked before any work. Exit status: 0 on "
+        "success, 2 for bad input (an argument, an input file, a model that does not fit the request; nothing is "
+        "written), 1 when the work itself fails (a file system or memory error).",
     )
     sub = parser.add_subparsers(dest="command", metavar="{generate,invert,interpolate,train,distill-data,demo}")
     sub.required = True
@@ -73,11 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
         "with --multi-step. Under `accelerate launch` the images are split over the processes.",
     )
     _add_common(gen, "samples.png")
-    gen.add_argument("--num-images", "-n", type=int, default=16, help="How many images. Default: 16.")
-    gen.add_argument("--batch-size", type=int, default=16, help="Images per forward pass (per process). Default: 16.")
+    gen.add_argument("--num-images", "-n", type=POSITIVE, default=16, help="How many images (≥ 1). Default: 16.")
+    gen.add_argument("--batch-size", type=POSITIVE, default=16,
+                     help="Images per forward pass (per process, ≥ 1). Default: 16.")
     gen.add_argument(
         "--temperature",
-        type=float,
+        type=TEMPERATURE,
         default=None,
         help="Sampling temperature τ > 0: the noise is τ·ε with ε ~ N(0, I) (below 1: smoother, more typical "
         "images; above 1: more varied ones). Default: the model's sampling_temperature (1 unless calibrated).",
@@ -92,15 +102,17 @@ def build_parser() -> argparse.ArgumentParser:
                      help="Class-conditioned models: a class name or id (repeat for several; the images take them in "
                      "turn). Default: every class in turn. E.g. --model fashion-mnist-classes --class Sneaker.")
     gen.add_argument("--prompt", default=None, help="Text-conditioned models: the prompt.")
-    gen.add_argument("--guidance-scale", type=float, default=None,
+    gen.add_argument("--guidance-scale", type=GUIDANCE_SCALE, default=None,
                      help="Classifier-free guidance of conditional models (> 1: on; 0 or 1: off), as in diffusers; "
                      "the guided run still collapses into one operator. Default: the pipeline's (4.0).")
-    gen.add_argument("--save-images", default=None, metavar="DIR", help="Also write every image as DIR/00000.png, ...")
+    gen.add_argument("--save-images", default=None, metavar="DIR",
+                     help="Also write every image as DIR/00000.png, ... (DIR is created if missing).")
     gen.add_argument(
         "--save-tensors",
         default=None,
         metavar="FILE",
-        help="Also save the unclamped float images as a (N, C, H, W) tensor with torch.save (exact comparisons).",
+        help="Also save the unclamped float images as a (N, C, H, W) tensor with torch.save, to a .pt or .pth file "
+        "(exact comparisons).",
     )
 
     inv = sub.add_parser(
@@ -112,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(inv, "inversion.png")
     inv.add_argument("images", nargs="+", help="Image files (converted to the model's channels; see --resize).")
     inv.add_argument("--resize", action="store_true", help="Resize images to the model's size instead of refusing them.")
-    inv.add_argument("--save-noise", default=None, metavar="FILE", help="torch.save the recovered noise (N, C, H, W).")
+    inv.add_argument("--save-noise", default=None, metavar="FILE", help="torch.save the recovered noise (N, C, H, W) to a .pt or .pth file.")
 
     itp = sub.add_parser(
         "interpolate",
@@ -123,11 +135,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(itp, "interpolation.png")
     itp.add_argument("image_a", help="First image file.")
     itp.add_argument("image_b", help="Last image file.")
-    itp.add_argument("--frames", type=int, default=8, help="Number of frames including both ends (≥ 2). Default: 8.")
+    itp.add_argument("--frames", type=FRAMES, default=8, help="Number of frames including both ends (≥ 2). Default: 8.")
     itp.add_argument("--mode", choices=("slerp", "linear"), default="slerp", help="Interpolation of the noise. Default: slerp.")
     itp.add_argument("--resize", action="store_true", help="Resize images to the model's size instead of refusing them.")
-    itp.add_argument("--gif", default=None, metavar="FILE", help="Also write the frames as an animated GIF.")
-    itp.add_argument("--duration", type=int, default=120, help="GIF frame duration in milliseconds. Default: 120.")
+    itp.add_argument("--gif", default=None, metavar="FILE", help="Also write the frames as an animated GIF (a .gif file).")
+    itp.add_argument("--duration", type=GIF_DURATION, default=120,
+                     help=f"GIF frame duration in milliseconds, {GIF_DURATION_RANGE[0]} … {GIF_DURATION_RANGE[1]}. "
+                     "Default: 120.")
 
     from .training.train import add_arguments as add_train_arguments
 
@@ -159,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dem.add_argument("--model", default=None, help="A saved pipeline directory or a Hub repo id. Default: the packaged model.")
     dem.add_argument("--host", default="127.0.0.1", help="Address to listen on (0.0.0.0: every interface). Default: 127.0.0.1.")
-    dem.add_argument("--port", type=int, default=7860, help="Port. Default: 7860.")
+    dem.add_argument("--port", type=PORT, default=7860, help="Port, 1 … 65535. Default: 7860.")
     dem.add_argument("--share", action=argparse.BooleanOptionalAction, default=False,
                      help="Also open a public gradio.live link (needs network). Default: --no-share.")
     return parser

@@ -147,22 +147,46 @@ def images_to_tensor(image, sample_shape: Tuple[int, int, int], name: str = "ima
     return x.clone(memory_format=torch.contiguous_format)
 
 
-def load_image_files(paths: Sequence[str], sample_shape: Tuple[int, int, int], resize: bool = False) -> List[PIL.Image.Image]:
-    """Image files → PIL images in the mode of ``sample_shape``'s channels (L, RGB, RGBA); resized only if asked."""
-    c, h, w = sample_shape
-    mode = {1: "L", 3: "RGB", 4: "RGBA"}.get(c)
+def load_image_files(paths: Sequence[str], sample_shape: Tuple[int, int, int] | None = None,
+                     resize: bool = False) -> List[PIL.Image.Image]:
+    """Image files → PIL images in the mode of ``sample_shape``'s channels (L, RGB, RGBA); resized only if asked.
+
+    Every file is read and decoded whole first; a file that is missing, not a file, unreadable, truncated, not an
+    image or too large to decode is a ``ValueError`` naming it. Without ``resize`` an image of another size than
+    ``sample_shape`` is refused, naming the file. ``sample_shape=None`` only reads the files (no conversion).
+    """
     images = []
     for path in paths:
         if not os.path.isfile(path):
-            raise ValueError(f"No image file {path!r}.")
-        with PIL.Image.open(path) as img:
-            img.load()
-            if mode is not None and img.mode != mode:
-                img = img.convert(mode)
-            if resize and img.size != (w, h):
-                img = img.resize((w, h), PIL.Image.BICUBIC)
-            images.append(img)
-    return images
+            what = "a folder, not an image file" if os.path.isdir(path) else "no such file"
+            raise ValueError(f"No image file {path!r} ({what}).")
+        try:
+            with PIL.Image.open(path) as img:
+                img.load()
+                image = img.copy()
+        except (OSError, SyntaxError, ValueError, EOFError, PIL.Image.DecompressionBombError) as err:
+            reason = "truncated" if "truncated" in str(err) else "not an image PIL can read" if isinstance(
+                err, PIL.UnidentifiedImageError) else f"{type(err).__name__}: {err}"
+            raise ValueError(f"Cannot read the image file {path!r}: {reason}. Give a complete PNG, JPEG, BMP, GIF, "
+                             "TIFF or WebP file.") from None
+        images.append(image)
+    if sample_shape is None:
+        return images
+    c, h, w = sample_shape
+    mode = {1: "L", 3: "RGB", 4: "RGBA"}.get(c)
+    out = []
+    for path, img in zip(paths, images):
+        if mode is not None and img.mode != mode:
+            img = img.convert(mode)
+        if img.size != (w, h):
+            if not resize:
+                raise ValueError(
+                    f"Image file {path!r} is {img.width}×{img.height} pixels (W×H); the model takes {c}×{h}×{w} "
+                    "(C×H×W) images. Resize it first, or ask for resizing (resize=True; --resize on the command line)."
+                )
+            img = img.resize((w, h), PIL.Image.BICUBIC)
+        out.append(img)
+    return out
 
 
 # ---------------------------------------------------------------------- out
