@@ -91,6 +91,12 @@ class Registry:
 
         return add if value is None else add(value)
 
+    def unregister(self, name: str) -> Entry:
+        """Remove ``name`` and return its entry (plugins that replace an entry, tests that add one)."""
+        entry = self.entry(name)
+        del self._entries[name]
+        return entry
+
     # ------------------------------------------------------------------ looking up
     def entry(self, name: str) -> Entry:
         """The :class:`Entry` of ``name``; ``ValueError`` naming the known names otherwise."""

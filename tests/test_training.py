@@ -227,9 +227,9 @@ def test_fast_objective_estimates_the_reference_terms(shared_g):
     images, noise, t, eps_y, eps_x = (v.double() for v in _batch())
     tobj.initialize_actnorm(model, images, noise)
     # per-sample roles in one call equal separate g_x / g_y calls
-    mixed = tobj.run_g(model, torch.cat([noise, images]), torch.arange(24) >= 12)
+    mixed = model.apply_g(torch.cat([noise, images]), torch.arange(24) >= 12)
     torch.testing.assert_close(mixed, torch.cat([model.encode(noise, "y"), model.encode(images, "x")]))
-    back = tobj.run_g(model, mixed, torch.arange(24) >= 12, inverse=True)
+    back = model.apply_g(mixed, torch.arange(24) >= 12, inverse=True)
     torch.testing.assert_close(back, torch.cat([noise, images]))
 
     ref = tobj.reference_objective(model, images, noise, t, eps_y, eps_x)

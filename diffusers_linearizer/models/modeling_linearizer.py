@@ -228,17 +228,43 @@ class LinearizerModel(ModelMixin, ConfigMixin):
     def _role(self, role: float, x: Tensor) -> Tensor:
         return torch.full((x.shape[0],), float(role), dtype=x.dtype, device=x.device)
 
+    def apply_g(self, x: Tensor, space: Union[str, Tensor], inverse: bool = False, return_logdet: bool = False):
+        """``g_space(x)`` (or ``g_space⁻¹(x)`` with ``inverse``) without shape checks: the one place where the
+        role input of a network is made.
+
+        ``space`` is ``"x"`` or ``"y"`` for the whole batch, or a boolean ``(N,)`` mask: ``g_x`` where it is
+        true, ``g_y`` elsewhere. With one shared network a mixed batch is one call with per-sample roles;
+        with two networks each runs on its part and the results are put back in order. ``return_logdet``
+        (forward, one space): ``(g(x), log|det J_g(x)|)`` per sample.
+        """
+        if isinstance(space, str):
+            net, role = self.network(space)
+            if inverse:
+                if return_logdet:
+                    raise ValueError("apply_g: the inverse pass carries no log-determinant; run g forward on its output.")
+                return net.inverse(x, self._role(role, x))
+            return net(x, self._role(role, x), return_logdet=True) if return_logdet else net(x, self._role(role, x))
+        if return_logdet:
+            raise ValueError("apply_g: return_logdet needs one space ('x' or 'y'), not a per-sample mask.")
+        (net_x, role_x), (net_y, role_y) = self.network("x"), self.network("y")
+        if net_x is net_y:
+            roles = space.to(x.dtype) * (float(role_x) - float(role_y)) + float(role_y)
+            return net_x.inverse(x, roles) if inverse else net_x(x, roles)
+        out = torch.empty_like(x)
+        for name, mask in (("x", space), ("y", ~space)):
+            if bool(mask.any()):
+                out[mask] = self.apply_g(x[mask], name, inverse).to(out.dtype)
+        return out
+
     def encode(self, x: Tensor, space: str = "x") -> Tensor:
         """``g_space(x)``: data → latent, same shape ``(N, C, H, W)``."""
         self.check_sample(x)
-        net, role = self.network(space)
-        return net(x, self._role(role, x))
+        return self.apply_g(x, space)
 
     def decode(self, z: Tensor, space: str = "y") -> Tensor:
         """``g_space⁻¹(z)``: latent → data."""
         self.check_sample(z, "latent")
-        net, role = self.network(space)
-        return net.inverse(z, self._role(role, z))
+        return self.apply_g(z, space, inverse=True)
 
     def apply_core(self, z: Tensor, t=None, condition: Optional[Tensor] = None) -> Tensor:
         """``A_t z`` (``A(t, c) z`` for a conditional core) on image-shaped latents ``(N, C, H, W)`` (t: float or

@@ -155,6 +155,14 @@ class LinearOperator(abc.ABC):
     def apply(self, z: Tensor) -> Tensor:
         """``M z`` for every vector ``z`` in the last dimension of ``z`` (shape ``(..., D)``)."""
 
+    def apply_images(self, z: Tensor, inverse: bool = False) -> Tensor:
+        """``M z`` (``M⁻¹ z`` with ``inverse``, through ``solve``) for image-shaped latents ``(N, C, H, W)``:
+        flattened, computed on the operator's device in its dtype (float64 for a collapse), returned in
+        ``z``'s device, dtype and shape. Differentiable in ``z`` and in the operator's factors."""
+        flat = z.flatten(1).to(device=self.device, dtype=self.dtype)
+        out = self.solve(flat) if inverse else self.apply(flat)
+        return out.to(device=z.device, dtype=z.dtype).view_as(z)
+
     @abc.abstractmethod
     def transpose(self) -> "LinearOperator":
         """``Mᵀ``."""

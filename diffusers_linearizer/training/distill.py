@@ -42,7 +42,6 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from .one_step import _apply
 
 PAIRS_CHUNK_SIZE = 1000
 PAIRS_SEED_BASE = 1_000_000
@@ -146,12 +145,17 @@ def distill_terms(model, B, images: Tensor, noise: Tensor, distance) -> Dict[str
 
     ``distance(target, prediction)`` is the pixel distance. Two batched passes of ``g`` (module docstring).
     """
-    from .objective import mse, run_g
+    from .distances import mse
 
     n = images.shape[0]
     dev = images.device
     is_x = torch.cat([torch.zeros(n, dtype=torch.bool, device=dev), torch.ones(n, dtype=torch.bool, device=dev)])
-    z = run_g(model, torch.cat([noise, images.to(noise.dtype)]), is_x)
-    moved = torch.cat([_apply(B, z[:n]), _apply(B, z[n:], inverse=True)])
-    decoded = run_g(model, moved, ~is_x, inverse=True)  # B z_ε decodes with g_x, B⁻¹ z_x with g_y
+    z = model.apply_g(torch.cat([noise, images.to(noise.dtype)]), is_x)
+    moved = torch.cat([B.apply_images(z[:n]), B.apply_images(z[n:], inverse=True)])
+    decoded = model.apply_g(moved, ~is_x, inverse=True)  # B z_ε decodes with g_x, B⁻¹ z_x with g_y
     return {"distill_image": distance(images, decoded[:n]), "distill_noise": mse(decoded[n:], noise)}
+
+
+def distill_component(objective, inputs) -> Dict[str, Tensor]:
+    """The ``distill`` objective's terms for a batch of teacher pairs (``inputs.images``, ``inputs.noise``)."""
+    return distill_terms(objective.model, inputs.B, inputs.images, inputs.noise, objective.distance)

@@ -29,6 +29,11 @@ def likelihood_terms(model, B, images: Tensor, uniform: Tensor) -> Dict[str, Ten
     return {"likelihood_bpd": bits_per_dim(logp, x[0].numel()).mean().float()}
 
 
+def likelihood_component(objective, inputs) -> Dict[str, Tensor]:
+    """The ``likelihood`` objective's term for a batch (``inputs.uniform``: the dequantisation noise)."""
+    return likelihood_terms(objective.model, inputs.B, inputs.images, inputs.uniform)
+
+
 def check_likelihood_model(model, scheduler, num_inference_steps: int, solver: str) -> None:
     """``ValueError`` (naming the identity coefficient) unless the collapsed ``B`` of ``model`` is invertible."""
     with torch.no_grad():

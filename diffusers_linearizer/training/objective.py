@@ -68,43 +68,9 @@ import torch
 from torch import Tensor, nn
 
 from .distances import PIXEL_LOSSES, mse, per_sample_distance, pixel_distance, ssim  # noqa: F401  (re-exported)
+from .objective_registry import OBJECTIVES, StepInputs, component, mix_needs, parse_objective, weighted_terms  # noqa: F401
 
-OBJECTIVES = ("fast", "reference", "distill", "likelihood")
-ONE_STEP_OBJECTIVES = ("distill", "likelihood")
-TERMS = ("latent_flow", "noise_reconstruction", "image_reconstruction", "prediction")
-COMPONENT_TERMS = {"distill": ("distill_image", "distill_noise"), "likelihood": ("likelihood_bpd",)}
-
-
-def parse_objective(spec) -> Dict[str, float]:
-    """``"fast"``, ``"distill,fast"`` or ``"distill:1,likelihood:0.02"`` → ``{name: weight}`` (weight 1 by default).
-
-    ``ValueError`` for unknown names, repeated names, non-positive or non-finite weights, and for
-    ``fast`` together with ``reference`` (two estimates of the same flow-matching loss).
-    """
-    if isinstance(spec, dict):
-        items = list(spec.items())
-    else:
-        if not isinstance(spec, str) or not spec.strip():
-            raise ValueError(f"objective must be a non-empty string like 'fast' or 'distill:1,likelihood:0.02', got {spec!r}.")
-        items = []
-        for part in spec.split(","):
-            name, _, weight = part.strip().partition(":")
-            try:
-                items.append((name.strip(), float(weight) if weight.strip() else 1.0))
-            except ValueError:
-                raise ValueError(f"objective {spec!r}: the weight of {name.strip()!r} is not a number ({weight!r}).") from None
-    mix: Dict[str, float] = {}
-    for name, weight in items:
-        if name not in OBJECTIVES:
-            raise ValueError(f"Unknown objective {name!r}; expected some of {', '.join(OBJECTIVES)} (e.g. 'distill,fast').")
-        if name in mix:
-            raise ValueError(f"objective {spec!r} names {name!r} twice.")
-        if not (math.isfinite(weight) and weight > 0):
-            raise ValueError(f"objective {spec!r}: the weight of {name!r} must be a finite number > 0, got {weight}.")
-        mix[name] = float(weight)
-    if "fast" in mix and "reference" in mix:
-        raise ValueError("objective: 'fast' and 'reference' estimate the same loss; choose one.")
-    return mix
+TERMS = OBJECTIVES.entry("fast").terms
 
 
 # ---------------------------------------------------------------------- the four terms
@@ -134,60 +100,22 @@ def prediction_loss(image: Tensor, decoded: Tensor, pixel_loss: str = "mse", ssi
     return pixel_distance(image, decoded, pixel_loss, ssim_weight)
 
 
-# ---------------------------------------------------------------------- running g with per-sample roles
-def run_g(model, x: Tensor, is_x: Tensor, inverse: bool = False) -> Tensor:
-    """``g_x`` (where ``is_x``) or ``g_y`` (elsewhere) of every sample, forward or inverse.
-
-    With one shared network the whole batch goes through one call with a per-sample role input
-    (``role_x`` / ``role_y``); with two networks each runs on its part and the results are put back in
-    order.
-    """
-    (net_x, role_x), (net_y, role_y) = model.network("x"), model.network("y")
-    if net_x is net_y:
-        ctx = is_x.to(x.dtype) * (float(role_x) - float(role_y)) + float(role_y)
-        return net_x.inverse(x, ctx) if inverse else net_x(x, ctx)
-    out = torch.empty_like(x)
-    for net, role, mask in ((net_x, role_x, is_x), (net_y, role_y, ~is_x)):
-        if bool(mask.any()):
-            part = x[mask]
-            ctx = torch.full((part.shape[0],), float(role), dtype=x.dtype, device=x.device)
-            out[mask] = (net.inverse(part, ctx) if inverse else net(part, ctx)).to(out.dtype)
-    return out
-
-
-def _encode(model, x: Tensor, space: str) -> Tensor:
-    net, role = model.network(space)
-    return net(x, torch.full((x.shape[0],), float(role), dtype=x.dtype, device=x.device))
-
-
-def _decode(model, z: Tensor, space: str) -> Tensor:
-    net, role = model.network(space)
-    return net.inverse(z, torch.full((z.shape[0],), float(role), dtype=z.dtype, device=z.device))
-
-
-def _flat_core(model, z: Tensor, t: Tensor, condition: Optional[Tensor] = None) -> Tensor:
-    """``A(t) z`` (``A(t, c) z`` with a condition: class ids or pooled text embeddings, for conditional cores)."""
-    if condition is None:
-        return model.core(z.flatten(1), t.to(z.dtype)).view_as(z)
-    return model.core(z.flatten(1), t.to(z.dtype), condition).view_as(z)
-
-
 # ---------------------------------------------------------------------- objectives
 def reference_objective(
     model, images: Tensor, noise: Tensor, t: Tensor, eps_y: Tensor, eps_x: Tensor, noise_level: float = 0.3,
     pixel_loss: str = "mse", ssim_weight: float = 0.1, condition: Optional[Tensor] = None,
 ) -> Dict[str, Tensor]:
     """The paper's four terms with five full-batch passes of ``g`` (module docstring). Returns the terms."""
-    z0 = _encode(model, noise, "y")
-    z1 = _encode(model, images, "x")
-    z1_pred = _flat_core(model, interpolate_latents(z0, z1, t), t, condition)
+    z0 = model.encode(noise, "y")
+    z1 = model.encode(images, "x")
+    z1_pred = model.apply_core(interpolate_latents(z0, z1, t), t.to(z0.dtype), condition)
     return {
         "latent_flow": latent_flow_loss(z1_pred, z1),
-        "noise_reconstruction": noise_reconstruction_loss(noise, _decode(model, z0 + noise_level * eps_y, "y")),
+        "noise_reconstruction": noise_reconstruction_loss(noise, model.decode(z0 + noise_level * eps_y, "y")),
         "image_reconstruction": image_reconstruction_loss(
-            images, _decode(model, z1 + noise_level * eps_x, "x"), pixel_loss, ssim_weight
+            images, model.decode(z1 + noise_level * eps_x, "x"), pixel_loss, ssim_weight
         ),
-        "prediction": prediction_loss(images, _decode(model, z1_pred, "x"), pixel_loss, ssim_weight),
+        "prediction": prediction_loss(images, model.decode(z1_pred, "x"), pixel_loss, ssim_weight),
     }
 
 
@@ -216,15 +144,15 @@ def fast_objective(
     n = images.shape[0]
     dev = images.device
     is_x = torch.cat([torch.zeros(n, dtype=torch.bool, device=dev), torch.ones(n, dtype=torch.bool, device=dev)])
-    z = run_g(model, torch.cat([noise, images.to(noise.dtype)]), is_x)
+    z = model.apply_g(torch.cat([noise, images.to(noise.dtype)]), is_x)
     z0, z1 = z[:n], z[n:]
-    z1_pred = _flat_core(model, interpolate_latents(z0, z1, t), t, condition)
+    z1_pred = model.apply_core(interpolate_latents(z0, z1, t), t.to(z0.dtype), condition)
     terms = {"latent_flow": latent_flow_loss(z1_pred, z1)}
 
     kind = decode_assignment(n, offset, dev)
     k4 = kind.view(-1, 1, 1, 1)
     to_decode = torch.where(k4 == 0, z0 + noise_level * eps_y, torch.where(k4 == 1, z1 + noise_level * eps_x, z1_pred))
-    decoded = run_g(model, to_decode, kind != 0, inverse=True)
+    decoded = model.apply_g(to_decode, kind != 0, inverse=True)
     targets = (("noise_reconstruction", noise), ("image_reconstruction", images), ("prediction", images))
     if isinstance(offset, Tensor):
         if n < 3:
@@ -243,13 +171,36 @@ def fast_objective(
     return terms
 
 
+def _flow_kwargs(objective) -> dict:
+    return dict(noise_level=objective.noise_level, pixel_loss=objective.pixel_loss, ssim_weight=objective.ssim_weight)
+
+
+def reference_component(objective, inputs: StepInputs) -> Dict[str, Tensor]:
+    """The ``reference`` objective's terms (:func:`reference_objective`, compiled when asked)."""
+    run = objective.compiled_flow.get("reference", reference_objective)
+    return run(objective.model, inputs.images, inputs.noise, inputs.t, inputs.eps_y, inputs.eps_x,
+               condition=inputs.condition, **_flow_kwargs(objective))
+
+
+def fast_component(objective, inputs: StepInputs) -> Dict[str, Tensor]:
+    """The ``fast`` objective's terms (:func:`fast_objective`; compiled, with a tensor offset, when asked)."""
+    run, offset = fast_objective, inputs.offset
+    if "fast" in objective.compiled_flow and inputs.images.shape[0] >= 3:
+        run = objective.compiled_flow["fast"]
+        offset = torch.full((), int(offset) % 3, dtype=torch.long, device=inputs.images.device)
+    return run(objective.model, inputs.images, inputs.noise, inputs.t, inputs.eps_y, inputs.eps_x, offset=offset,
+               condition=inputs.condition, **_flow_kwargs(objective))
+
+
 class LinearizerObjective(nn.Module):
     """The training loss as a module around a ``LinearizerModel`` (what ``accelerator.prepare`` wraps).
 
     ``forward(images, noise, t, eps_y, eps_x, offset=0, uniform=None)`` returns a dict with ``"loss"`` (the
     weighted sum) and every term. All randomness is passed in, so a step is a pure function of its inputs
-    and the weights (what makes resumed runs bit-identical). With ``distill`` in the mix, ``images`` and
-    ``noise`` must be teacher pairs; ``likelihood`` needs ``uniform`` (dequantisation noise, ``U(0, 1)``).
+    and the weights (what makes resumed runs bit-identical). The components of the mix come from
+    :data:`~.objective_registry.OBJECTIVES`; one trained through ``B`` (``one_step``) gets the collapse of the
+    sampler run, built once per step; with ``distill`` in the mix, ``images`` and ``noise`` must be teacher
+    pairs; ``likelihood`` needs ``uniform`` (dequantisation noise, ``U(0, 1)``).
 
     Args:
         model: the ``LinearizerModel``.
@@ -257,7 +208,7 @@ class LinearizerObjective(nn.Module):
             ``"distill"``, ``"likelihood"``, e.g. ``"distill,fast"``.
         noise_level: σ of the latent perturbations (the reference's 0.3).
         pixel_loss / ssim_weight: the LPIPS substitute (:func:`pixel_distance`).
-        weights: per-term multipliers (keys of :data:`TERMS`, ``distill_noise``; default 1 each).
+        weights: per-term multipliers (the registry's ``weighted`` terms; default 1 each).
         num_inference_steps / solver: the sampler run whose collapsed ``B`` the one-step objectives train.
     """
 
@@ -272,8 +223,8 @@ class LinearizerObjective(nn.Module):
             raise ValueError(f"Unknown pixel_loss {pixel_loss!r}; expected one of {', '.join(PIXEL_LOSSES)}.")
         if not (noise_level >= 0 and math.isfinite(noise_level)):
             raise ValueError(f"noise_level must be a finite number ≥ 0, got {noise_level}.")
-        known = set(TERMS) | {"distill_noise"}
-        unknown = set(weights or {}) - known
+        known = weighted_terms()
+        unknown = set(weights or {}) - set(known)
         if unknown:
             raise ValueError(f"Unknown loss terms {sorted(unknown)}; expected some of {', '.join(sorted(known))}.")
         self.model = model
@@ -282,9 +233,10 @@ class LinearizerObjective(nn.Module):
         self.pixel_loss, self.ssim_weight = pixel_loss, float(ssim_weight)
         self.weights = {k: 1.0 for k in known}
         self.weights.update({k: float(v) for k, v in (weights or {}).items()})
+        self.components = {name: component(name) for name in self.mix}
         self.scheduler = None
         self.compiled_flow = {}
-        if any(name in self.mix for name in ONE_STEP_OBJECTIVES):
+        if mix_needs(self.mix, "one_step"):
             from ..schedulers import LinearizerScheduler
 
             self.scheduler = LinearizerScheduler(solver=solver)
@@ -306,50 +258,36 @@ class LinearizerObjective(nn.Module):
             "reference": torch.compile(reference_objective, **compile_kwargs),
         }
 
-    def _distance(self, target: Tensor, prediction: Tensor) -> Tensor:
+    def distance(self, target: Tensor, prediction: Tensor) -> Tensor:
+        """The pixel distance ``D`` of the image terms (:func:`pixel_distance` with this objective's settings)."""
         return pixel_distance(target, prediction, self.pixel_loss, self.ssim_weight)
 
     def terms(self, images, noise, t, eps_y, eps_x, offset: int = 0, uniform: Optional[Tensor] = None,
               condition: Optional[Tensor] = None) -> Dict[str, Tensor]:
         """Every term of every component of the mix (unweighted); ``condition`` for conditional cores."""
-        if condition is not None and self.scheduler is not None:
-            raise ValueError("The one-step objectives (distill, likelihood) do not take conditions yet; train "
-                             "conditional models with fast or reference.")
-        kwargs = dict(noise_level=self.noise_level, pixel_loss=self.pixel_loss, ssim_weight=self.ssim_weight,
-                      condition=condition)
-        out: Dict[str, Tensor] = {}
-        if "reference" in self.mix:
-            reference = self.compiled_flow.get("reference", reference_objective)
-            out.update(reference(self.model, images, noise, t, eps_y, eps_x, **kwargs))
-        if "fast" in self.mix:
-            fast = fast_objective
-            if "fast" in self.compiled_flow and images.shape[0] >= 3:
-                fast = self.compiled_flow["fast"]
-                offset = torch.full((), int(offset) % 3, dtype=torch.long, device=images.device)
-            out.update(fast(self.model, images, noise, t, eps_y, eps_x, offset=offset, **kwargs))
+        if condition is not None:
+            unfit = [name for name in self.mix if not OBJECTIVES.entry(name).conditions]
+            if unfit:
+                raise ValueError(f"The objective {', '.join(unfit)} does not train conditional models; train them "
+                                 f"with {OBJECTIVES.choices(OBJECTIVES.names(conditions=True))}.")
+        if uniform is None and mix_needs(self.mix, "needs_uniform"):
+            raise ValueError("The likelihood objective needs `uniform` (dequantisation noise U(0, 1)).")
+        inputs = StepInputs(images, noise, t, eps_y, eps_x, offset, uniform, condition)
         if self.scheduler is not None:
             from .one_step import collapsed_operator
 
-            B = collapsed_operator(self.model, self.scheduler, self.num_inference_steps, self.solver)
-            if "distill" in self.mix:
-                from .distill import distill_terms
-
-                out.update(distill_terms(self.model, B, images, noise, self._distance))
-            if "likelihood" in self.mix:
-                from .likelihood import likelihood_terms
-
-                if uniform is None:
-                    raise ValueError("The likelihood objective needs `uniform` (dequantisation noise U(0, 1)).")
-                out.update(likelihood_terms(self.model, B, images, uniform))
+            inputs.B = collapsed_operator(self.model, self.scheduler, self.num_inference_steps, self.solver)
+        out: Dict[str, Tensor] = {}
+        for run in self.components.values():
+            out.update(run(self, inputs))
         return out
 
     def term_weight(self, term: str) -> float:
-        """The weight of ``term`` in the loss: the component's mix weight × the term's own weight."""
-        for name, names in COMPONENT_TERMS.items():
-            if term in names:
-                return self.mix[name] * self.weights.get(term, 1.0)
-        flow = self.mix.get("fast", self.mix.get("reference", 0.0))
-        return flow * self.weights[term]
+        """The weight of ``term`` in the loss: its component's mix weight × the term's own weight."""
+        for name, weight in self.mix.items():
+            if term in OBJECTIVES.entry(name).terms:
+                return weight * self.weights.get(term, 1.0)
+        raise ValueError(f"No component of the objective {self.objective!r} returns the term {term!r}.")
 
     def forward(self, images, noise, t, eps_y, eps_x, offset: int = 0, uniform: Optional[Tensor] = None,
                 condition: Optional[Tensor] = None) -> Dict[str, Tensor]:
@@ -385,4 +323,4 @@ def initialize_actnorm(model, images: Tensor, noise: Optional[Tensor] = None) ->
     n = images.shape[0]
     is_x = torch.cat([torch.zeros(noise.shape[0], dtype=torch.bool), torch.ones(n, dtype=torch.bool)]).to(images.device)
     model.train()
-    run_g(model, torch.cat([noise, images.to(noise.dtype)]), is_x)
+    model.apply_g(torch.cat([noise, images.to(noise.dtype)]), is_x)

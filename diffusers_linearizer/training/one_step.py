@@ -35,26 +35,14 @@ def collapsed_operator(model, scheduler, num_inference_steps: int, solver: str, 
     return scheduler.collapse(model.core, num_inference_steps, solver=solver, dtype=dtype, cache=False)
 
 
-def _apply(B, z: Tensor, inverse: bool = False) -> Tensor:
-    """``B z`` (or ``B⁻¹ z``) on image-shaped latents, computed in ``B``'s dtype, returned in ``z``'s."""
-    flat = z.flatten(1).to(B.dtype)
-    out = B.solve(flat) if inverse else B.apply(flat)
-    return out.to(z.dtype).view_as(z)
-
-
-def _network(model, space: str, like: Tensor):
-    net, role = model.network(space)
-    return net, torch.full((like.shape[0],), float(role), dtype=like.dtype, device=like.device)
-
-
 def generate(model, B, noise: Tensor, temperature: float = 1.0) -> Tensor:
     """``x = g_x⁻¹(B g_y(τ·ε))`` (differentiable; no clamping)."""
-    return model.decode(_apply(B, model.encode(noise * temperature, "y")), "x")
+    return model.decode(B.apply_images(model.encode(noise * temperature, "y")), "x")
 
 
 def invert(model, B, images: Tensor, temperature: float = 1.0) -> Tensor:
     """``ε = g_y⁻¹(B⁻¹ g_x(x)) / τ`` (differentiable)."""
-    return model.decode(_apply(B, model.encode(images, "x"), inverse=True), "y") / temperature
+    return model.decode(B.apply_images(model.encode(images, "x"), inverse=True), "y") / temperature
 
 
 def log_likelihood(model, B, images: Tensor) -> Tuple[Tensor, Tensor]:
@@ -64,11 +52,9 @@ def log_likelihood(model, B, images: Tensor) -> Tuple[Tensor, Tensor]:
     of ``g``: ``g_x(x)`` with its log-determinant, ``g_y⁻¹`` of ``B⁻¹ g_x(x)``, and ``g_y(ε)`` again for
     ``log|det J_{g_y}(ε)|`` (the inverse pass carries no log-determinant).
     """
-    net_x, ctx_x = _network(model, "x", images)
-    net_y, ctx_y = _network(model, "y", images)
-    z, logdet_x = net_x(images, ctx_x, return_logdet=True)
-    eps = net_y.inverse(_apply(B, z, inverse=True), ctx_y)
-    _, logdet_y = net_y(eps, ctx_y, return_logdet=True)
+    z, logdet_x = model.apply_g(images, "x", return_logdet=True)
+    eps = model.apply_g(B.apply_images(z, inverse=True), "y", inverse=True)
+    _, logdet_y = model.apply_g(eps, "y", return_logdet=True)
     dim = eps[0].numel()
     log_normal = -0.5 * eps.flatten(1).double().square().sum(1) - 0.5 * dim * LOG_2PI
     logp = log_normal + logdet_x.double() - B.logabsdet().double() - logdet_y.double()
