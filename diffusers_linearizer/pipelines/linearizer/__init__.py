@@ -8,8 +8,7 @@
   :mod:`.loading` — saving and loading.
 """
 
-from typing import Optional, Union
-
+from ..tasks import PIPELINES, pipeline_class_for, register_pipeline
 from .common import LinearizerPipelineMixin
 from .pipeline_linearizer import LinearizerPipeline
 from .pipeline_linearizer_class import LinearizerClassPipeline
@@ -17,18 +16,10 @@ from .pipeline_linearizer_inversion import LinearizerInversionPipeline
 from .pipeline_linearizer_text import LinearizerTextPipeline
 from .pipeline_output import LinearizerInterpolationOutput, LinearizerInversionPipelineOutput
 
-_GENERATION_PIPELINES = {None: LinearizerPipeline, "class": LinearizerClassPipeline, "text": LinearizerTextPipeline}
-
-
-def pipeline_class_for(model_or_kind: Union[None, str, object]):
-    """The generation pipeline class of a model (a ``LinearizerModel``) or of a kind (``None``, ``"class"``,
-    ``"text"``: ``LinearizerModel.config.conditioning``)."""
-    kind = model_or_kind
-    if kind is not None and not isinstance(kind, str):
-        kind = getattr(getattr(kind, "config", None), "conditioning", None)
-    if kind not in _GENERATION_PIPELINES:
-        raise ValueError(f"Unknown conditioning {kind!r}; expected None, 'class' or 'text'.")
-    return _GENERATION_PIPELINES[kind]
+register_pipeline("linearizer", LinearizerPipeline, task="generate")
+register_pipeline("linearizer_class", LinearizerClassPipeline, task="generate")
+register_pipeline("linearizer_text", LinearizerTextPipeline, task="generate")
+register_pipeline("linearizer_inversion", LinearizerInversionPipeline, task="invert")
 
 
 __all__ = [
@@ -40,4 +31,5 @@ __all__ = [
     "LinearizerInversionPipelineOutput",
     "LinearizerInterpolationOutput",
     "pipeline_class_for",
+    "PIPELINES",
 ]

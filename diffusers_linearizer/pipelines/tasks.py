@@ -1,0 +1,60 @@
+"""The registry of pipelines: which class serves which *task* for which *kind* of model.
+
+A task is what a pipeline does with a Linearizer (``"generate"``: noise → images; ``"invert"``: images →
+noise, reconstructions and interpolations); a kind is the model's conditioning (``None``, ``"class"``,
+``"text"``: ``LinearizerModel.config.conditioning``). Every entry is a ``DiffusionPipeline`` class that
+declares:
+
+* ``task`` — one of :data:`TASKS`;
+* ``kinds`` — the model kinds it serves (its ``_model_kinds``, which its ``__init__`` checks).
+
+:func:`pipeline_class_for` answers "which pipeline runs ``task`` for this model?" (training writes the
+generation pipeline of the model it trained, conversion the one of the model it converted; a pipeline
+refusing a model names the right class through it). A new pipeline is a module with its class and one
+``PIPELINES.register`` in ``pipelines/linearizer/__init__.py``; a new task is one more name in
+:data:`TASKS`.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple, Union
+
+from ..registry import Registry
+
+__all__ = ["PIPELINES", "TASKS", "pipeline_class_for", "register_pipeline"]
+
+#: what pipelines do, each with a description for the docs
+TASKS = {
+    "generate": "noise → images in one step (or stepped), guided for conditional models",
+    "invert": "images → noise through B†, reconstructions, interpolations and edits",
+}
+
+PIPELINES = Registry("pipeline", fields={"task": "what it does (a TASKS name)", "kinds": "the model kinds it serves"})
+
+
+def register_pipeline(name: str, cls, task: str):
+    """Register ``cls`` (a pipeline class with ``_model_kinds``) for ``task``; ``ValueError`` for an unknown task
+    or a (task, kind) pair that another pipeline already serves."""
+    if task not in TASKS:
+        raise ValueError(f"Unknown pipeline task {task!r}; expected one of {', '.join(TASKS)}.")
+    kinds: Tuple[Optional[str], ...] = tuple(cls._model_kinds)
+    for entry in PIPELINES.entries():
+        clash = set(kinds) & set(entry.kinds)
+        if entry.task == task and clash:
+            raise ValueError(f"Pipeline {name!r}: {entry.value.__name__} already serves {task!r} for kinds {sorted(map(str, clash))}.")
+    return PIPELINES.register(name, cls, task=task, kinds=kinds)
+
+
+def pipeline_class_for(model_or_kind: Union[None, str, object], task: str = "generate"):
+    """The pipeline class that runs ``task`` for a model (a ``LinearizerModel``) or a kind (``None``, ``"class"``,
+    ``"text"``); ``ValueError`` naming the known kinds and tasks otherwise."""
+    kind = model_or_kind
+    if kind is not None and not isinstance(kind, str):
+        kind = getattr(getattr(kind, "config", None), "conditioning", None)
+    if task not in TASKS:
+        raise ValueError(f"Unknown pipeline task {task!r}; expected one of {', '.join(TASKS)}.")
+    for entry in PIPELINES.entries():
+        if entry.task == task and kind in entry.kinds:
+            return entry.value
+    kinds = sorted({repr(k) for e in PIPELINES.entries() if e.task == task for k in e.kinds})
+    raise ValueError(f"Unknown conditioning {kind!r} for the task {task!r}; expected one of {', '.join(kinds)}.")
