@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
-from typing import Callable, Iterable, Optional, Sequence, Tuple
+from typing import Callable, Optional, Sequence, Tuple
 
 #: ``torch.Generator.manual_seed`` takes seeds 0 … 2**64 − 1 (negative ones alias the top of that range)
 MAX_SEED = 2**64 - 1

@@ -27,10 +27,10 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
 from torch import Tensor, nn
 
-from ..operators import DenseOperator
-from .conditional_cores import CONDITIONINGS, GuidedCore, build_conditional_core
+from .algebra import LinearizerAlgebraMixin, LinearizerSVDOutput  # noqa: F401  (re-exported)
+from .conditional_cores import CONDITIONINGS, GuidedCore
 from .conditioners import CONDITIONERS
-from .cores import CORE_TYPES, DenseCore, LowRankCore, build_core
+from .core_registry import CoreSpec, build_core_from_config, check_core_choice
 from .invertible import InvertibleNetwork
 
 SPACES = ("x", "y")
@@ -49,25 +49,7 @@ class LinearizerModelOutput(BaseOutput):
     latent: Optional[Tensor] = None
 
 
-@dataclass
-class LinearizerSVDOutput(BaseOutput):
-    """Top-k singular triplets of a Linearizer: ``A = Σᵢ σᵢ uᵢ vᵢᵀ`` in latent space.
-
-    Args:
-        singular_values: ``(k,)`` descending.
-        left_latents / right_latents: ``(k, D)`` orthonormal vectors uᵢ (y-space) and vᵢ (x-space).
-        left_vectors / right_vectors: the same vectors mapped to data space, ``g_y⁻¹(uᵢ)`` and
-            ``g_x⁻¹(vᵢ)``, shape ``(k, C, H, W)``.
-    """
-
-    singular_values: Tensor
-    left_latents: Tensor
-    right_latents: Tensor
-    left_vectors: Tensor
-    right_vectors: Tensor
-
-
-class LinearizerModel(ModelMixin, ConfigMixin):
+class LinearizerModel(LinearizerAlgebraMixin, ModelMixin, ConfigMixin):
     r"""The Linearizer f(x) = g_y⁻¹(A_t g_x(x)).
 
     Args:
@@ -81,7 +63,8 @@ class LinearizerModel(ModelMixin, ConfigMixin):
         clamp_value: the bound s of the log-scale.
         conv1x1: ``"lu"`` (LU-parametrised, triangular-solve inverse) or ``"plain"`` (unconstrained).
         squeeze: ``"auto"`` (2×2 space-to-depth when C is odd), ``True`` or ``False``.
-        core_type: one of ``"dense"``, ``"lowrank"``, ``"time_lowrank"``, ``"shared_basis"``.
+        core_type: a name of the core registry (``models/core_registry.py``): ``"dense"``, ``"lowrank"``,
+            ``"time_lowrank"``, ``"shared_basis"`` (unconditional), ``"constant_basis"`` (conditional only).
         core_rank: r (low-rank cores) or R (shared basis).
         core_hidden_dim / core_embedding_dim: MLP width and sinusoidal embedding size of time cores.
         core_identity: learn the identity coefficient a(t) (``False``: a ≡ 0 as in the reference).
@@ -137,15 +120,12 @@ class LinearizerModel(ModelMixin, ConfigMixin):
             raise ValueError(f"sampling_temperature must be a finite number > 0, got {sampling_temperature!r}.")
         if conditioning is not None and conditioning not in CONDITIONINGS:
             raise ValueError(f"Unknown conditioning {conditioning!r}; expected None or one of {', '.join(CONDITIONINGS)}.")
-        if conditioning is None and core_type not in CORE_TYPES:
-            raise ValueError(f"Unknown core_type {core_type!r}; expected one of {', '.join(CORE_TYPES)}.")
         if conditioner_type not in CONDITIONERS:
             raise ValueError(
                 f"Unknown conditioner_type {conditioner_type!r}; expected one of {', '.join(sorted(CONDITIONERS))}."
             )
         dim = in_channels * sample_size * sample_size
-        if core_type != "dense" and core_rank > dim:
-            raise ValueError(f"core_rank {core_rank} exceeds the latent dimension D = C·H·W = {dim}.")
+        check_core_choice(core_type, conditioning, core_rank, dim)
 
         def make_g():
             return InvertibleNetwork(
@@ -166,18 +146,14 @@ class LinearizerModel(ModelMixin, ConfigMixin):
         else:
             self.g_x = make_g()
             self.g_y = make_g()
-        if conditioning is None:
-            self.core = build_core(
-                core_type, dim, core_rank, core_hidden_dim, core_embedding_dim, core_identity, core_time_embedding
-            )
-        else:
-            if id2label is not None and (conditioning != "class" or len(id2label) != num_classes):
-                raise ValueError(f"id2label names {len(id2label)} classes; it needs conditioning='class' and "
-                                 f"num_classes = {len(id2label)} (got {conditioning!r}, {num_classes}).")
-            self.core = build_conditional_core(
-                core_type, dim, core_rank, core_hidden_dim, core_embedding_dim, core_identity, core_time_embedding,
-                conditioning, num_classes, condition_dim,
-            )
+        if id2label is not None and (conditioning != "class" or len(id2label) != num_classes):
+            raise ValueError(f"id2label names {len(id2label)} classes; it needs conditioning='class' and "
+                             f"num_classes = {len(id2label)} (got {conditioning!r}, {num_classes}).")
+        self.core = build_core_from_config(core_type, dim, CoreSpec(
+            rank=core_rank, hidden_dim=core_hidden_dim, embedding_dim=core_embedding_dim, identity=core_identity,
+            time_embedding=core_time_embedding, conditioning=conditioning, num_classes=num_classes,
+            condition_dim=condition_dim,
+        ))
 
     # ------------------------------------------------------------------ shapes and spaces
     @property
@@ -318,118 +294,3 @@ class LinearizerModel(ModelMixin, ConfigMixin):
         if self.time_dependent and t is None:
             raise ValueError(f"This model's core ({self.config.core_type}) is time-dependent: pass t in [0, 1].")
         return self.core.operator(t, dtype=dtype)
-
-    # ------------------------------------------------------------------ algebra
-    def _same_network(self, space: str, other: "LinearizerModel", other_space: str) -> bool:
-        """Whether ``self``'s ``space`` network equals ``other``'s ``other_space`` network (weights and role)."""
-        (n1, r1), (n2, r2) = self.network(space), other.network(other_space)
-        if float(r1) != float(r2):
-            return False
-        if n1 is n2:
-            return True
-        s1, s2 = n1.state_dict(), n2.state_dict()
-        return s1.keys() == s2.keys() and all(
-            s1[k].shape == s2[k].shape and torch.equal(s1[k].to(s2[k].dtype), s2[k]) for k in s1
-        )
-
-    def _derived(self, op, x_from: Tuple["LinearizerModel", str], y_from: Tuple["LinearizerModel", str]):
-        """A new model with a fixed core ``op`` whose g_x/g_y are copies of the named networks."""
-        (mx, sx), (my, sy) = x_from, y_from
-        (net_x, role_x), (net_y, role_y) = mx.network(sx), my.network(sy)
-        shared = _equal_weights(net_x, net_y)
-        if isinstance(op, DenseOperator):
-            core = DenseCore(op.dim, weight=op.to_dense(max_dim=op.dim))
-            core_type, rank = "dense", self.config.core_rank
-        else:
-            core = LowRankCore.from_operator(op)
-            core_type, rank = "lowrank", core.U.shape[1]
-        # diffusers drops keys listed in `_use_default_values` from a config: keep only real entries
-        config = {k: v for k, v in self.config.items() if not k.startswith("_")}
-        config.update(conditioning=None, num_classes=0, condition_dim=0, id2label=None)
-        config.update(core_type=core_type, core_rank=rank, shared_g=shared, role_x=float(role_x), role_y=float(role_y))
-        model = type(self).from_config(config).to(device=self.device, dtype=self.dtype)
-        if shared:
-            model.g.load_state_dict(net_x.state_dict())
-        else:
-            model.g_x.load_state_dict(net_x.state_dict())
-            model.g_y.load_state_dict(net_y.state_dict())
-        model.core = core.to(device=self.device, dtype=self.dtype)
-        return model.train(self.training)
-
-    def transpose(self, t: Optional[float] = None) -> "LinearizerModel":
-        """fᵀ(y) = g_x⁻¹(A_tᵀ g_y(y)): a model from the y-space to the x-space with core Aᵀ."""
-        return self._derived(self.core_operator(t).T, (self, "y"), (self, "x"))
-
-    def pinv(self, t: Optional[float] = None, rcond: Optional[float] = None) -> "LinearizerModel":
-        """f†(y) = g_x⁻¹(A_t† g_y(y)), the Moore–Penrose pseudo-inverse (computed in fp64)."""
-        op = self.core_operator(t, dtype=torch.float64).pinv(rcond=rcond)
-        return self._derived(op, (self, "y"), (self, "x"))
-
-    def compose(self, other: "LinearizerModel", t: Optional[float] = None, t_other: Optional[float] = None):
-        """``self ∘ other``: x ↦ g_y⁻¹(A_self A_other g_x(x)) (other is applied first).
-
-        Requires the shared middle space: ``other``'s g_y must equal ``self``'s g_x (weights and role).
-        """
-        if not isinstance(other, LinearizerModel):
-            raise ValueError(f"compose expects a LinearizerModel, got {type(other).__name__}.")
-        if other.sample_shape != self.sample_shape or not self._same_network("x", other, "y"):
-            raise ValueError(
-                "compose(other) requires other's output space (its g_y) to be this model's input space "
-                "(its g_x): same weights, same role and same C×H×W."
-            )
-        a1 = other.core_operator(t_other if t_other is not None else t, dtype=torch.float64)
-        a2 = self.core_operator(t, dtype=torch.float64)
-        return self._derived(a2 @ a1, (other, "x"), (self, "y"))
-
-    def power(self, n: int, t: Optional[float] = None) -> "LinearizerModel":
-        """fⁿ(x) = g⁻¹(A_tⁿ g(x)); requires g_x ≡ g_y."""
-        if not isinstance(n, int) or n < 0:
-            raise ValueError(f"power expects an integer n ≥ 0, got {n!r}.")
-        if not self._same_network("x", self, "y"):
-            raise ValueError(
-                "power(n) requires g_x ≡ g_y (one network with role_x == role_y, or identical weights); "
-                f"this model has shared_g={self.config.shared_g}, role_x={self.config.role_x}, role_y={self.config.role_y}."
-            )
-        return self._derived(self.core_operator(t, dtype=torch.float64).power(n), (self, "x"), (self, "y"))
-
-    @torch.no_grad()
-    def svd(self, k: Optional[int] = None, t: Optional[float] = None) -> LinearizerSVDOutput:
-        """Top-k singular triplets of A_t (fp64), with the singular vectors mapped to data space."""
-        if k is not None and not (1 <= k <= self.latent_dim):
-            raise ValueError(f"svd expects 1 ≤ k ≤ D = {self.latent_dim}, got {k}.")
-        u, s, v = self.core_operator(t, dtype=torch.float64).svd(k)
-        u_lat = u.T.to(self.dtype).reshape(-1, *self.sample_shape)
-        v_lat = v.T.to(self.dtype).reshape(-1, *self.sample_shape)
-        was_training = self.training
-        self.eval()  # singular vectors must not trigger ActNorm's data-dependent initialisation
-        try:
-            left, right = self.decode(u_lat, "y"), self.decode(v_lat, "x")
-        finally:
-            self.train(was_training)
-        return LinearizerSVDOutput(
-            singular_values=s, left_latents=u.T, right_latents=v.T, left_vectors=left, right_vectors=right
-        )
-
-    # ------------------------------------------------------------------ induced vector-space operations
-    def induced_add(self, v1: Tensor, v2: Tensor, space: str = "x") -> Tensor:
-        """``v₁ ⊕ v₂ = g⁻¹(g(v₁) + g(v₂))`` in the space of g_x or g_y."""
-        return self.decode(self.encode(v1, space) + self.encode(v2, space), space)
-
-    def induced_scale(self, a, v: Tensor, space: str = "x") -> Tensor:
-        """``a ⊙ v = g⁻¹(a·g(v))``; ``a`` a number or an (N,) tensor."""
-        z = self.encode(v, space)
-        a = torch.as_tensor(a, dtype=z.dtype, device=z.device)
-        if a.ndim == 1:
-            a = a.view(-1, 1, 1, 1)
-        return self.decode(a * z, space)
-
-    def induced_inner(self, v1: Tensor, v2: Tensor, space: str = "x") -> Tensor:
-        """``⟨v₁, v₂⟩_g = ⟨g(v₁), g(v₂)⟩`` per sample, shape (N,)."""
-        return (self.encode(v1, space).flatten(1) * self.encode(v2, space).flatten(1)).sum(1)
-
-
-def _equal_weights(a: nn.Module, b: nn.Module) -> bool:
-    if a is b:
-        return True
-    sa, sb = a.state_dict(), b.state_dict()
-    return sa.keys() == sb.keys() and all(sa[k].shape == sb[k].shape and torch.equal(sa[k], sb[k]) for k in sa)
