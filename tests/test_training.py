@@ -88,12 +88,23 @@ def _assert_same_tensors(a, b, exact=True, atol=0.0):
         assert a == b
 
 
+def _ema_state(checkpoint):
+    """The EMA's shadow weights and counters as saved (safetensors tensors and metadata)."""
+    from safetensors import safe_open
+
+    with safe_open(str(checkpoint / "ema_state.safetensors"), framework="pt") as f:
+        meta = f.metadata()
+        return {**{k: f.get_tensor(k) for k in f.keys()}, **{f"meta/{k}": v for k, v in meta.items()}}
+
+
 def _assert_same_checkpoint(c1, c2):
     """Same weights, EMA, optimizer state, LR-scheduler state and step counter."""
     _assert_same_tensors(_weights(c1 / "linearizer"), _weights(c2 / "linearizer"))
     _assert_same_tensors(_weights(c1 / "linearizer_ema"), _weights(c2 / "linearizer_ema"))
-    for name in ("optimizer.bin", "scheduler.bin", "custom_checkpoint_0.pkl"):
-        _assert_same_tensors(torch.load(c1 / name, weights_only=False), torch.load(c2 / name, weights_only=False))
+    for name in ("optimizer.bin", "scheduler.bin"):
+        _assert_same_tensors(torch.load(c1 / name, weights_only=True), torch.load(c2 / name, weights_only=True))
+    _assert_same_tensors(_ema_state(c1), _ema_state(c2))
+    assert not list(c1.glob("*.pkl")) or sorted(p.name for p in c1.glob("*.pkl")) == ["random_states_0.pkl"]
     s1, s2 = (json.loads((c / "trainer_state.json").read_text()) for c in (c1, c2))
     assert s1["global_step"] == s2["global_step"] and s1["micro_step"] == s2["micro_step"]
 

@@ -259,8 +259,11 @@ class LinearizerModel(LinearizerAlgebraMixin, ModelMixin, ConfigMixin):
         diffusers only warns about checkpoint tensors the model lacks or model tensors the checkpoint
         lacks (and initialises those randomly); for a Linearizer either means the config describes
         another network, so a ``ValueError`` names the tensors instead. ``output_loading_info=True``
-        still returns ``(model, info)``.
+        still returns ``(model, info)``. Weights load from safetensors only.
         """
+        if kwargs.get("use_safetensors") is False:
+            raise ValueError("LinearizerModel loads weights from safetensors only; drop use_safetensors=False.")
+        kwargs["use_safetensors"] = True  # never a pickled .bin
         want_info = kwargs.pop("output_loading_info", False)
         model, info = super().from_pretrained(pretrained_model_name_or_path, output_loading_info=True, **kwargs)
         problems = []

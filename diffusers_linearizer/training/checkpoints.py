@@ -10,11 +10,10 @@ of them, and it must stay recognisable after a crash (:func:`remove_stale` clear
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
-from typing import Any, Dict, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 CHECKPOINT_DIR = "checkpoints"
 CHECKPOINT_PREFIX = "checkpoint-"
@@ -64,15 +63,6 @@ def latest_checkpoint(output_dir: str) -> Optional[str]:
     return found[-1][1] if found else None
 
 
-def read_trainer_state(checkpoint: str) -> Dict[str, Any]:
-    """The ``trainer_state.json`` of a checkpoint folder; ``ValueError`` if it has none (not a complete checkpoint)."""
-    path = os.path.join(checkpoint, TRAINER_STATE)
-    if not os.path.isfile(path):
-        raise ValueError(f"{checkpoint} is not a complete checkpoint (no {TRAINER_STATE}).")
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
 def remove_stale(root: str) -> None:
     """Delete leftovers of interrupted saves (``.tmp-*``) and prunes (``.del-*``) under ``root``."""
     if not os.path.isdir(root):
@@ -96,8 +86,9 @@ def prune_checkpoints(root: str, keep: int) -> None:
 
 def register_model_folders(accelerator, ema=None) -> None:
     """Make ``accelerator.save_state`` write the model as ``save_pretrained`` folders, ``linearizer/`` (what
-    ``load_state`` reads back) and, with an EMA, ``linearizer_ema/`` (its averaged weights), instead of
-    accelerate's own model file. The model is the prepared object itself or its ``.model``."""
+    ``load_state`` reads back) and, with an EMA, ``linearizer_ema/`` (its averaged weights) and
+    ``ema_state.safetensors`` (the EMA itself), instead of accelerate's own model file and pickles. The model
+    is the prepared object itself or its ``.model``."""
 
     def inner_model(wrapped):
         inner = accelerator.unwrap_model(wrapped)
@@ -109,7 +100,10 @@ def register_model_folders(accelerator, ema=None) -> None:
                 inner = inner_model(wrapped)
                 inner.save_pretrained(os.path.join(out_dir, MODEL_SUBDIR))
                 if ema is not None:
+                    from .checkpoint_state import save_ema_state
+
                     ema.averaged_copy(inner).save_pretrained(os.path.join(out_dir, EMA_SUBDIR))
+                    save_ema_state(ema, out_dir)
         while weights:  # the model is saved above; accelerate must not write it a second time
             weights.pop()
 

@@ -36,7 +36,7 @@ def load_teacher(path: str, device="cpu"):
     unet_dir = os.path.join(path, "unet") if os.path.isdir(os.path.join(path, "unet")) else path
     if not os.path.isfile(os.path.join(unet_dir, "config.json")):
         raise ValueError(f"{path} holds no UNet2DModel (no config.json in it or in its unet/ folder).")
-    unet = UNet2DModel.from_pretrained(unet_dir).to(device).eval()
+    unet = UNet2DModel.from_pretrained(unet_dir, use_safetensors=True).to(device).eval()  # never a pickled .bin
     sched_dir = os.path.join(path, "scheduler")
     if os.path.isdir(sched_dir):
         import json

@@ -8,9 +8,8 @@ micro-batches), :meth:`~Trainer.update_ema`, :meth:`~Trainer.log_losses`, :meth:
 :meth:`~Trainer.write_samples` and :meth:`~Trainer.save_final`. Wall-clock time is read through
 :meth:`~Trainer.clock`.
 
-The module is a little over 400 lines because it is one class whose methods are the parts of a step a
-subclass may override; what they are built from lives in :mod:`.setup`, :mod:`.device_inputs`,
-:mod:`.checkpoints` and :mod:`.outputs`.
+What the methods are built from lives in :mod:`.setup`, :mod:`.device_inputs`, :mod:`.checkpoints`,
+:mod:`.checkpoint_state` (what a checkpoint holds, checked before resuming) and :mod:`.outputs`.
 """
 
 from __future__ import annotations
@@ -27,8 +26,9 @@ from ..atomic import write_json_atomic
 from .arguments import WEIGHTED_TERMS
 from .checkpoints import (
     TRAINER_STATE, checkpoint_path, checkpoint_root, latest_checkpoint, prune_checkpoints, publish_dir,
-    read_trainer_state, register_model_folders, remove_stale, temporary_checkpoint_path,
+    register_model_folders, remove_stale, temporary_checkpoint_path,
 )
+from .checkpoint_state import check_checkpoint, load_ema_state
 from .ema import EMA
 from .outputs import generate_samples, save_final, save_sample_grid
 from .setup import build_optimizer, initialize_model, load_dataset, make_accelerator, make_loader, use_fused_optimizer
@@ -154,9 +154,7 @@ class Trainer:
         self.objective, self.optimizer, self.loader, self.lr_scheduler = self.accelerator.prepare(
             objective, optimizer, self.loader, lr_scheduler)
         self.micro_per_epoch = len(self.device_data) if self.device_data is not None else len(self.loader)
-        if self.ema is not None:
-            self.accelerator.register_for_checkpointing(self.ema)
-        register_model_folders(self.accelerator, self.ema)
+        register_model_folders(self.accelerator, self.ema)  # the model, its EMA weights and the EMA's state
 
     def unwrapped(self):
         """The trained ``LinearizerModel`` (outside accelerate's wrappers)."""
@@ -174,12 +172,15 @@ class Trainer:
                 return
         else:
             path = os.path.abspath(args.resume_from_checkpoint)
-        state = read_trainer_state(path)
+        # every file is read as data (safetensors, JSON, weights_only pickles) and checked before anything loads
+        state = check_checkpoint(path, self.num_processes, self.ema is not None, self.accelerator.scaler is not None)
         if state.get("gradient_accumulation_steps", args.gradient_accumulation_steps) != args.gradient_accumulation_steps or \
                 state.get("global_batch_size", self.global_batch) != self.global_batch:
             self.say("WARNING: resuming with a different global batch or accumulation: the data order will not match "
                      "the interrupted run.")
         self.accelerator.load_state(path)
+        if self.ema is not None:
+            load_ema_state(self.ema, path)
         self.global_step = int(state["global_step"])
         self.micro_step = self.global_step * args.gradient_accumulation_steps
         self.say(f"Resumed from {path} at step {self.global_step}.")
@@ -357,8 +358,8 @@ class Trainer:
         self.accelerator.wait_for_everyone()
 
     def write_checkpoint(self, folder: str, step: int) -> None:
-        """``accelerator.save_state(folder)`` (optimizer, LR scheduler, RNG states, EMA and, through the save
-        hook, the ``save_pretrained`` model folders), then ``trainer_state.json``."""
+        """``accelerator.save_state(folder)`` (optimizer, LR scheduler, RNG states and, through the save hook,
+        the ``save_pretrained`` model folders and the EMA's state), then ``trainer_state.json``."""
         import shutil
 
         if self.main_process:
