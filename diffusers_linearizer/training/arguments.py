@@ -4,10 +4,21 @@
 from __future__ import annotations
 
 import argparse
+import math
 from typing import List, Optional, Sequence
 
-# Loss terms with a --weight_<term> option.
-WEIGHTED_TERMS = ("latent_flow", "noise_reconstruction", "image_reconstruction", "prediction", "distill_noise")
+from .objective_registry import OBJECTIVES, parse_objective, weighted_terms
+
+
+def finite_float(text: str) -> float:
+    """An argparse ``type=``: a finite number (NaN and infinities are refused, naming the flag)."""
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
 
 # Model options exposed on the command line (None = LinearizerModel's default or --model_config's value).
 MODEL_OPTIONS = {
@@ -15,11 +26,11 @@ MODEL_OPTIONS = {
     "conditioner_type": (str, "coupling conditioner: conv or unet"),
     "conditioner_channels": (int, "conditioner width"),
     "conditioner_layers": (int, "conditioner depth (residual blocks)"),
-    "core_type": (str, "linear core: dense, lowrank, time_lowrank or shared_basis"),
+    "core_type": (str, "linear core, a name of the core registry (see docs/design.md)"),
     "core_rank": (int, "rank r (low-rank cores) or R (shared basis)"),
     "core_hidden_dim": (int, "MLP width of time-dependent cores"),
     "core_embedding_dim": (int, "sinusoidal time-embedding size of the core"),
-    "clamp_value": (float, "bound of the couplings' log-scale"),
+    "clamp_value": (finite_float, "bound of the couplings' log-scale"),
 }
 
 
@@ -33,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the trainer's options to ``parser`` (also used by ``diffusers-linearizer train``)."""
     from ..schedulers import SOLVERS
     from .data import FASHION_MNIST_DIR
-    from .objective import OBJECTIVES, PIXEL_LOSSES
+    from .distances import PIXEL_LOSSES
 
     d = parser.add_argument_group("data")
     d.add_argument(*_flag("train_data_dir"), default=None,
@@ -55,7 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     d.add_argument(*_flag("caption_column"), default="text", help="Caption key of metadata.jsonl. Default: text.")
     d.add_argument(*_flag("text_encoder"), default=None,
                    help="Folder of a CLIP-style text model (text_encoder/ + tokenizer/, or both in one), for --conditioning text.")
-    d.add_argument(*_flag("condition_dropout"), type=float, default=0.1,
+    d.add_argument(*_flag("condition_dropout"), type=finite_float, default=0.1,
                    help="Probability of replacing a condition by ∅ (null class / empty prompt), for guidance. Default: 0.1.")
     d.add_argument(*_flag("init_weights"), default=None,
                    help="Start from the tensors of this saved model or pipeline that match by name and shape "
@@ -73,19 +84,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         m.add_argument(*_flag(name), type=typ, default=None, help=f"{text.capitalize()}. Default: the model's.")
 
     o = parser.add_argument_group("objective")
+    described = "; ".join(f"{e.name}: {e.doc[0].lower() + e.doc[1:].rstrip('.')}" for e in OBJECTIVES.entries())
     o.add_argument("--objective", default="fast",
-                   help=f"One of {', '.join(OBJECTIVES)} or a weighted mix such as 'distill,fast' or "
-                   "'distill:1,likelihood:0.02'. fast (default): latent flow matching with one batched forward and "
-                   "one batched inverse of g; reference: the paper's five passes of g; distill: the one-step output "
-                   "regresses a teacher's samples (--teacher_pairs) and the inverse its noise; likelihood: exact "
-                   "bits/dim of the one-step generator. distill and likelihood train through the collapsed B of "
-                   "--sample_inference_steps and --solver.")
-    o.add_argument(*_flag("noise_level"), type=float, default=0.3, help="σ of the latent perturbations. Default: 0.3.")
+                   help=f"One of {OBJECTIVES.choices()} or a weighted mix such as 'distill,fast' or "
+                   f"'distill:1,likelihood:0.02'. {described}. Objectives through B train the collapse of "
+                   "--sample_inference_steps and --solver. Default: fast.")
+    o.add_argument(*_flag("noise_level"), type=finite_float, default=0.3, help="σ of the latent perturbations. Default: 0.3.")
     o.add_argument(*_flag("pixel_loss"), choices=PIXEL_LOSSES, default="mse",
                    help="Pixel-space distance replacing the paper's LPIPS. Default: mse.")
-    o.add_argument(*_flag("ssim_weight"), type=float, default=0.1, help="Weight of 1 − SSIM in mse+ssim. Default: 0.1.")
-    for term in WEIGHTED_TERMS:
-        o.add_argument(*_flag(f"weight_{term}"), type=float, default=1.0, help=f"Weight of the {term} term. Default: 1.")
+    o.add_argument(*_flag("ssim_weight"), type=finite_float, default=0.1, help="Weight of 1 − SSIM in mse+ssim. Default: 0.1.")
+    for term in weighted_terms():
+        o.add_argument(*_flag(f"weight_{term}"), type=finite_float, default=1.0, help=f"Weight of the {term} term. Default: 1.")
 
     t = parser.add_argument_group("optimisation")
     t.add_argument(*_flag("train_batch_size"), type=int, default=64, help="Batch size per process. Default: 64.")
@@ -93,18 +102,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     t.add_argument(*_flag("max_train_steps"), type=int, default=None,
                    help="Optimizer steps to train (overrides --num_train_epochs).")
     t.add_argument(*_flag("num_train_epochs"), type=int, default=100, help="Epochs, if --max_train_steps is not given.")
-    t.add_argument(*_flag("max_train_seconds"), type=float, default=None,
+    t.add_argument(*_flag("max_train_seconds"), type=finite_float, default=None,
                    help="Also stop (and save as usual) once this run has trained for this many seconds of wall-clock "
                         "time: a time budget, e.g. to compare models at equal training time.")
-    t.add_argument(*_flag("learning_rate"), type=float, default=1e-4, help="Adam learning rate. Default: 1e-4 (the paper's).")
+    t.add_argument(*_flag("learning_rate"), type=finite_float, default=1e-4, help="Adam learning rate. Default: 1e-4 (the paper's).")
     t.add_argument(*_flag("lr_scheduler"), default="constant",
                    help="diffusers.optimization scheduler: constant, constant_with_warmup, linear, cosine, ...")
     t.add_argument(*_flag("lr_warmup_steps"), type=int, default=0, help="Warm-up optimizer steps.")
-    t.add_argument(*_flag("adam_beta1"), type=float, default=0.9)
-    t.add_argument(*_flag("adam_beta2"), type=float, default=0.999)
-    t.add_argument(*_flag("adam_weight_decay"), type=float, default=0.0, help="AdamW weight decay. Default: 0 (Adam).")
-    t.add_argument(*_flag("adam_epsilon"), type=float, default=1e-8)
-    t.add_argument(*_flag("max_grad_norm"), type=float, default=1.0, help="Gradient clipping (0: off). Default: 1.")
+    t.add_argument(*_flag("adam_beta1"), type=finite_float, default=0.9)
+    t.add_argument(*_flag("adam_beta2"), type=finite_float, default=0.999)
+    t.add_argument(*_flag("adam_weight_decay"), type=finite_float, default=0.0, help="AdamW weight decay. Default: 0 (Adam).")
+    t.add_argument(*_flag("adam_epsilon"), type=finite_float, default=1e-8)
+    t.add_argument(*_flag("max_grad_norm"), type=finite_float, default=1.0, help="Gradient clipping (0: off). Default: 1.")
     t.add_argument(*_flag("mixed_precision"), choices=("no", "fp16", "bf16"), default=None,
                    help="Autocast the forward (weights stay float32). Default: accelerate's config.")
     t.add_argument(*_flag("allow_tf32"), action="store_true", help="Allow TF32 matmuls on Ampere+ GPUs.")
@@ -127,7 +136,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    "measured in docs/gpu.md.")
 
     e = parser.add_argument_group("EMA")
-    e.add_argument(*_flag("ema_decay"), type=float, default=0.999, help="EMA decay. Default: 0.999.")
+    e.add_argument(*_flag("ema_decay"), type=finite_float, default=0.999, help="EMA decay. Default: 0.999.")
     e.add_argument(*_flag("no_ema_warmup"), action="store_true",
                    help="Use the constant decay from the start (default: min(decay, (1 + n)/(10 + n))).")
     e.add_argument(*_flag("no_ema"), action="store_true", help="Do not keep an EMA; save the trained weights.")
@@ -189,21 +198,22 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError("--sample_inference_steps must be ≥ 2.")
     if not 0.0 <= args.ema_decay < 1.0:
         raise ValueError(f"--ema_decay must be in [0, 1), got {args.ema_decay}.")
-    if args.learning_rate <= 0:
-        raise ValueError(f"--learning_rate must be positive, got {args.learning_rate}.")
-    from .objective import parse_objective
-
+    if not args.learning_rate > 0:
+        raise ValueError(f"--learning_rate must be a number > 0, got {args.learning_rate}.")
     mix = parse_objective(args.objective)
-    if "distill" in mix and not args.teacher_pairs:
-        raise ValueError("--objective distill needs --teacher_pairs FILE (make one with `diffusers-linearizer distill-data`).")
+    pairs = [name for name in mix if OBJECTIVES.entry(name).data == "pairs"]
+    if pairs and not args.teacher_pairs:
+        raise ValueError(f"--objective {pairs[0]} needs --teacher_pairs FILE (make one with `diffusers-linearizer distill-data`).")
     if args.teacher_pairs and args.random_flip:
         raise ValueError("--random_flip would break teacher pairs (a flipped teacher sample is not the sample of its noise).")
     if args.teacher_pairs and args.train_data_dir:
         raise ValueError("Give either --teacher_pairs or --train_data_dir, not both.")
     if not 0.0 <= args.condition_dropout < 1.0:
         raise ValueError(f"--condition_dropout must be in [0, 1), got {args.condition_dropout}.")
-    if args.conditioning and (args.teacher_pairs or set(mix) - {"fast", "reference"}):
-        raise ValueError("--conditioning trains with --objective fast or reference (no teacher pairs) for now.")
+    unconditional = [name for name in mix if not OBJECTIVES.entry(name).conditions]
+    if args.conditioning and (args.teacher_pairs or unconditional):
+        raise ValueError(f"--conditioning trains with --objective {' or '.join(OBJECTIVES.names(conditions=True))} "
+                         "(the objectives that take conditions; no teacher pairs).")
     if args.conditioning == "text" and not args.text_encoder:
         raise ValueError("--conditioning text needs --text_encoder DIR (a CLIP-style text model and its tokenizer).")
     if args.text_encoder and args.conditioning != "text":

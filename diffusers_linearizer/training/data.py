@@ -209,11 +209,36 @@ class FashionMNIST(Dataset):
         return (image, int(self.labels[index])) if self.return_labels else image
 
 
+def check_image_files(files: Sequence[str], root: str, shown: int = 5) -> None:
+    """Decode every file once; a ``ValueError`` naming the ones that cannot be read (first ``shown`` of them,
+    each with its reason, and how many in all) before any training work."""
+    import PIL.Image
+
+    bad = []
+    for path in files:
+        try:
+            with PIL.Image.open(path) as img:
+                img.load()
+        except PermissionError:
+            bad.append((path, "not readable (permissions)"))
+        except (OSError, SyntaxError, ValueError, EOFError, PIL.Image.DecompressionBombError) as err:
+            reason = "not an image PIL can read" if isinstance(err, PIL.UnidentifiedImageError) else \
+                "truncated" if "truncated" in str(err).lower() else f"{type(err).__name__}: {err}"
+            bad.append((path, reason))
+    if bad:
+        listed = "; ".join(f"{os.path.relpath(p, root)} ({why})" for p, why in bad[:shown])
+        more = f" and {len(bad) - shown} more" if len(bad) > shown else ""
+        raise ValueError(f"--train_data_dir {root!r}: {len(bad)} of {len(files)} image files cannot be read: {listed}"
+                         f"{more}. Fix or remove them.")
+
+
 class ImageFolderDataset(Dataset):
     """Every image file below ``root`` (recursively, sorted by path), as floats in ``[0, 1]``.
 
-    Images are converted to ``channels`` (1: grayscale, 3: RGB), resized so the shorter side is
-    ``resolution`` (bicubic) and centre-cropped to ``resolution × resolution``.
+    Every file is decoded once when the dataset is built, so an unreadable one is named before training
+    starts (:func:`check_image_files`). Images of any size and mode are converted to ``channels`` (1:
+    grayscale, 3: RGB), resized so the shorter side is ``resolution`` (bicubic) and centre-cropped to
+    ``resolution × resolution``.
     """
 
     def __init__(self, root: str, resolution: int = 32, channels: int = 3, max_samples: Optional[int] = None):
@@ -232,6 +257,7 @@ class ImageFolderDataset(Dataset):
             )
         self.files = files[:max_samples] if max_samples is not None else files
         self.resolution, self.channels = resolution, channels
+        check_image_files(self.files, root)
 
     def __len__(self) -> int:
         return len(self.files)

@@ -23,17 +23,14 @@ from typing import Any, Dict, Iterable, Iterator, Optional
 import torch
 
 from ..atomic import write_json_atomic
-from .arguments import WEIGHTED_TERMS
-from .checkpoints import (
-    TRAINER_STATE, checkpoint_path, checkpoint_root, latest_checkpoint, prune_checkpoints, publish_dir,
-    register_model_folders, remove_stale, temporary_checkpoint_path,
-)
-from .checkpoint_state import check_checkpoint, load_ema_state
+from .checkpoints import checkpoint_root, register_model_folders, remove_stale
+from .trainer_checkpoints import CheckpointingMixin
 from .ema import EMA
+from .objective_registry import mix_needs, parse_objective, weighted_terms
 from .outputs import generate_samples, save_final, save_sample_grid
 from .setup import build_optimizer, initialize_model, load_dataset, make_accelerator, make_loader, use_fused_optimizer
 
-class Trainer:
+class Trainer(CheckpointingMixin):
     """Trains a ``LinearizerModel`` as configured by the options of :func:`~.arguments.add_arguments`.
 
     ``Trainer(args)`` loads the data first (a missing dataset fails before anything is written), builds
@@ -100,11 +97,10 @@ class Trainer:
         """The dataset (images or teacher pairs), its resumable sampler and the per-process loader; with
         ``--device_inputs`` the dataset on the device as well (:class:`~.device_inputs.DeviceData`)."""
         from .device_inputs import DeviceData, use_device_inputs
-        from .objective import parse_objective
 
         args = self.args
         dataset = self.load_dataset()
-        self.uses_likelihood = "likelihood" in parse_objective(args.objective)
+        self.uses_likelihood = mix_needs(parse_objective(args.objective), "needs_uniform")  # dequantisation noise
         self.text = None  # (tokenizer, frozen text encoder) with --conditioning text
         if args.conditioning == "text":
             from .conditions import load_text_encoder, pooled_dim
@@ -112,18 +108,22 @@ class Trainer:
             tokenizer, encoder = load_text_encoder(args.text_encoder)
             self.text = (tokenizer, encoder.to(self.device))
             dataset.model_config["condition_dim"] = pooled_dim(encoder)
-        if self.main_process:
-            os.makedirs(self.ckpt_root, exist_ok=True)
-            remove_stale(self.ckpt_root)
-        self.accelerator.wait_for_everyone()
         self.dataset = dataset
         self.shape = (dataset.channels, args.resolution, args.resolution)
         self.global_batch = args.train_batch_size * self.num_processes
         if len(dataset) < self.global_batch:
+            fits = len(dataset) // self.num_processes
             raise ValueError(
                 f"The dataset has {len(dataset)} images, fewer than one global batch "
-                f"({args.train_batch_size} per process × {self.num_processes} processes)."
+                f"({args.train_batch_size} per process × {self.num_processes} processes): lower --train_batch_size "
+                f"to at most {fits}" + (" (or run fewer processes)" if self.num_processes > 1 else "") + ", or add images."
+                if fits >= 1 else f"The dataset has {len(dataset)} images, fewer than the {self.num_processes} processes "
+                "of this run: add images or run fewer processes."
             )
+        if self.main_process:
+            os.makedirs(self.ckpt_root, exist_ok=True)
+            remove_stale(self.ckpt_root)
+        self.accelerator.wait_for_everyone()
         self.sampler, self.loader = make_loader(args, dataset, self.device.type == "cuda")
         self.device_inputs = use_device_inputs(args.device_inputs, self.device, dataset)
         if self.device_inputs:
@@ -144,7 +144,7 @@ class Trainer:
         args = self.args
         objective = LinearizerObjective(
             self.model, args.objective, noise_level=args.noise_level, pixel_loss=args.pixel_loss,
-            ssim_weight=args.ssim_weight, weights={t: getattr(args, f"weight_{t}") for t in WEIGHTED_TERMS},
+            ssim_weight=args.ssim_weight, weights={t: getattr(args, f"weight_{t}") for t in weighted_terms()},
             num_inference_steps=args.sample_inference_steps, solver=args.solver,
         )
         if args.compile:
@@ -159,31 +159,6 @@ class Trainer:
     def unwrapped(self):
         """The trained ``LinearizerModel`` (outside accelerate's wrappers)."""
         return self.accelerator.unwrap_model(self.objective).model
-
-    def resume(self) -> None:
-        """With ``--resume_from_checkpoint``, load ``latest`` (if any) or the given checkpoint."""
-        args = self.args
-        if not args.resume_from_checkpoint:
-            return
-        if args.resume_from_checkpoint == "latest":
-            path = latest_checkpoint(self.output_dir)
-            if path is None:
-                self.say(f"--resume_from_checkpoint latest: no checkpoint in {self.ckpt_root}; starting from scratch.")
-                return
-        else:
-            path = os.path.abspath(args.resume_from_checkpoint)
-        # every file is read as data (safetensors, JSON, weights_only pickles) and checked before anything loads
-        state = check_checkpoint(path, self.num_processes, self.ema is not None, self.accelerator.scaler is not None)
-        if state.get("gradient_accumulation_steps", args.gradient_accumulation_steps) != args.gradient_accumulation_steps or \
-                state.get("global_batch_size", self.global_batch) != self.global_batch:
-            self.say("WARNING: resuming with a different global batch or accumulation: the data order will not match "
-                     "the interrupted run.")
-        self.accelerator.load_state(path)
-        if self.ema is not None:
-            load_ema_state(self.ema, path)
-        self.global_step = int(state["global_step"])
-        self.micro_step = self.global_step * args.gradient_accumulation_steps
-        self.say(f"Resumed from {path} at step {self.global_step}.")
 
     # ------------------------------------------------------------------ one optimizer step
     def micro_batches(self) -> Iterator:
@@ -333,49 +308,7 @@ class Trainer:
             late = bool(self.accelerator.reduce(torch.tensor(float(late), device=self.device), reduction="max").item())
         return late
 
-    # ------------------------------------------------------------------ checkpoints, samples, the end
-    def trainer_state(self, step: int) -> Dict[str, Any]:
-        """What ``trainer_state.json`` records next to accelerate's state."""
-        args = self.args
-        return {
-            "global_step": step, "micro_step": step * args.gradient_accumulation_steps,
-            "global_batch_size": self.global_batch, "gradient_accumulation_steps": args.gradient_accumulation_steps,
-            "num_processes": self.num_processes, "objective": args.objective, "seed": args.seed, "time": time.time(),
-            "train_seconds_this_run": round(self.clock() - self.t_start, 3),
-        }
-
-    def save_checkpoint(self, step: int) -> None:
-        """Checkpoint ``step`` (all processes take part): :meth:`write_checkpoint` to a hidden temporary
-        folder, then :meth:`publish_checkpoint` on the main process. Nothing if it exists already (e.g.
-        the last periodic checkpoint is the final step)."""
-        final = checkpoint_path(self.ckpt_root, step)
-        if os.path.isdir(final):
-            return
-        tmp = temporary_checkpoint_path(self.ckpt_root, step)
-        self.write_checkpoint(tmp, step)
-        if self.main_process:
-            self.publish_checkpoint(tmp, final)
-        self.accelerator.wait_for_everyone()
-
-    def write_checkpoint(self, folder: str, step: int) -> None:
-        """``accelerator.save_state(folder)`` (optimizer, LR scheduler, RNG states and, through the save hook,
-        the ``save_pretrained`` model folders and the EMA's state), then ``trainer_state.json``."""
-        import shutil
-
-        if self.main_process:
-            shutil.rmtree(folder, ignore_errors=True)
-        self.accelerator.wait_for_everyone()
-        self.accelerator.save_state(folder)
-        self.accelerator.wait_for_everyone()
-        if self.main_process:
-            write_json_atomic(os.path.join(folder, TRAINER_STATE), self.trainer_state(step))
-
-    def publish_checkpoint(self, tmp: str, final: str) -> None:
-        """(Main process.) Rename the complete checkpoint ``tmp`` to its final name, then prune the oldest
-        beyond ``--checkpoints_total_limit``. Until the rename, ``latest`` is the previous checkpoint."""
-        publish_dir(tmp, final)
-        prune_checkpoints(self.ckpt_root, self.args.checkpoints_total_limit)
-
+    # ------------------------------------------------------------------ samples, the end
     def sampling_model(self):
         """An evaluation copy of the model with the EMA weights (the trained ones with ``--no_ema``)."""
         inner = self.unwrapped()
