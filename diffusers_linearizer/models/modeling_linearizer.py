@@ -18,6 +18,7 @@ t = 0). Then ``g_x ≡ g_y`` only when ``role_x == role_y``.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple, Union
 
@@ -27,6 +28,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
 from torch import Tensor, nn
 
+from ..file_checks import check_safetensors
 from .algebra import LinearizerAlgebraMixin, LinearizerSVDOutput  # noqa: F401  (re-exported)
 from .conditional_cores import CONDITIONINGS, GuidedCore
 from .conditioners import CONDITIONERS
@@ -265,6 +267,11 @@ class LinearizerModel(LinearizerAlgebraMixin, ModelMixin, ConfigMixin):
             raise ValueError("LinearizerModel loads weights from safetensors only; drop use_safetensors=False.")
         kwargs["use_safetensors"] = True  # never a pickled .bin
         want_info = kwargs.pop("output_loading_info", False)
+        folder = os.path.join(os.fspath(pretrained_model_name_or_path), kwargs.get("subfolder") or "")
+        if os.path.isdir(folder):  # a damaged weights file is named with its cause before diffusers reads it
+            for file in sorted(os.listdir(folder)):
+                if file.endswith(".safetensors"):
+                    check_safetensors(os.path.join(folder, file))
         model, info = super().from_pretrained(pretrained_model_name_or_path, output_loading_info=True, **kwargs)
         problems = []
         for key, what in (("missing_keys", "missing from the weights"), ("unexpected_keys", "not in the model"),

@@ -30,6 +30,7 @@ from diffusers.utils import logging
 
 from ... import defaults
 from ...atomic import atomic_dir, write_json_atomic, write_text_atomic
+from ...file_checks import check_safetensors
 
 logger = logging.get_logger(__name__)
 
@@ -91,6 +92,10 @@ def check_layout(folder: str, needed, path: str, config_name: str = "model_index
         read_json(os.path.join(sub, marker))
         if needs_weights and not any(f.endswith((".safetensors", ".safetensors.index.json")) for f in os.listdir(sub)):
             problems.append(f"{name}/ has no weights (diffusion_pytorch_model.safetensors)")
+        elif needs_weights:
+            for file in sorted(os.listdir(sub)):
+                if file.endswith(".safetensors"):
+                    check_safetensors(os.path.join(sub, file))  # a ValueError naming a damaged file
     if problems:
         raise ValueError(
             f"{path!r} is not a complete Linearizer pipeline: {'; '.join(problems)}. Expected model_index.json, "
@@ -110,8 +115,19 @@ def resolve_folder(path: str, needed, download_kwargs: Dict[str, Any], config_na
         )
     from huggingface_hub import snapshot_download
 
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
+
     allow = [config_name, "README.md"] + [f"{name}/*" for name in needed]
-    return snapshot_download(path, allow_patterns=allow, **download_kwargs)
+    try:
+        return snapshot_download(path, allow_patterns=allow, **download_kwargs)
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled) as err:
+        raise OSError(
+            f"The Hub repo {path!r} is not in the Hugging Face cache ({os.environ.get('HF_HOME') or '~/.cache/huggingface'})"
+            " and cannot be downloaded: the Hub is off (HF_HUB_OFFLINE=1 or local_files_only=True) or unreachable. "
+            "Download it once online, or pass a local folder."
+        ) from err
+    except HfHubHTTPError as err:
+        raise OSError(f"The Hub repo {path!r} could not be fetched: {err}") from err
 
 
 class LinearizerLoadingMixin:
@@ -201,7 +217,7 @@ class LinearizerLoadingMixin:
             logger.warning("Linearizer pipelines store weights as safetensors only; ignoring safe_serialization=False.")
         save_directory = os.fspath(save_directory)
         repo_id = kwargs.pop("repo_id", None)
-        with atomic_dir(save_directory, last=(self.config_name,)) as tmp:
+        with atomic_dir(save_directory) as tmp:
             DiffusionPipeline.save_pretrained(self, tmp, safe_serialization=True, variant=variant,
                                               max_shard_size=max_shard_size)
             for name in self._component_names:
