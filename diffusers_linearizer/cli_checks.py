@@ -90,7 +90,7 @@ def _steps_rule():
 
 
 def _temperature_rule():
-    from .pipelines.linearizer.pipeline_linearizer import check_temperature
+    from .models.config_checks import check_temperature
 
     return check_temperature
 

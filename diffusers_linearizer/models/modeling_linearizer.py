@@ -17,7 +17,6 @@ t = 0). Then ``g_x ≡ g_y`` only when ``role_x == role_y``.
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple, Union
@@ -29,6 +28,7 @@ from diffusers.utils import BaseOutput
 from torch import Tensor, nn
 
 from ..file_checks import check_safetensors
+from .config_checks import CONFIG_RULES, check_model_config
 from .algebra import LinearizerAlgebraMixin, LinearizerSVDOutput  # noqa: F401  (re-exported)
 from .conditional_cores import CONDITIONINGS, GuidedCore
 from .conditioners import CONDITIONERS
@@ -117,9 +117,7 @@ class LinearizerModel(LinearizerAlgebraMixin, ModelMixin, ConfigMixin):
         sampling_temperature: float = 1.0,
     ):
         super().__init__()
-        if isinstance(sampling_temperature, bool) or not isinstance(sampling_temperature, (int, float)) \
-                or not math.isfinite(sampling_temperature) or sampling_temperature <= 0:
-            raise ValueError(f"sampling_temperature must be a finite number > 0, got {sampling_temperature!r}.")
+        check_model_config({key: value for key, value in locals().items() if key in CONFIG_RULES})
         if conditioning is not None and conditioning not in CONDITIONINGS:
             raise ValueError(f"Unknown conditioning {conditioning!r}; expected None or one of {', '.join(CONDITIONINGS)}.")
         if conditioner_type not in CONDITIONERS:

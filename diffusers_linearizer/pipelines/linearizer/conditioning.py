@@ -15,7 +15,7 @@ A batch may mix conditions: samples are grouped by ``(c, c⁻)`` and each group 
 Every check runs before any work.
 """
 
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch

@@ -18,7 +18,6 @@ Data range: images are in ``[0, 1]`` (the reference implementation's range, *not
 Loading and saving are diffusers' own (:mod:`.loading` adds the packaged default and the model card).
 """
 
-import math
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -29,21 +28,13 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from ...images import postprocess_images, psnr  # noqa: F401  (psnr: benchmarks/quality.py imports it from here)
 from ...models import LinearizerModel
+from ...models.config_checks import check_temperature
 from ...schedulers import LinearizerScheduler
 from .common import LinearizerPipelineMixin, apply_operator, check_output_type
 from .conditioning import guidance_weight
 from .fast_sampling import FastSamplingMixin
 
 logger = logging.get_logger(__name__)
-
-
-def check_temperature(temperature, name: str = "temperature") -> float:
-    """``temperature`` as a float when it is a finite number > 0 (the sampling temperature's one rule; the command
-    line applies it to ``--temperature`` before loading anything), else a ``ValueError`` naming ``name``."""
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float, np.number)) \
-            or not math.isfinite(temperature) or temperature <= 0:
-        raise ValueError(f"{name} must be a finite number > 0, got {temperature!r}.")
-    return float(temperature)
 
 
 class LinearizerPipeline(FastSamplingMixin, LinearizerPipelineMixin, DiffusionPipeline):
