@@ -49,9 +49,26 @@ def test_save_and_load_with_subfolder(tmp_path):
     assert torch.equal(loaded.timesteps, scheduler.timesteps)
 
 
-def test_compatibles_listed():
-    names = {cls.__name__ for cls in LinearizerScheduler().compatibles}
-    assert {"FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler"} <= names
+def test_linspace_euler_is_flow_match_euler_on_the_velocity():
+    """Module docstring: with linspace spacing and shift 1 the grid is FlowMatchEuler's without its final σ = 0,
+    and an Euler step from ẑ₁ equals diffusers' step from v = (z − ẑ₁)/σ, step for step (fp32)."""
+    T = 7
+    flow = FlowMatchEulerDiscreteScheduler()
+    flow.set_timesteps(T)
+    ours = LinearizerScheduler(timestep_spacing="linspace")
+    ours.set_timesteps(T)
+    assert float(flow.sigmas[-1]) == 0.0
+    torch.testing.assert_close(ours.sigmas.float(), flow.sigmas[:-1], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(ours.timesteps.float(), flow.timesteps[:-1], rtol=1e-6, atol=1e-4)
+    gen = torch.Generator().manual_seed(0)
+    A = torch.eye(8) * 0.3 + torch.randn(8, 8, generator=gen) * 0.2
+    z_ours = z_flow = torch.randn(3, 8, generator=gen)
+    for ts, ts_flow, sigma in zip(ours.timesteps, flow.timesteps, flow.sigmas):
+        z_ours = ours.step(z_ours @ A.T, ts, z_ours).prev_sample
+        v = (z_flow - z_flow @ A.T) / sigma
+        z_flow = flow.step(v, ts_flow, z_flow).prev_sample
+        torch.testing.assert_close(z_ours, z_flow, rtol=1e-5, atol=1e-5)
+    assert ours.step_index == T - 1 and flow.step_index == T - 1  # theirs has one step left, to σ = 0
 
 
 # ---------------------------------------------------------------------------- grids
@@ -130,9 +147,17 @@ def test_index_for_timestep_prefers_step_starts():
 def test_copy_and_pickle():
     scheduler = LinearizerScheduler(solver="heun")
     scheduler.set_timesteps(5)
+    # A = I/2: K(t) = −1/(2(1 − t)) is a scalar, so B is the scalar Heun run of z' = K(t) z on t = 0, .2, …, .8
+    k = lambda t: -0.5 / (1.0 - t)  # noqa: E731
+    expected = 1.0
+    for i in range(4):
+        t, h = i / 5, 0.2
+        expected *= 1.0 + h / 2 * (k(t) + k(t + h) * (1.0 + h * k(t)))
     for clone in (copy.deepcopy(scheduler), pickle.loads(pickle.dumps(scheduler))):
         assert torch.equal(clone.timesteps, scheduler.timesteps)
-        assert clone.collapse(_ConstantA(torch.eye(4, dtype=F64) * 0.5)) is not None
+        B = clone.collapse(_ConstantA(torch.eye(4, dtype=F64) * 0.5))
+        torch.testing.assert_close(B.apply(torch.eye(4, dtype=F64)), expected * torch.eye(4, dtype=F64),
+                                   rtol=1e-14, atol=1e-14)
 
 
 class _ConstantA(torch.nn.Module):
@@ -243,6 +268,18 @@ def test_bad_configuration_errors():
 def test_too_few_steps(steps):
     with pytest.raises(ValueError, match="num_inference_steps must be"):
         LinearizerScheduler().set_timesteps(steps)
+
+
+def test_step_rejects_unknown_keyword_arguments():
+    scheduler = LinearizerScheduler()
+    scheduler.set_timesteps(3)
+    z = torch.zeros(1, 2)
+    for name in ("s_churn", "generator", "eta"):
+        with pytest.raises(TypeError, match=name):
+            scheduler.step(z, scheduler.timesteps[0], z, **{name: None})
+    assert scheduler.step_index is None  # nothing advanced
+    scheduler.step(z, scheduler.timesteps[0], z, return_dict=False)
+    assert scheduler.step_index == 1
 
 
 def test_step_errors():

@@ -1,5 +1,7 @@
-"""Schedulers: ``LinearizerScheduler`` (stepped Euler/Heun/RK4 and the exact one-operator collapse)."""
+"""Schedulers: ``LinearizerScheduler`` (a stepped solver from the :data:`SOLVERS` registry and its exact
+one-operator collapse)."""
 
+from .collapse import collapse_run
 from .propagators import (
     collapse_product,
     euler_propagator,
@@ -10,16 +12,17 @@ from .propagators import (
     structured_collapse,
 )
 from .scheduling_linearizer import TIMESTEP_SPACINGS, CollapseInfo, LinearizerScheduler
-from .solvers import SOLVER_TABLE, SOLVERS, Solver, check_run
+from .solvers import SOLVERS, Solver, SolverRegistry, check_run
 
 __all__ = [
     "LinearizerScheduler",
     "CollapseInfo",
     "SOLVERS",
-    "SOLVER_TABLE",
     "Solver",
+    "SolverRegistry",
     "check_run",
     "TIMESTEP_SPACINGS",
+    "collapse_run",
     "latent_generator",
     "euler_propagator",
     "heun_propagator",

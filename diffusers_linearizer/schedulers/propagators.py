@@ -1,4 +1,4 @@
-"""One-step propagators of the latent ODE, and their ordered product.
+"""Products of one-step propagators of the latent ODE.
 
 In the Linearizer's latent space the sampler integrates a *linear* ODE
 
@@ -6,21 +6,26 @@ In the Linearizer's latent space the sampler integrates a *linear* ODE
 
 where the core predicts the clean latent ``ẑ₁ = A_t z`` (time ``t ∈ [0, 1)``, ``t = 0`` noise,
 ``t = 1`` data; see ``docs/math.md`` §2). Because the ODE is linear, one step of an explicit
-Runge–Kutta method from ``z`` is a matrix ``P`` applied to ``z``, and a whole sampler run is the
-ordered product ``B = P_{n−1} ··· P_1 P_0`` (``P_0`` acts on the noise latent first).
+Runge–Kutta method from ``z`` is a matrix ``P`` applied to ``z`` — built from the generators at the
+stage times by the solver's :meth:`~.solvers.Solver.propagator` — and a whole sampler run is the ordered
+product ``B = P_{n−1} ··· P_1 P_0`` (``P_0`` acts on the noise latent first).
 
-Every function here is plain operator algebra: it only uses ``a @ b``, ``a + b``, ``a * s`` and
-``a.add_identity(s)``, so it works unchanged for ``IdentityPlusLowRank``, ``SharedBasisOperator``,
-``DenseOperator`` from :mod:`diffusers_linearizer.operators`, for plain ``torch`` matrices wrapped
-in any class that has those four operations, and for the small coordinate operators the scheduler
-uses internally. Names follow the usual Butcher-tableau reading: ``K1 = K(t)``, ``Khalf = K(t + h/2)``,
-``Kh = K(t + h)``.
+The products here take the step builder ``propagator(Ks, h)`` as an argument (the collapse passes the
+solver's :meth:`~.solvers.Solver.propagator`) and use only ``a @ b``, ``a + b``, ``a * s`` and
+``a.add_identity(s)`` on the operators:
 
-Products: :func:`collapse_product` multiplies any operators left to right, recompressing low-rank
-factors as their rank grows; :func:`structured_collapse` is the exact, fast path for scaled identity
-plus low rank ``A_t``: it runs the same formula functions on :class:`CoordinateOperator` stages
-(small matrices over the basis of all evaluated factors); it forms a ``D × D`` matrix only when
-those factors span all of ``R^D`` (``T·r ≳ D``), where ``B`` itself has a full-rank perturbation.
+* :func:`collapse_product` multiplies any operators left to right (``IdentityPlusLowRank``,
+  ``SharedBasisOperator``, ``DenseOperator`` from :mod:`diffusers_linearizer.operators`, or any class with
+  those four operations), recompressing low-rank factors as their rank grows;
+* :func:`structured_collapse` is the exact, fast path for scaled identity plus low rank ``A_t``: it builds
+  every step on :class:`CoordinateOperator` stages (small matrices over the basis of all evaluated
+  factors) and forms a ``D × D`` matrix only when those factors span all of ``R^D`` (``T·r ≳ D``), where
+  ``B`` itself has a full-rank perturbation;
+* :func:`autograd_collapse` is the differentiable path (functional operator algebra on one basis).
+
+``euler_propagator``, ``heun_propagator``, ``rk4_propagator`` and ``reference_rk_propagator`` are the
+registry's propagators under fixed names, with the stages as positional arguments
+(``K1 = K(t)``, ``Khalf = K(t + h/2)``, ``Kh = K(t + h)``).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from typing import Iterable, Optional, Tuple
 import torch
 
 from ..operators import DenseOperator, IdentityPlusLowRank, SharedBasisOperator
+from .solvers import SOLVERS
 
 __all__ = [
     "latent_generator",
@@ -53,39 +59,25 @@ def latent_generator(A_t, t: float):
 
 
 def euler_propagator(K1, h: float):
-    """Explicit Euler over one step of size ``h``: ``P = I + h·K1``."""
-    return (K1 * h).add_identity(1.0)
+    """``SOLVERS.get("euler").propagator``: ``P = I + h·K1``."""
+    return SOLVERS.get("euler").propagator((K1,), h)
 
 
 def heun_propagator(K1, Kh, h: float):
-    """Heun (explicit trapezoid): ``P = I + (h/2)·(K1 + Kh·(I + h·K1))``.
-
-    The second slope is taken at the Euler predictor ``(I + h·K1) z`` — the nested product.
-    """
-    predictor = euler_propagator(K1, h)
-    return ((K1 + Kh @ predictor) * (0.5 * h)).add_identity(1.0)
+    """``SOLVERS.get("heun").propagator``: ``P = I + (h/2)·(K1 + Kh·(I + h·K1))``."""
+    return SOLVERS.get("heun").propagator((K1, Kh), h)
 
 
 def rk4_propagator(K1, Khalf, Kh, h: float):
-    """Classical RK4: ``P = I + (h/6)·(K1 + 2·K2 + 2·K3 + K4)`` with the nested stage operators
-
-    ``K2 = Khalf·(I + (h/2)·K1)``, ``K3 = Khalf·(I + (h/2)·K2)``, ``K4 = Kh·(I + h·K3)``.
-    """
-    K2 = Khalf @ euler_propagator(K1, 0.5 * h)
-    K3 = Khalf @ euler_propagator(K2, 0.5 * h)
-    K4 = Kh @ euler_propagator(K3, h)
-    # Summed left to right so that supports only grow (cheaper for block-structured operators).
-    return ((K1 + K2 * 2.0 + K3 * 2.0 + K4) * (h / 6.0)).add_identity(1.0)
+    """``SOLVERS.get("rk4").propagator``: ``P = I + (h/6)·(K1 + 2·K2 + 2·K3 + K4)`` with
+    ``K2 = Khalf·(I + (h/2)·K1)``, ``K3 = Khalf·(I + (h/2)·K2)``, ``K4 = Kh·(I + h·K3)``."""
+    return SOLVERS.get("rk4").propagator((K1, Khalf, Khalf, Kh), h)
 
 
 def reference_rk_propagator(K1, Khalf, Kh, h: float):
-    """The original code's collapsed "rk" matrix: ``P = I + (h/6)·(K1 + 4·Khalf + Kh)``.
-
-    All three slopes are taken at the *same* state (no nested products), i.e. Simpson's rule applied
-    to ``K`` alone. This is *not* the RK4 propagator and is only first-order accurate; it exists
-    for parity with converted checkpoints' one-step samples.
-    """
-    return ((K1 + Khalf * 4.0 + Kh) * (h / 6.0)).add_identity(1.0)
+    """``SOLVERS.get("reference_rk").propagator``: ``P = I + (h/6)·(K1 + 4·Khalf + Kh)`` — every slope at
+    the step's start state (Simpson's rule on ``K`` alone), first order; not the RK4 propagator."""
+    return SOLVERS.get("reference_rk").propagator((K1, Khalf, Kh), h)
 
 
 def collapse_product(
@@ -125,7 +117,7 @@ class CoordinateOperator:
     of basis columns (the *support*): products and sums act on the hull of the supports, so a
     propagator touching a few blocks of a long basis costs ``O(k·R²)`` to multiply into a product of
     support ``R``, never ``O(D)``. ``a`` is a Python float, ``X`` a ``(hi − lo) × (hi − lo)`` tensor.
-    It supports exactly the operations the propagator functions use.
+    It supports exactly the operations :meth:`~.solvers.Solver.propagator` uses.
     """
 
     __slots__ = ("a", "X", "lo", "hi", "gram")
@@ -183,11 +175,12 @@ def structured_collapse(ops: dict, steps, propagator, dtype: torch.dtype, window
     (one block per distinct time, one in all for a shared basis or a constant core), every ``K(t)`` is
     ``α·I + 𝐔 (block-diagonal) 𝐕ᵀ`` and ``B = c·I + 𝐔 M 𝐕ᵀ``: after one Gram matrix ``G = 𝐕ᵀ𝐔``
     everything is small-matrix algebra in these coordinates — exact, no ``D × D`` matrix, no
-    truncation. Each step's propagator is built by the formula functions above on
-    :class:`CoordinateOperator` stages; runs of steps touching ≤ ``window`` basis columns are
-    multiplied first and folded into ``M`` together (fewer passes over ``M``). If the blocks have more
-    than ``D`` columns in all they span ``R^D`` and ``B`` carries a full-rank perturbation, which is
-    then accumulated as ``c·I + L`` with a ``D × D`` ``L`` (the information content of such a ``B``).
+    truncation. Each step's propagator is built by ``propagator`` (the solver's
+    :meth:`~.solvers.Solver.propagator`) on :class:`CoordinateOperator` stages; runs of steps touching
+    ≤ ``window`` basis columns are multiplied first and folded into ``M`` together (fewer passes over
+    ``M``). If the blocks have more than ``D`` columns in all they span ``R^D`` and ``B`` carries a
+    full-rank perturbation, which is then accumulated as ``c·I + L`` with a ``D × D`` ``L`` (the
+    information content of such a ``B``).
     Returns ``(B, mode)`` with mode ``"basis"`` or ``"dense"``; ``B`` is a ``SharedBasisOperator`` on
     the core's basis for one shared basis, else an ``IdentityPlusLowRank``.
     """

@@ -12,8 +12,9 @@ The latent ODE
 --------------
 The core predicts the clean latent ``ẑ₁ = A_t z`` (that prediction is ``step``'s ``model_output``),
 the velocity is ``(ẑ₁ − z)/(1 − t)``, so ``dz/dt = K(t) z`` with ``K(t) = (A_t − I)/(1 − t)``. Every
-solver step is then a matrix (:mod:`.propagators`), and :meth:`LinearizerScheduler.collapse` returns
-their exact product ``B``: ``B.apply(z₀)`` equals the stepped run from ``z₀`` up to round-off.
+solver step is then a matrix (:meth:`.solvers.Solver.propagator`), and
+:meth:`LinearizerScheduler.collapse` returns their exact product ``B``: ``B.apply(z₀)`` equals the
+stepped run from ``z₀`` up to round-off.
 
 Grids (``timestep_spacing``), for ``num_inference_steps = T`` grid points (``T − 1`` steps)
 ---------------------------------------------------------------------------------------------
@@ -25,9 +26,18 @@ Then ``shift`` maps every ``sigma`` as diffusers does, ``sigma ↦ shift·σ/(1 
 identity for ``shift = 1``). No grid reaches ``t = 1``, where ``K`` is singular (Heun and RK4 evaluate
 ``K`` at the end of each step); a final Euler jump to ``t = 1`` would only return ``A_t z``.
 
-The module is a little over 400 lines because it keeps the scheduler and its collapse cache together
-(the cache key depends on the grid); the solver formulas live in :mod:`.solvers`, the operator
-products in :mod:`.propagators`.
+diffusers' flow-match schedulers
+--------------------------------
+``LinearizerScheduler`` is not a drop-in for ``FlowMatchEulerDiscreteScheduler`` (nor lists it in
+``_compatibles``): its ``model_output`` is the clean-latent prediction ``ẑ₁``, theirs the velocity
+``v = noise − data``, and no grid here takes their final step to ``sigma = 0``. ``from_config`` of a
+flow-match config reads its ``num_train_timesteps`` and ``shift`` and drops the other keys. The exact
+relation: with ``timestep_spacing="linspace"``, ``shift = 1`` and ``T`` points, ``sigmas`` are
+``FlowMatchEulerDiscreteScheduler``'s for ``T`` steps without the final 0, and an Euler step from ``ẑ₁``
+equals its step from ``v = (z − ẑ₁)/sigma`` (both ``z + (sigma_next − sigma)·v``).
+
+The solvers are the entries of :data:`.solvers.SOLVERS`; the collapse runs in :mod:`.collapse` on the
+products of :mod:`.propagators`.
 """
 
 from __future__ import annotations
@@ -45,9 +55,8 @@ import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutput
 
-from ..operators import IdentityPlusLowRank, SharedBasisOperator
-from .propagators import autograd_collapse, collapse_product, latent_generator, structured_collapse
-from .solvers import SOLVER_TABLE, check_run
+from .collapse import collapse_run, core_fingerprint, requires_grad
+from .solvers import SOLVERS, check_run
 
 TIMESTEP_SPACINGS = ("reference", "linspace")
 
@@ -69,13 +78,14 @@ class CollapseInfo:
 
 
 class LinearizerScheduler(SchedulerMixin, ConfigMixin):
-    """Euler / Heun / RK4 sampler of the Linearizer's latent ODE, plus its exact one-operator collapse.
+    """Explicit Runge–Kutta sampler of the Linearizer's latent ODE, plus its exact one-operator collapse.
 
     Args:
         num_train_timesteps: diffusers' timestep scale (``timestep = sigma · num_train_timesteps``).
         shift: diffusers' flow-match sigma shift (1.0 = none).
-        solver: ``"euler"``, ``"heun"``, ``"rk4"`` or ``"reference_rk"`` (the original code's inexact
-            collapsed "rk" matrix, first order, kept only for parity with converted checkpoints).
+        solver: a name in :data:`.solvers.SOLVERS`: ``"euler"``, ``"heun"``, ``"rk4"`` or ``"reference_rk"``
+            (the original code's inexact collapsed "rk" matrix, first order, kept only for parity with
+            converted checkpoints).
         timestep_spacing: ``"reference"`` or ``"linspace"`` (module docstring).
 
     ``timesteps`` lists every model evaluation (Heun: ``t, t+h`` per step; RK4: ``t, t+h/2, t+h/2,
@@ -87,7 +97,7 @@ class LinearizerScheduler(SchedulerMixin, ConfigMixin):
             z = scheduler.step(core(z, scheduler.t_of(ts)), ts, z).prev_sample
     """
 
-    _compatibles = ["FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler"]
+    _compatibles = []  # no diffusers scheduler steps the same model output the same way (module docstring)
     collapse_cache_size = 16  # one entry per (condition, guidance) a batch of mixed labels asks for
 
     @register_to_config
@@ -95,7 +105,8 @@ class LinearizerScheduler(SchedulerMixin, ConfigMixin):
                  timestep_spacing: str = "reference"):
         check_run(2, solver)
         if timestep_spacing not in TIMESTEP_SPACINGS:
-            raise ValueError(f"Unknown timestep_spacing {timestep_spacing!r}; choose one of {', '.join(TIMESTEP_SPACINGS)}.")
+            raise ValueError(f"Unknown timestep_spacing {timestep_spacing!r}; "
+                             f"choose one of {', '.join(TIMESTEP_SPACINGS)}.")
         if not shift > 0:
             raise ValueError(f"shift must be positive, got {shift}.")
         if int(num_train_timesteps) < 1:
@@ -131,8 +142,8 @@ class LinearizerScheduler(SchedulerMixin, ConfigMixin):
 
     @property
     def order(self) -> int:
-        """Model evaluations per solver step (1 Euler, 2 Heun, 3 reference_rk, 4 RK4)."""
-        return SOLVER_TABLE[self.config.solver].order
+        """Model evaluations per step, as the solver's entry declares (1 Euler, 2 Heun, 3 reference_rk, 4 RK4)."""
+        return SOLVERS.entry(self.config.solver).order
 
     @property
     def init_noise_sigma(self) -> float:
@@ -197,7 +208,7 @@ class LinearizerScheduler(SchedulerMixin, ConfigMixin):
         sigmas = self._shift(sigmas)
         t_grid = 1.0 - sigmas
         h = np.diff(t_grid)
-        fractions = SOLVER_TABLE[solver].c
+        fractions = SOLVERS.get(solver).c
         t_eval = [t_grid[i + 1] if f == 1.0 else t_grid[i] + f * h[i] for i in range(T - 1) for f in fractions]
         timesteps = (1.0 - torch.tensor(t_eval, dtype=torch.float64)) * n_train
         # Round-trip through t_of so that the caller's t_of(ts) is bit-identical to ours.
@@ -230,15 +241,18 @@ class LinearizerScheduler(SchedulerMixin, ConfigMixin):
         return (starts or hits)[0]
 
     # ------------------------------------------------------------------ stepping
-    def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, return_dict: bool = True,
-             **unused) -> Union[SchedulerOutput, Tuple[torch.Tensor]]:
+    def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor,
+             return_dict: bool = True) -> Union[SchedulerOutput, Tuple[torch.Tensor]]:
         """Advance one model evaluation.
 
         ``model_output`` is the core's clean-latent prediction ``A_t z`` at ``t = t_of(timestep)`` for
-        ``z = sample`` (the state returned by the previous call). Returns the state at which to
-        evaluate the model next — a stage state inside a Heun/RK4 step, the new grid state after the
-        step's last stage. Arithmetic runs in at least float32 (float64 stays float64); the stage
-        states are kept internally at that precision, the returned tensor has ``model_output``'s dtype.
+        ``z = sample`` (the state returned by the previous call), so the slope is
+        ``k = (model_output − z)/(1 − t)``. Returns the state at which to evaluate the model next — the
+        stage state ``z₀ + a_{i+1}·h·k_i`` inside a multi-stage step, the new grid state
+        ``z₀ + (h/d)·Σ b_i k_i`` after the step's last stage (the solver's tableau, :mod:`.solvers`).
+        Arithmetic runs in at least float32 (float64 stays float64); the stage states are kept
+        internally at that precision, the returned tensor has ``model_output``'s dtype. Other keyword
+        arguments (a flow-match scheduler's ``s_churn``, ``generator``, …) are a ``TypeError``.
         """
         if self._t_eval is None:
             raise ValueError("step() called before set_timesteps(num_inference_steps); set the grid first.")
@@ -261,7 +275,7 @@ class LinearizerScheduler(SchedulerMixin, ConfigMixin):
                              f"begin_index has to be a multiple of order = {self.order}.")
         z0, ks = self._stage_state
         ks.append(k)
-        solver = SOLVER_TABLE[self.config.solver]
+        solver = SOLVERS.get(self.config.solver)
         if stage < self.order - 1:  # the state where the next stage is evaluated
             nxt = solver.stage_state(z0, k, stage, h)
         else:  # last stage: combine the slopes
@@ -289,7 +303,8 @@ class LinearizerScheduler(SchedulerMixin, ConfigMixin):
 
         Returns an ``IdentityPlusLowRank`` (a ``SharedBasisOperator`` on the core's ``U``/``V`` for the
         shared-basis core; a ``DenseOperator`` for dense cores), or ``(B, CollapseInfo)`` with
-        ``return_info``. ``dtype``: accumulation precision (float64 or float32).
+        ``return_info``. ``dtype``: accumulation precision (float64 or float32). Each step's propagator is
+        the solver's :meth:`.solvers.Solver.propagator`; the products are :func:`.collapse.collapse_run`'s.
 
         ``progress_bar``: a factory like ``DiffusionPipeline.progress_bar`` (``progress_bar(total=n)``
         returning a context manager with ``update()``); it is called only when a collapse actually
@@ -332,12 +347,12 @@ class LinearizerScheduler(SchedulerMixin, ConfigMixin):
             raise ValueError(f"collapse accumulates in torch.float64 or torch.float32, got {dtype}.")
         # a view of a core (a guided conditional core) names its owner module and what it adds to it
         owner, view_key = core.cache_identity() if hasattr(core, "cache_identity") else (core, None)
-        if not cache and torch.is_grad_enabled() and _requires_grad(owner):
+        if not cache and torch.is_grad_enabled() and requires_grad(owner):
             start = time.perf_counter()
             _, hs, _, t_eval = self._schedule(T, solver)
-            B, info = _collapse(core, solver, hs, t_eval, dtype, tol, grad=True)
+            B, info = collapse_run(core, solver, hs, t_eval, dtype, tol, grad=True)
             return B, CollapseInfo(seconds=time.perf_counter() - start, **info), {}
-        prints = _fingerprint(owner) if cache else None
+        prints = core_fingerprint(owner) if cache else None
         key = None if prints is None else (
             T, solver, self.config.timestep_spacing, float(self.config.shift), self.config.num_train_timesteps,
             dtype, tol, prints[1], prints[0], view_key)
@@ -350,7 +365,7 @@ class LinearizerScheduler(SchedulerMixin, ConfigMixin):
             _, hs, _, t_eval = self._schedule(T, solver)
             bar = progress_bar(total=T - 1) if progress_bar is not None else contextlib.nullcontext()
             with bar as tick:
-                B, info = _collapse(core, solver, hs, t_eval, dtype, tol, getattr(tick, "update", None))
+                B, info = collapse_run(core, solver, hs, t_eval, dtype, tol, getattr(tick, "update", None))
             info = CollapseInfo(seconds=time.perf_counter() - start, **info)
             entry = (weakref.ref(owner) if key is not None else None, B, info, {})
             if key is not None:
@@ -362,93 +377,3 @@ class LinearizerScheduler(SchedulerMixin, ConfigMixin):
     def clear_collapse_cache(self):
         with self._collapse_lock:
             self._collapse_cache.clear()
-
-
-# ---------------------------------------------------------------------- collapse machinery
-def _fingerprint(core):
-    """``(tensor fingerprint, device)`` or ``None`` when ``core`` holds no tensors we can see."""
-    if isinstance(core, torch.nn.Module):
-        tensors = list(core.named_parameters()) + list(core.named_buffers())
-    else:
-        attrs = getattr(core, "__dict__", None) or {s: getattr(core, s, None) for s in getattr(core, "__slots__", ())}
-        tensors = [(n, v) for n, v in attrs.items() if isinstance(v, torch.Tensor)]
-    if not tensors:
-        return None
-    try:
-        weakref.ref(core)
-    except TypeError:
-        return None
-    prints = tuple((n, v.data_ptr(), v._version, tuple(v.shape), v.dtype) for n, v in tensors)
-    return (id(core), prints), str(tensors[0][1].device)
-
-
-def _requires_grad(core) -> bool:
-    """Whether ``core`` is a module with a parameter that requires grad."""
-    return isinstance(core, torch.nn.Module) and any(p.requires_grad for p in core.parameters())
-
-
-def _operators(core, times, grad: bool = False, dtype: Optional[torch.dtype] = None):
-    """``A_t`` for every time from one ``core.operators`` call (in the core's dtype; with ``grad``,
-    attached to the graph and converted to ``dtype`` inside the core, once per call)."""
-    if hasattr(core, "apply") and hasattr(core, "add_identity"):  # a constant operator
-        return [core] * len(times)
-    if not hasattr(core, "operators") or not hasattr(core, "time_dependent"):
-        raise ValueError(f"collapse needs a linear core with `time_dependent` and `operators(ts, dtype)` (the "
-                         f"solvers evaluate A_t at {len(times)} times), got {type(core).__name__}.")
-    kwargs = dict(grad=True, dtype=dtype) if grad else {}
-    if not core.time_dependent:
-        return list(core.operators([None], **kwargs)) * len(times)
-    try:
-        ops = list(core.operators(list(times), **kwargs))
-    except TypeError as err:
-        raise ValueError(f"{type(core).__name__} does not take a time t, but the solver evaluates A_t at "
-                         f"{len(times)} times: {err}") from err
-    if len(ops) != len(times):
-        raise ValueError(f"{type(core).__name__}.operators returned {len(ops)} operators for {len(times)} times.")
-    return ops
-
-
-def _autocast_off(core) -> contextlib.ExitStack:
-    """Autocast disabled on the CPU and on the core's devices: under bf16/fp16 autocast (mixed-precision
-    training) the core's coefficients and the collapse still run in the dtype asked for."""
-    stack = contextlib.ExitStack()
-    kinds = {"cpu"} | ({p.device.type for p in core.parameters()} if isinstance(core, torch.nn.Module) else set())
-    for kind in sorted(k for k in kinds if torch.amp.is_autocast_available(k)):
-        stack.enter_context(torch.autocast(kind, enabled=False))
-    return stack
-
-
-def _collapse(core, solver, hs, t_eval, dtype, tol, tick=None, grad: bool = False):
-    with _autocast_off(core):
-        return _collapse_products(core, solver, hs, t_eval, dtype, tol, tick, grad)
-
-
-def _collapse_products(core, solver, hs, t_eval, dtype, tol, tick=None, grad: bool = False):
-    table = SOLVER_TABLE[solver]
-    order = table.order
-    unique = list(dict.fromkeys(t_eval))
-    ops = dict(zip(unique, _operators(core, unique, grad, dtype)))
-    steps = [(hs[i], t_eval[i * order:(i + 1) * order]) for i in range(len(hs))]
-
-    def propagator(Ks, h):
-        P = table.propagator(Ks, h)
-        if tick is not None:
-            tick()
-        return P
-
-    if grad:
-        B = autograd_collapse(ops, steps, propagator, dtype)
-        dropped, mode = 0.0, "autograd"
-        if tol is not None:
-            B, dropped = B.compress(tol=tol)
-    elif all(isinstance(op, (IdentityPlusLowRank, SharedBasisOperator)) for op in ops.values()):
-        B, mode = structured_collapse(ops, steps, propagator, dtype)
-        dropped = 0.0
-        if tol is not None:
-            B, dropped = B.compress(tol=tol)
-    else:  # any other operator class (dense cores): plain operator algebra
-        gens = {t: latent_generator(op.to(dtype=dtype), t) for t, op in ops.items()}
-        B, dropped = collapse_product((propagator([gens[t] for t in ts], h) for h, ts in steps), tol=tol)
-        mode = "generic"
-    return B, dict(rank=B.rank, dropped=float(dropped), mode=mode, num_steps=len(steps), solver=solver,
-                   evaluations=len(unique))
