@@ -12,6 +12,7 @@ from .defaults import DEFAULT_MODEL_DIR, PACKAGED_MODELS
 from .operators import DenseOperator, IdentityPlusLowRank, SharedBasisOperator
 from .models import LinearizerModel, LinearizerModelOutput
 from .schedulers import LinearizerScheduler
+from .schedulers.collapse_budget import collapse_limits
 from .pipelines import (
     LinearizerInterpolationOutput,
     LinearizerInversionPipeline,

@@ -20,7 +20,7 @@ import torch
 from .atomic import write_bytes_atomic
 
 __all__ = [
-    "OUTPUT_TYPES", "RANGE_SLACK", "images_to_tensor", "postprocess_images", "to_pil_list", "load_image_files",
+    "OUTPUT_TYPES", "RANGE_SLACK", "check_finite", "check_tensor_device", "images_to_tensor", "postprocess_images", "to_pil_list", "load_image_files",
     "image_format", "save_image", "psnr",
 ]
 
@@ -47,15 +47,13 @@ def _pil_to_array(image: PIL.Image.Image) -> np.ndarray:
     return arr.astype(np.float32)
 
 
-def _array_to_tensor(arr: np.ndarray) -> torch.Tensor:
+def _array_to_tensor(arr: np.ndarray, name: str = "image") -> torch.Tensor:
     if arr.dtype == np.uint8:
         arr = arr.astype(np.float32) / 255.0
     elif arr.dtype == np.uint16:
         arr = arr.astype(np.float32) / 65535.0
-    elif arr.dtype == bool:
-        arr = arr.astype(np.float32)
     elif not np.issubdtype(arr.dtype, np.floating):
-        raise ValueError(f"Expected a float (values in [0, 1]) or uint8 image array, got dtype {arr.dtype}.")
+        raise ValueError(f"Expected {name} as a float (values in [0, 1]) or uint8 image array, got dtype {arr.dtype}.")
     if arr.ndim == 2:  # (H, W)
         arr = arr[None, :, :, None]
     elif arr.ndim == 3:  # (H, W, C)
@@ -65,13 +63,12 @@ def _array_to_tensor(arr: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2)
 
 
-def _torch_to_tensor(t: torch.Tensor) -> torch.Tensor:
+def _torch_to_tensor(t: torch.Tensor, name: str = "image") -> torch.Tensor:
+    check_tensor_device(t, name)
     if t.dtype == torch.uint8:
         t = t.float() / 255.0
-    elif t.dtype == torch.bool:
-        t = t.float()
     elif not t.is_floating_point():
-        raise ValueError(f"Expected a float (values in [0, 1]) or uint8 image tensor, got dtype {t.dtype}.")
+        raise ValueError(f"Expected {name} as a float (values in [0, 1]) or uint8 image tensor, got dtype {t.dtype}.")
     if t.ndim == 2:  # (H, W)
         t = t[None, None]
     elif t.ndim == 3:  # (C, H, W)
@@ -95,17 +92,43 @@ def _pil_item(item: PIL.Image.Image, shape: Tuple[int, int, int], expected: str,
     return torch.from_numpy(_pil_to_array(item).reshape(h, w, c)).permute(2, 0, 1)[None]
 
 
+def check_tensor_device(x: torch.Tensor, name: str) -> None:
+    """A ``ValueError`` naming ``name`` for a tensor without data (the ``meta`` device: shapes only)."""
+    if x.device.type == "meta":
+        raise ValueError(f"{name} is on the 'meta' device (a tensor without values); pass a tensor with data, e.g. "
+                         "on 'cpu' or 'cuda'.")
+
+
+def check_finite(x: torch.Tensor, name: str) -> None:
+    """A ``ValueError`` naming ``name`` when the float tensor ``x`` holds NaN or infinite values (the one check of
+    finiteness for images and latents; say how many)."""
+    bad = ~torch.isfinite(x)
+    if bool(bad.any()):
+        nan = int(torch.isnan(x).sum())
+        raise ValueError(f"{name} contains NaN or infinite values ({nan} NaN, {int(bad.sum()) - nan} infinite of "
+                         f"{x.numel()}); expected finite numbers.")
+
+
+def _range_hint(lo: float, hi: float) -> str:
+    """What convention float values in ``[lo, hi]`` outside ``[0, 1]`` look like, only when they really fit it."""
+    if lo >= -RANGE_SLACK and 10.0 < hi <= 255.0 + RANGE_SLACK:
+        return " (it looks like [0, 255]: divide by 255 or pass uint8)"
+    if -1.0 - 1e-3 <= lo < -RANGE_SLACK and hi <= 1.0 + 1e-3:
+        return " (it looks like [-1, 1]: map it with (x + 1) / 2)"
+    return (" (not [0, 255] nor [-1, 1]; a model's raw output, generated with clamp=False, reaches past [0, 1] like "
+            "this)")
+
+
 def _check_values(x: torch.Tensor, name: str, check_range: bool) -> None:
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError(f"{name} contains NaN or infinite values.")
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} is an empty batch (shape {tuple(x.shape)}); expected one or more images.")
+    check_finite(x, name)
     lo, hi = float(x.min()), float(x.max())
     if check_range and (lo < -RANGE_SLACK or hi > 1.0 + RANGE_SLACK):
-        guess = " (it looks like [0, 255]: divide by 255 or pass uint8)" if hi > 10.0 else (
-            " (it looks like [-1, 1]: map it with (x + 1) / 2)" if lo < -RANGE_SLACK else "")
         raise ValueError(
             f"Expected {name} with float values in [0, 1] (uint8 arrays/tensors and PIL images are converted), "
-            f"got values in [{lo:.4g}, {hi:.4g}]{guess}. To invert values outside this range on purpose (e.g. "
-            "the unclamped output of an untrained model), pass check_range=False."
+            f"got values in [{lo:.4g}, {hi:.4g}]{_range_hint(lo, hi)}. To invert values outside this range on purpose "
+            "(e.g. a model's unclamped output, clamp=False), pass check_range=False."
         )
 
 
@@ -115,7 +138,8 @@ def images_to_tensor(image, sample_shape: Tuple[int, int, int], name: str = "ima
 
     Conventions follow diffusers' image processors: PIL images (uint8 → /255), numpy arrays ``(H, W)``,
     ``(H, W, C)`` or ``(N, H, W, C)``, torch tensors ``(H, W)``, ``(C, H, W)`` or ``(N, C, H, W)``;
-    uint8 arrays and tensors are divided by 255. Float input must already be in ``[0, 1]``: values more
+    uint8 arrays and tensors are divided by 255; other integer and bool dtypes are refused (say what the values
+    mean: ``x.float() / 255`` or ``x.float()``), as are tensors on the ``meta`` device and empty batches. Float input must already be in ``[0, 1]``: values more
     than :data:`RANGE_SLACK` outside (images in ``[0, 255]`` or ``[-1, 1]``) are an error naming the
     range (unless ``check_range=False``), as are NaNs. Images are never resized: a wrong size or channel count is an error naming the
     expected ``C×H×W``.
@@ -130,9 +154,9 @@ def images_to_tensor(image, sample_shape: Tuple[int, int, int], name: str = "ima
         if isinstance(item, PIL.Image.Image):
             parts.append(_pil_item(item, sample_shape, expected, name))
         elif isinstance(item, np.ndarray):
-            parts.append(_array_to_tensor(item))
+            parts.append(_array_to_tensor(item, name))
         elif isinstance(item, torch.Tensor):
-            parts.append(_torch_to_tensor(item.detach()))
+            parts.append(_torch_to_tensor(item.detach(), name))
         else:
             raise ValueError(f"Expected {name} as PIL images, numpy arrays or torch tensors, got {type(item).__name__}.")
     x = torch.cat([p.to(parts[0].device) for p in parts], 0)

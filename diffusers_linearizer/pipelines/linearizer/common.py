@@ -3,11 +3,14 @@ and its pseudo-inverse ``B†`` (both cached by the scheduler), and the checks o
 
 from typing import Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 from diffusers.utils import logging
 
 from ...images import OUTPUT_TYPES
 from ...models import LinearizerModel
+from ...schedulers.collapse_budget import check_collapse_budget
+from ...schedulers.solvers import SOLVERS
 from .conditioning import ConditionalPipelineMixin
 from .loading import LinearizerLoadingMixin
 
@@ -18,6 +21,30 @@ def apply_operator(op, z: torch.Tensor) -> torch.Tensor:
     """``op`` applied to image-shaped latents ``(N, C, H, W)`` in the operator's dtype, cast back."""
     out = op.apply(z.flatten(1).to(device=op.device, dtype=op.dtype))
     return out.to(device=z.device, dtype=z.dtype).view_as(z)
+
+
+def check_flags(**flags) -> None:
+    """A ``ValueError`` naming each argument among ``flags`` that is not ``True`` or ``False`` (``one_step="no"``
+    would otherwise count as true)."""
+    wrong = [f"{name}={value!r}" for name, value in flags.items() if not isinstance(value, (bool, np.bool_))]
+    if wrong:
+        raise ValueError(f"Expected True or False for {', '.join(wrong)}.")
+
+
+def check_finite_result(x: torch.Tensor, what: str, guidance_scale: Optional[float] = None,
+                        temperature: Optional[float] = None) -> None:
+    """A ``ValueError`` instead of an image when a run produced NaN or infinite values, naming the argument
+    that makes the numbers overflow (a huge ``guidance_scale`` or ``temperature``), never a black image."""
+    if bool(torch.isfinite(x).all()):
+        return
+    causes = []
+    if guidance_scale is not None and guidance_scale > 1:
+        causes.append(f"guidance_scale={guidance_scale:g} (B(c, w) grows with w = guidance_scale − 1)")
+    if temperature is not None and temperature != 1.0:
+        causes.append(f"temperature={temperature:g}")
+    cause = (" caused by " + " or ".join(causes) + "; use a smaller value") if causes else (
+        "; the model's weights or the latents passed may hold NaN/inf, or num_inference_steps makes B overflow")
+    raise ValueError(f"The run produced non-finite {what}{cause}. No images were returned.")
 
 
 def check_output_type(output_type, allowed: Sequence[str] = OUTPUT_TYPES) -> str:
@@ -46,6 +73,17 @@ class LinearizerPipelineMixin(ConditionalPipelineMixin, LinearizerLoadingMixin):
         """The components, then ``num_inference_steps`` and ``solver`` by their owner, the scheduler."""
         self._check_components()
         return self.scheduler.check_run(num_inference_steps, solver)
+
+    def check_collapse_budget(self, num_inference_steps: int, solver: str, core=None):
+        """Refuse, before anything is allocated, a collapse that would not fit in memory or time (the estimate
+        and the limits: :mod:`diffusers_linearizer.schedulers.collapse_budget`); returns the estimate."""
+        if core is None and self.conditioning is not None:  # estimated on one condition's view: all cost the same
+            cfg = self.linearizer.config
+            probe = 0 if self.conditioning == "class" else torch.zeros(cfg.condition_dim, device=self.linearizer.device,
+                                                                       dtype=self.linearizer.dtype)
+            core = self.linearizer.guided_core(probe, probe if self.conditioning == "text" else None, 0.0)
+        return check_collapse_budget(self.linearizer.core if core is None else core, num_inference_steps,
+                                     SOLVERS.get(solver).c, self._collapse_dtype())
 
     def _onload(self) -> None:
         """Put the model in eval mode and trigger accelerate's offload hook.
@@ -78,6 +116,7 @@ class LinearizerPipelineMixin(ConditionalPipelineMixin, LinearizerLoadingMixin):
         model's core to collapse instead (a guided conditional core, ``guided_view``), ``B(c, w)``.
         """
         T, solver = self.check_run(num_inference_steps, solver)
+        self.check_collapse_budget(T, solver, core)
         return self.scheduler.collapse(self.linearizer.core if core is None else core, T, solver=solver,
                                        dtype=self._collapse_dtype(), progress_bar=self.progress_bar)
 
@@ -85,6 +124,7 @@ class LinearizerPipelineMixin(ConditionalPipelineMixin, LinearizerLoadingMixin):
                        core=None):
         """``B†``, the Moore–Penrose pseudo-inverse of :meth:`collapsed_operator` (cached with ``B`` by the scheduler)."""
         T, solver = self.check_run(num_inference_steps, solver)
+        self.check_collapse_budget(T, solver, core)
         return self.scheduler.pseudo_inverse(self.linearizer.core if core is None else core, T, solver=solver,
                                              dtype=self._collapse_dtype(), rcond=rcond, progress_bar=self.progress_bar)
 

@@ -134,6 +134,8 @@ class ConditionalPipelineMixin:
         for k in ("class_labels", "prompt"):
             v = kwargs.get(k)
             if isinstance(v, (list, tuple)) or (isinstance(v, torch.Tensor) and v.ndim == 1):
+                if len(v) == 0:
+                    raise ValueError(f"{k} is empty; pass one or more {'class ids or names' if 'class' in k else 'prompts'}.")
                 return len(v)
         v = kwargs.get("prompt_embeds")
         return v.shape[0] if isinstance(v, torch.Tensor) and v.ndim == 2 else None

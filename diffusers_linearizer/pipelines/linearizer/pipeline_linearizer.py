@@ -26,11 +26,11 @@ from diffusers import DiffusionPipeline, ImagePipelineOutput
 from diffusers.utils import logging
 from diffusers.utils.torch_utils import randn_tensor
 
-from ...images import postprocess_images, psnr  # noqa: F401  (psnr: benchmarks/quality.py imports it from here)
+from ...images import check_finite, check_tensor_device, postprocess_images, psnr  # noqa: F401  (psnr: benchmarks/quality.py imports it from here)
 from ...models import LinearizerModel
 from ...models.config_checks import check_temperature
 from ...schedulers import LinearizerScheduler
-from .common import LinearizerPipelineMixin, apply_operator, check_output_type
+from .common import LinearizerPipelineMixin, apply_operator, check_finite_result, check_flags, check_output_type
 from .conditioning import guidance_weight
 from .fast_sampling import FastSamplingMixin
 
@@ -97,8 +97,13 @@ class LinearizerPipeline(FastSamplingMixin, LinearizerPipelineMixin, DiffusionPi
             if not isinstance(latents, torch.Tensor) or latents.ndim != 4 or tuple(latents.shape[1:]) != shape:
                 got = tuple(latents.shape) if isinstance(latents, torch.Tensor) else type(latents).__name__
                 raise ValueError(f"Expected latents (the initial noise) of shape (batch_size, {', '.join(map(str, shape))}), got {got}.")
-            if latents.is_floating_point() and not bool(torch.isfinite(latents).all()):
-                raise ValueError("latents contains NaN or infinite values.")
+            check_tensor_device(latents, "latents")
+            if not latents.is_floating_point():
+                raise ValueError(f"latents must be a floating-point tensor (the initial noise), got {latents.dtype}.")
+            if latents.shape[0] == 0:
+                raise ValueError(f"latents is an empty batch (shape {tuple(latents.shape)}); expected one or more "
+                                 "noise tensors.")
+            check_finite(latents, "latents")
         if batch_size is None:
             batch_size = latents.shape[0] if latents is not None else len(generator) if isinstance(generator, list) else 1
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
@@ -227,6 +232,7 @@ class LinearizerPipeline(FastSamplingMixin, LinearizerPipelineMixin, DiffusionPi
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
         cond_args = cond_args or {}
+        check_flags(one_step=one_step, return_dict=return_dict, clamp=clamp)
         self._check_components()
         self.check_model_kind()
         w = self.resolve_guidance(guidance_scale)
@@ -236,6 +242,8 @@ class LinearizerPipeline(FastSamplingMixin, LinearizerPipelineMixin, DiffusionPi
         batch_size, T, solver, temperature = self.check_inputs(
             batch_size, num_inference_steps, solver, output_type, generator, latents, callback_on_step_end,
             callback_on_step_end_tensor_inputs, temperature)
+        if one_step:
+            self.check_collapse_budget(T, solver)
         device = self._execution_device
         if self.conditioning == "class":  # ids are checked here; text is encoded after onloading
             conditions = self.prepare_conditions(cond_args, batch_size, w, device)
@@ -253,10 +261,14 @@ class LinearizerPipeline(FastSamplingMixin, LinearizerPipelineMixin, DiffusionPi
         else:
             z = self.integrate(z, T, solver, callback_on_step_end, callback_on_step_end_tensor_inputs, noise=noise,
                                conditions=conditions, guidance=w)
+        scale = self.guidance_scale if w != 0.0 else None
+        check_finite_result(z, "latents", scale, temperature)
         if output_type == "latent":
             images = z
         else:
-            images = postprocess_images(self.run_g(z, "x", inverse=True), output_type, clamp=clamp)
+            x = self.run_g(z, "x", inverse=True)
+            check_finite_result(x, "images", scale, temperature)
+            images = postprocess_images(x, output_type, clamp=clamp)
         self.maybe_free_model_hooks()
         if not return_dict:
             return (images,)

@@ -25,7 +25,7 @@ from diffusers import DiffusionPipeline
 from ...images import images_to_tensor, postprocess_images, psnr
 from ...models import LinearizerModel
 from ...schedulers import LinearizerScheduler
-from .common import LinearizerPipelineMixin, apply_operator, check_output_type
+from .common import LinearizerPipelineMixin, apply_operator, check_finite_result, check_flags, check_output_type
 from .conditioning import ClassConditionMixin, TextConditionMixin
 from .pipeline_output import LinearizerInterpolationOutput, LinearizerInversionPipelineOutput
 
@@ -84,10 +84,17 @@ class LinearizerInversionPipeline(ClassConditionMixin, TextConditionMixin, Linea
         return x.to(device=self._execution_device, dtype=self.linearizer.dtype)
 
     def _conditions(self, cond_args, guidance_scale, n: int):
-        """``(conditions, w)`` for ``n`` images after the checks of :class:`LinearizerPipeline`."""
+        """``(conditions, w)`` for ``n`` images after the checks of :class:`LinearizerPipeline`. A class-conditioned
+        model needs ``class_labels``: an image's noise depends on the class it is inverted under, so none is
+        guessed (generation's "classes in turn" would silently invert image ``i`` under class ``i mod K``)."""
         self._check_components()
         w = self.resolve_guidance(guidance_scale)
         self._check_condition_args(cond_args, w)
+        if self.conditioning == "class" and cond_args.get("class_labels") is None:
+            raise ValueError(
+                "This model is class-conditioned: pass class_labels, the class each image is inverted under (one "
+                f"for all, or one per image; {self._names()}); the noise found depends on it."
+            )
         return self.prepare_conditions(cond_args, n, w), w
 
     def _invert(self, x: torch.Tensor, num_inference_steps: int, solver: Optional[str], rcond: Optional[float],
@@ -153,9 +160,11 @@ class LinearizerInversionPipeline(ClassConditionMixin, TextConditionMixin, Linea
         cond_args = dict(class_labels=class_labels, negative_class_labels=negative_class_labels, prompt=prompt,
                          negative_prompt=negative_prompt, prompt_embeds=prompt_embeds,
                          negative_prompt_embeds=negative_prompt_embeds)
+        check_flags(return_dict=return_dict, clamp=clamp, check_range=check_range)
         x = self._prepare(image, "image", num_inference_steps, solver, output_type, check_range)
         conditions, w = self._conditions(cond_args, guidance_scale, x.shape[0])
         noise, z0, z1, x_rec = self._invert(x, num_inference_steps, solver, rcond, conditions, w)
+        check_finite_result(noise, "noise", self.guidance_scale if w != 0.0 else None)
         err = (x_rec.double() - x.double()).flatten(1).norm(dim=1)
         rel = err / x.double().flatten(1).norm(dim=1).clamp_min(torch.finfo(torch.float64).tiny)
         quality = psnr(x_rec, x)
@@ -178,7 +187,10 @@ class LinearizerInversionPipeline(ClassConditionMixin, TextConditionMixin, Linea
         rcond: Optional[float] = None,
         output_type: str = "pil",
         return_dict: bool = True,
+        check_range: bool = True,
         class_labels=None,
+        prompt=None,
+        prompt_embeds: Optional[torch.Tensor] = None,
         guidance_scale: Optional[float] = None,
     ) -> Union[LinearizerInterpolationOutput, Tuple]:
         r"""Frames between two images: invert both, interpolate their noise, generate each frame in one step.
@@ -188,9 +200,11 @@ class LinearizerInversionPipeline(ClassConditionMixin, TextConditionMixin, Linea
         ``g_x⁻¹(B g_y(noise_w))``. The first and last frames are the reconstructions of ``image_a`` and
         ``image_b``.
 
-        Class-conditioned models: ``class_labels`` is one class for both ends or ``[class_a, class_b]``; each
-        end is inverted under its class, and frame ``λ`` is generated with the interpolated core
-        ``(1 − λ)·A(t, c_a) + λ·A(t, c_b)``, guided by ``guidance_scale`` (its own collapsed operator per frame).
+        Conditioned models: ``class_labels`` (or ``prompt`` / ``prompt_embeds`` for a text model) is one condition
+        for both ends or ``[c_a, c_b]``; each end is inverted under its condition, and frame ``λ`` is generated
+        with the interpolated core ``(1 − λ)·A(t, c_a) + λ·A(t, c_b)``, guided by ``guidance_scale`` (its own
+        collapsed operator per frame). ``check_range``: as in :meth:`__call__` (``False`` takes a model's own
+        unclamped outputs, which reach past ``[0, 1]``).
 
         Returns:
             :class:`LinearizerInterpolationOutput` with ``frames``, ``noise`` ``(F, C, H, W)``, ``weights``
@@ -200,22 +214,24 @@ class LinearizerInversionPipeline(ClassConditionMixin, TextConditionMixin, Linea
             raise ValueError(f"num_frames must be an int ≥ 2, got {num_frames!r}.")
         if mode not in INTERPOLATION_MODES:
             raise ValueError(f"Unknown interpolation mode {mode!r}; choose one of {', '.join(INTERPOLATION_MODES)}.")
-        xa = self._prepare(image_a, "image_a", num_inference_steps, solver, output_type)
-        xb = self._prepare(image_b, "image_b", num_inference_steps, solver, output_type)
+        check_flags(return_dict=return_dict, check_range=check_range)
+        xa = self._prepare(image_a, "image_a", num_inference_steps, solver, output_type, check_range)
+        xb = self._prepare(image_b, "image_b", num_inference_steps, solver, output_type, check_range)
         if xa.shape[0] != 1 or xb.shape[0] != 1:
             raise ValueError(
                 f"interpolate takes one image for each end, got {xa.shape[0]} and {xb.shape[0]} images."
             )
         x = torch.cat([xa, xb])
-        conditions, w = self._conditions(dict(class_labels=class_labels), guidance_scale, 2)
+        cond_args = dict(class_labels=class_labels, prompt=prompt, prompt_embeds=prompt_embeds)
+        conditions, w = self._conditions(cond_args, guidance_scale, 2)
         noise, _, _, x_rec = self._invert(x, num_inference_steps, solver, rcond, conditions, w)
         weights = torch.linspace(0.0, 1.0, num_frames, dtype=torch.float64)
         a, b = noise[0].flatten(), noise[1].flatten()
         if mode == "slerp":
             path = slerp(a, b, weights.to(a.device))
         else:
-            w = weights.to(device=a.device, dtype=torch.float64)[:, None]
-            path = ((1 - w) * a.double() + w * b.double()).to(a.dtype)
+            lam = weights.to(device=a.device, dtype=torch.float64)[:, None]
+            path = ((1 - lam) * a.double() + lam * b.double()).to(a.dtype)
         frame_noise = path.view(num_frames, *self.linearizer.sample_shape)
         z = self.linearizer.encode(frame_noise, "y")
         if conditions is None:
@@ -224,7 +240,9 @@ class LinearizerInversionPipeline(ClassConditionMixin, TextConditionMixin, Linea
             (ca, cb), neg = conditions[0], conditions[1][0]
             z = torch.cat([apply_operator(self._operator_for(None, neg, w, num_inference_steps, solver, blend=[
                 (1.0 - float(lam), ca), (float(lam), cb)]), z[i:i + 1]) for i, lam in enumerate(weights)])
-        frames = postprocess_images(self.linearizer.decode(z, "x"), output_type)
+        decoded = self.linearizer.decode(z, "x")
+        check_finite_result(decoded, "frames", self.guidance_scale if w != 0.0 else None)
+        frames = postprocess_images(decoded, output_type)
         self.maybe_free_model_hooks()
         out = (frames, frame_noise, weights, psnr(x_rec, x).cpu())
         if not return_dict:
