@@ -160,3 +160,18 @@ def test_interpolation_takes_a_model_s_unclamped_outputs_only_when_asked(pipe):
     with pytest.raises(ValueError, match="clamp=False"):
         inv.interpolate(x, x, num_frames=2, num_inference_steps=STEPS)
     assert inv.interpolate(x, x, num_frames=2, num_inference_steps=STEPS, check_range=False).frames
+
+
+@pytest.mark.parametrize("lo, hi, hint", [
+    (-1.44, 3.62, "a model's raw output, generated with clamp=False"),  # what an unclamped model output looks like
+    (-1.0, 1.0, "it looks like [-1, 1]"),
+    (0.0, 255.0, "it looks like [0, 255]"),
+])
+def test_the_range_hint_fits_the_values(pipe, lo, hi, hint):
+    inv = LinearizerInversionPipeline(**pipe.components)
+    x = torch.linspace(lo, hi, 64, dtype=torch.float64).view(1, 1, 8, 8)
+    with pytest.raises(ValueError) as info:
+        inv(x, num_inference_steps=STEPS)
+    assert hint in str(info.value) and "check_range=False" in str(info.value)
+    others = {"it looks like [-1, 1]", "it looks like [0, 255]", "a model's raw output"} - {hint}
+    assert not any(o in str(info.value) for o in others if o not in hint)
