@@ -13,7 +13,7 @@ from diffusers_linearizer import (
     LinearizerScheduler,
     LinearizerTextPipeline,
 )
-from diffusers_linearizer.models.conditional_cores import build_conditional_core
+from diffusers_linearizer.models.core_registry import CoreSpec, build_core_from_config
 
 from .utils import perturb_all, tiny_model
 
@@ -22,7 +22,8 @@ NAMES = {"0": "cat", "1": "dog, puppy", "2": "bird"}
 
 
 def _core(core_type, dtype=torch.float64, conditioning="class"):
-    core = build_conditional_core(core_type, D, R, 16, 8, True, "diffusion", conditioning, 3, 5).to(dtype)
+    core = build_core_from_config(core_type, D, CoreSpec(rank=R, hidden_dim=16, embedding_dim=8, conditioning=conditioning,
+                                                        num_classes=3, condition_dim=5)).to(dtype)
     perturb_all(core, 0.2, seed=1)
     return core
 

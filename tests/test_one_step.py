@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.func import functional_call, jacrev
 
-from diffusers_linearizer.models.cores import build_core
+from diffusers_linearizer.models.core_registry import CoreSpec, build_core_from_config
 from diffusers_linearizer.schedulers import LinearizerScheduler
 from diffusers_linearizer.training.likelihood import check_likelihood_model, likelihood_terms
 from diffusers_linearizer.training.one_step import (
@@ -50,7 +50,7 @@ def _stepped(core, scheduler, z, T):
 @pytest.mark.parametrize("core_type", CORES + ("dense",))
 def test_autograd_collapse_equals_stepping(core_type, solver):
     torch.manual_seed(0)
-    core = build_core(core_type, 12, 3, 16, 8, True).double()
+    core = build_core_from_config(core_type, 12, CoreSpec(rank=3, hidden_dim=16, embedding_dim=8)).double()
     perturb_all(core, 0.1)
     scheduler = LinearizerScheduler(solver=solver)
     B, info = scheduler.collapse(core, 5, cache=False, return_info=True)

@@ -42,7 +42,6 @@ from ..operators import IdentityPlusLowRank, SharedBasisOperator
 from .cores import SharedBasisCore, TimeLowRankCore, _as_time, _keep
 
 CONDITIONINGS = ("class", "text")
-CONDITIONAL_CORE_TYPES = ("shared_basis", "time_lowrank", "constant_basis")
 _HALF = (torch.float16, torch.bfloat16)
 
 
@@ -276,16 +275,3 @@ class GuidedCore:
         blend = tuple((lam, condition_key(c)) for lam, c in self.blend)
         negative = None if self.negative is None else condition_key(self.negative)
         return self.core, ("guided", blend, negative, self.guidance)
-
-
-def build_conditional_core(core_type: str, dim: int, rank: int, hidden_dim: int, embedding_dim: int, identity: bool,
-                           time_embedding: str, conditioning: str, num_classes: int, condition_dim: int):
-    """A conditional core by name (one of :data:`CONDITIONAL_CORE_TYPES`)."""
-    kwargs = dict(hidden_dim=hidden_dim, embedding_dim=embedding_dim, identity=identity, time_embedding=time_embedding)
-    cond = dict(conditioning=conditioning, num_classes=num_classes, condition_dim=condition_dim)
-    if core_type == "time_lowrank":
-        return ConditionalTimeLowRankCore(dim, rank, **cond, **kwargs)
-    if core_type in ("shared_basis", "constant_basis"):
-        return ConditionalSharedBasisCore(dim, rank, time_conditioned=core_type == "shared_basis", **cond, **kwargs)
-    raise ValueError(f"core_type {core_type!r} cannot be conditioned; with conditioning={conditioning!r} use one of "
-                     f"{', '.join(CONDITIONAL_CORE_TYPES)}.")

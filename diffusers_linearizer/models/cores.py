@@ -41,7 +41,6 @@ from torch import Tensor, nn
 from ..operators import DenseOperator, IdentityPlusLowRank, SharedBasisOperator
 from .embeddings import sinusoidal_embedding
 
-CORE_TYPES = ("dense", "lowrank", "time_lowrank", "shared_basis")
 
 
 def _as_time(t, n: int, like: Tensor) -> Tensor:
@@ -293,20 +292,3 @@ class SharedBasisCore(_TimeEmbedded):
         U, V = _keep(self.U, grad).to(dtype), _keep(self.V, grad).to(dtype)
         gram = V.T @ U
         return [SharedBasisOperator(a[i].to(dtype), s[i].to(dtype), U, V, gram=gram) for i in range(len(ts))]
-
-
-def build_core(core_type: str, dim: int, rank: int, hidden_dim: int, embedding_dim: int, identity: bool,
-               time_embedding: str = "diffusion") -> LinearCore:
-    """Construct a core by name (one of :data:`CORE_TYPES`); ``time_embedding`` (:data:`TIME_EMBEDDINGS`) applies
-    to the time-conditioned cores."""
-    if core_type == "dense":
-        return DenseCore(dim)
-    if core_type == "lowrank":
-        return LowRankCore(dim, rank, identity_scale=1.0 if identity else 0.0)
-    if core_type == "time_lowrank":
-        return TimeLowRankCore(dim, rank, hidden_dim=hidden_dim, embedding_dim=embedding_dim, identity=identity,
-                               time_embedding=time_embedding)
-    if core_type == "shared_basis":
-        return SharedBasisCore(dim, rank, hidden_dim=hidden_dim, embedding_dim=embedding_dim, identity=identity,
-                               time_embedding=time_embedding)
-    raise ValueError(f"Unknown core_type {core_type!r}; expected one of {', '.join(CORE_TYPES)}.")
