@@ -17,12 +17,6 @@ from .loading import LinearizerLoadingMixin
 logger = logging.get_logger(__name__)
 
 
-def apply_operator(op, z: torch.Tensor) -> torch.Tensor:
-    """``op`` applied to image-shaped latents ``(N, C, H, W)`` in the operator's dtype, cast back."""
-    out = op.apply(z.flatten(1).to(device=op.device, dtype=op.dtype))
-    return out.to(device=z.device, dtype=z.dtype).view_as(z)
-
-
 def check_flags(**flags) -> None:
     """A ``ValueError`` naming each argument among ``flags`` that is not ``True`` or ``False`` (``one_step="no"``
     would otherwise count as true)."""

@@ -30,7 +30,7 @@ from ...images import check_finite, check_tensor_device, postprocess_images, psn
 from ...models import LinearizerModel
 from ...models.config_checks import check_temperature
 from ...schedulers import LinearizerScheduler
-from .common import LinearizerPipelineMixin, apply_operator, check_finite_result, check_flags, check_output_type
+from .common import LinearizerPipelineMixin, check_finite_result, check_flags, check_output_type
 from .conditioning import guidance_weight
 from .fast_sampling import FastSamplingMixin
 
@@ -219,7 +219,7 @@ class LinearizerPipeline(FastSamplingMixin, LinearizerPipelineMixin, DiffusionPi
         out = torch.empty_like(z)
         for cond, neg, idx in self.condition_groups(conditions, z.shape[0]):
             index = torch.tensor(idx, device=z.device)
-            out[index] = apply_operator(self._operator_for(cond, neg, w, num_inference_steps, solver), z[index])
+            out[index] = self._operator_for(cond, neg, w, num_inference_steps, solver).apply_images(z[index])
         return out
 
     def _generate(self, batch_size, num_inference_steps, solver, one_step, generator, latents, temperature, output_type,

@@ -25,7 +25,7 @@ from diffusers import DiffusionPipeline
 from ...images import images_to_tensor, postprocess_images, psnr
 from ...models import LinearizerModel
 from ...schedulers import LinearizerScheduler
-from .common import LinearizerPipelineMixin, apply_operator, check_finite_result, check_flags, check_output_type
+from .common import LinearizerPipelineMixin, check_finite_result, check_flags, check_output_type
 from .conditioning import ClassConditionMixin, TextConditionMixin
 from .pipeline_output import LinearizerInterpolationOutput, LinearizerInversionPipelineOutput
 
@@ -108,9 +108,9 @@ class LinearizerInversionPipeline(ClassConditionMixin, TextConditionMixin, Linea
             B = self.collapsed_operator(num_inference_steps, solver, core=view)
             B_pinv = self.pseudo_inverse(num_inference_steps, solver, rcond, core=view)
             index = torch.tensor(idx, device=z1.device)
-            z0_exact = B_pinv.apply(z1[index].flatten(1).to(device=B_pinv.device, dtype=B_pinv.dtype))
-            z0[index] = z0_exact.to(device=z1.device, dtype=z1.dtype).view_as(z1[index])
-            z1_rec[index] = B.apply(z0_exact.to(B.dtype)).to(device=z1.device, dtype=z1.dtype).view_as(z1[index])
+            z0_exact = B_pinv.apply_images(z1[index].to(B_pinv.dtype))  # kept in the collapse's precision
+            z0[index] = z0_exact.to(z1.dtype)
+            z1_rec[index] = B.apply_images(z0_exact).to(z1.dtype)
         noise = self.linearizer.decode(z0, "y")
         x_rec = self.linearizer.decode(z1_rec, "x")
         return noise, z0, z1, x_rec
@@ -235,11 +235,11 @@ class LinearizerInversionPipeline(ClassConditionMixin, TextConditionMixin, Linea
         frame_noise = path.view(num_frames, *self.linearizer.sample_shape)
         z = self.linearizer.encode(frame_noise, "y")
         if conditions is None:
-            z = apply_operator(self.collapsed_operator(num_inference_steps, solver), z)
+            z = self.collapsed_operator(num_inference_steps, solver).apply_images(z)
         else:
             (ca, cb), neg = conditions[0], conditions[1][0]
-            z = torch.cat([apply_operator(self._operator_for(None, neg, w, num_inference_steps, solver, blend=[
-                (1.0 - float(lam), ca), (float(lam), cb)]), z[i:i + 1]) for i, lam in enumerate(weights)])
+            z = torch.cat([self._operator_for(None, neg, w, num_inference_steps, solver, blend=[
+                (1.0 - float(lam), ca), (float(lam), cb)]).apply_images(z[i:i + 1]) for i, lam in enumerate(weights)])
         decoded = self.linearizer.decode(z, "x")
         check_finite_result(decoded, "frames", self.guidance_scale if w != 0.0 else None)
         frames = postprocess_images(decoded, output_type)
