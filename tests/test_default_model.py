@@ -15,9 +15,14 @@ from .test_pipeline import make_pipe
 SHIPPED = Path(pl.DEFAULT_MODEL_DIR)
 
 
-def test_cli_and_pipeline_agree_on_the_default_location():
-    assert Path(cli.DEFAULT_MODEL_DIR).resolve() == SHIPPED.resolve()
-    assert SHIPPED.parent.name == "diffusers_linearizer"
+def test_the_command_line_loads_the_folder_inside_the_installed_package():
+    import diffusers_linearizer
+
+    folder = Path(diffusers_linearizer.__file__).resolve().parent / "default_model"  # where the wheel puts it
+    assert SHIPPED.resolve() == folder
+    expected = LinearizerPipeline.from_pretrained(str(folder)).linearizer.state_dict()
+    loaded = cli.load_pipeline(None, "float32", main=False).linearizer.state_dict()
+    assert expected.keys() == loaded.keys() and all(torch.equal(expected[k], loaded[k]) for k in expected)
 
 
 def test_from_pretrained_without_a_path_loads_the_default(tmp_path, monkeypatch):
