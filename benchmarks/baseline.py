@@ -1,6 +1,6 @@
 """The baseline the Linearizer is compared with: a diffusers ``UNet2DModel`` trained by flow matching.
 
-What a diffusers user would train instead: a ``UNet2DModel`` (the layout of ``step_cost.unet_config``,
+What a diffusers user would train instead: a ``UNet2DModel`` (the layout of :func:`unet_config`,
 width chosen for the parameter count closest to a given Linearizer) with diffusers'
 ``FlowMatchEulerDiscreteScheduler`` objective::
 
@@ -24,28 +24,53 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
-import sys
 import time
 from typing import Dict, Optional
 
 import torch
+from common import REPO, count_params
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-for path in (REPO, os.path.dirname(os.path.abspath(__file__))):
-    if path not in sys.path:
-        sys.path.insert(0, path)
-
-from step_cost import baseline_unet, count_params, flow_matching_loss  # noqa: E402
-
-from diffusers_linearizer.training.data import FASHION_MNIST_DIR, EpochShuffleSampler, FashionMNIST, derive_seed  # noqa: E402
-from diffusers_linearizer import replace_dir, write_json_atomic  # noqa: E402
-from diffusers_linearizer.training import EMA  # noqa: E402
+from diffusers_linearizer import replace_dir, write_json_atomic
+from diffusers_linearizer.training import EMA
+from diffusers_linearizer.training.data import FASHION_MNIST_DIR, EpochShuffleSampler, FashionMNIST, derive_seed
 
 SNAPSHOTS = "snapshots"
 SNAPSHOT_INDEX = "snapshots.json"
 
 
+# ---------------------------------------------------------------------- the model and its loss
+def unet_config(width: int, sample_size: int = 32, channels: int = 1) -> Dict:
+    """The baseline ``UNet2DModel`` layout at width ``w``: levels (w, 2w, 2w), 2 layers each, attention at level 2."""
+    return dict(
+        sample_size=sample_size, in_channels=channels, out_channels=channels,
+        block_out_channels=(width, 2 * width, 2 * width), layers_per_block=2,
+        down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+        norm_num_groups=math.gcd(width, 32),
+    )
+
+
+def baseline_unet(target_params: int, sample_size: int = 32, channels: int = 1, widths=range(8, 129, 4)):
+    """``(UNet2DModel, width)`` of the layout above with the parameter count closest to ``target_params``."""
+    from diffusers import UNet2DModel
+
+    with torch.device("meta"):
+        counts = {w: count_params(UNet2DModel(**unet_config(w, sample_size, channels))) for w in widths}
+    width = min(counts, key=lambda w: abs(counts[w] - target_params))
+    return UNet2DModel(**unet_config(width, sample_size, channels)), width
+
+
+def flow_matching_loss(unet, images: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """diffusers' flow-matching objective: MSE(u(σ·ε + (1 − σ)·x, 1000·σ), ε − x)."""
+    s = sigma.view(-1, 1, 1, 1).to(images.dtype)
+    noisy = s * noise + (1 - s) * images
+    pred = unet(noisy, sigma * 1000.0).sample
+    return (pred.float() - (noise - images).float()).square().mean()
+
+
+# ---------------------------------------------------------------------- training and sampling
 def linearizer_param_count(path: str) -> int:
     """Parameter count of the Linearizer saved at ``path`` (a pipeline or model folder, or a training run)."""
     from diffusers_linearizer import LinearizerModel

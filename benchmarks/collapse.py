@@ -30,18 +30,15 @@ import datetime
 import gc
 import json
 import os
-import platform
-import sys
 import threading
 import time
 
 import torch
+from common import DOCS, hardware_and_load, sync
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from diffusers_linearizer.models import SharedBasisCore, TimeLowRankCore  # noqa: E402
-from diffusers_linearizer.schedulers import LinearizerScheduler  # noqa: E402
-from diffusers_linearizer import write_text_atomic  # noqa: E402
+from diffusers_linearizer import write_text_atomic
+from diffusers_linearizer.models import SharedBasisCore, TimeLowRankCore
+from diffusers_linearizer.schedulers import LinearizerScheduler
 
 F64 = torch.float64
 
@@ -89,11 +86,6 @@ class Peak:
             self.stop = True
             self.thread.join()
             self.peak = max(self.peak, self.proc.memory_info().rss - self.base)
-
-
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def _gb(n):
@@ -168,11 +160,11 @@ def row(section, D, T, core, method, solver, dtype, seconds, mem, rank, err, not
 
 def ours(section, core, core_name, T, solver, dtype, device, z0, check=True):
     scheduler = LinearizerScheduler(solver=solver)
-    _sync(device)
+    sync(device)
     with Peak(device) as peak:
         start = time.perf_counter()
         B, info = scheduler.collapse(core, T, dtype=dtype, cache=False, return_info=True)
-        _sync(device)
+        sync(device)
         seconds = time.perf_counter() - start
     err = f"{rel(B.apply(z0.to(dtype)), stepped_fp64(core, T, solver, z0)):.1e}" if check else "—"
     mem = f"{_gb(peak.peak)} (B {_gb(operator_bytes(B))})"
@@ -183,11 +175,11 @@ def ours(section, core, core_name, T, solver, dtype, device, z0, check=True):
 
 
 def dense(section, core, T, steps, z0, device, note):
-    _sync(device)
+    sync(device)
     with Peak(device) as peak:
         start = time.perf_counter()
         out = dense_reference(core, T, steps, z0, device)
-        _sync(device)
+        sync(device)
         seconds = time.perf_counter() - start
     err = rel(out, stepped_fp64(core, T, "euler", z0, max_steps=steps))
     total = seconds * (T - 1) / steps
@@ -197,19 +189,6 @@ def dense(section, core, T, steps, z0, device, note):
 
 
 # ---------------------------------------------------------------------------- main
-def hardware(device):
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
-    name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    load = ", load average at the end {:.1f} / {:.1f} / {:.1f} (1/5/15 min)".format(*os.getloadavg())
-    return f"{name}, {os.cpu_count()} logical CPUs, {torch.get_num_threads()} torch threads{load}"
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smaller sweep (about a minute on a laptop CPU)")
@@ -218,7 +197,7 @@ def main(argv=None):
                         help="on CPU, also time one dense step at 3·64² (minutes) instead of estimating it")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch intra-op threads (default: torch's choice); 1 avoids OpenMP contention on busy hosts")
-    parser.add_argument("--output", default=os.path.join(os.path.dirname(__file__), "..", "docs", "benchmarks.md"))
+    parser.add_argument("--output", default=os.path.join(DOCS, "benchmarks.md"))
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -313,7 +292,7 @@ def write_markdown(args, device, speedups, total):
         f"{f' --threads {args.threads}' if args.threads else ''}` on "
         f"{datetime.date.today().isoformat()} in {total:.0f} s.",
         "",
-        f"* Hardware: **{hardware(device)}**; torch {torch.__version__}; device `{device}`.",
+        f"* Hardware: **{hardware_and_load(device)}**; torch {torch.__version__}; device `{device}`.",
         "* Cores: the reference's `TimeLowRankCore` (r = 8, a ≡ 0, MLP width 512) and a `SharedBasisCore`"
         " (R = 64). Grid: the reference's t_i = i/T, T − 1 steps. *dense* = the original code's product of"
         " D × D Euler matrices (fp32); *ours* = `LinearizerScheduler.collapse` (exact structured product).",

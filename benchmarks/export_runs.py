@@ -22,33 +22,10 @@ import argparse
 import json
 import os
 import shutil
-import sys
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-for path in (REPO, HERE):
-    if path not in sys.path:
-        sys.path.insert(0, path)
+from common import MODELS, TRAINING_RUNS, pipeline_from_checkpoint, run_checkpoints, trainer_state
 
-
-from diffusers_linearizer import DEFAULT_MODEL_DIR, LinearizerModel, LinearizerPipeline, LinearizerScheduler, replace_dir  # noqa: E402
-from diffusers_linearizer.training import checkpoint_root, list_checkpoints  # noqa: E402
-from diffusers_linearizer import write_text_atomic  # noqa: E402
-
-MODELS = os.path.join(HERE, "models")
-
-
-def run_checkpoints(run: str):
-    """``{step: path}`` of the complete checkpoints of a ``diffusers-linearizer train`` run, oldest first."""
-    found = dict(list_checkpoints(checkpoint_root(run)))
-    if not found:
-        raise FileNotFoundError(f"No complete checkpoints under {checkpoint_root(run)}.")
-    return found
-
-
-def _pipeline_from_checkpoint(ckpt: str, solver: str) -> LinearizerPipeline:
-    model = LinearizerModel.from_pretrained(os.path.join(ckpt, "linearizer_ema")).eval()
-    return LinearizerPipeline(linearizer=model, scheduler=LinearizerScheduler(solver=solver))
+from diffusers_linearizer import DEFAULT_MODEL_DIR, replace_dir, write_text_atomic
 
 
 def main(argv=None) -> int:
@@ -64,17 +41,15 @@ def main(argv=None) -> int:
         train_args = json.load(f)
     ckpts = run_checkpoints(args.linearizer)
     final_step = max(ckpts)
-    with open(os.path.join(ckpts[final_step], "trainer_state.json")) as f:
-        final_state = json.load(f)
+    final_state = trainer_state(ckpts[final_step])
     with open(os.path.join(args.baseline, "snapshots.json")) as f:
         base = json.load(f)
     base_final = max(base["snapshots"].values(), key=lambda r: r["step"])
     equal = max(s for s in ckpts if s <= base_final["step"])
-    with open(os.path.join(ckpts[equal], "trainer_state.json")) as f:
-        equal_state = json.load(f)
+    equal_state = trainer_state(ckpts[equal])
     solver = train_args.get("solver") or "euler"
 
-    final = _pipeline_from_checkpoint(ckpts[final_step], solver)
+    final = pipeline_from_checkpoint(ckpts[final_step], solver)
     params = sum(p.numel() for p in final.linearizer.parameters())
     config = ", ".join(f"{k}={train_args[k]}" for k in ("num_blocks", "conditioner_channels", "conditioner_layers")
                        if train_args.get(k) is not None) or "defaults"
@@ -85,7 +60,7 @@ def main(argv=None) -> int:
                "results": "docs/results.md of the diffusers-linearizer repository"}
     os.makedirs(MODELS, exist_ok=True)
     replace_dir(lambda d: final.save_pretrained(d, metrics=metrics), args.default_dir)
-    replace_dir(lambda d: _pipeline_from_checkpoint(ckpts[equal], solver).save_pretrained(
+    replace_dir(lambda d: pipeline_from_checkpoint(ckpts[equal], solver).save_pretrained(
         d, metrics=dict(metrics, training_steps=equal, train_seconds=equal_state["train_seconds_this_run"])),
         os.path.join(MODELS, "linearizer_equal_steps"))
     replace_dir(lambda d: shutil.copytree(os.path.join(args.baseline, "snapshots", f"step-{base_final['step']}"), d),
@@ -100,7 +75,7 @@ def main(argv=None) -> int:
                      "seconds": base_final["train_seconds"], "learning_rate": base["learning_rate"],
                      "ema_decay": base["ema_decay"]},
     }
-    write_text_atomic(os.path.join(MODELS, "training_runs.json"), json.dumps(runs, indent=2) + "\n")
+    write_text_atomic(TRAINING_RUNS, json.dumps(runs, indent=2) + "\n")
     print(json.dumps(runs, indent=2))
     return 0
 

@@ -22,20 +22,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from typing import Tuple
 
 import torch
+from common import BENCH
 from torch import Tensor, nn
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
+from diffusers_linearizer import write_text_atomic
+from diffusers_linearizer.training.data import FASHION_MNIST_DIR, EpochShuffleSampler, FashionMNIST
 
-from diffusers_linearizer.training.data import FASHION_MNIST_DIR, EpochShuffleSampler, FashionMNIST  # noqa: E402
-from diffusers_linearizer import write_text_atomic  # noqa: E402
-
-WEIGHTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fmnist_classifier.safetensors")
+WEIGHTS = os.path.join(BENCH, "fmnist_classifier.safetensors")
 FEATURES = 128
 
 

@@ -45,18 +45,13 @@ import time
 import traceback
 from typing import Dict, List, Optional
 
+import collapse as collapse_bench
 import torch
-
-BENCH = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(BENCH)
-for path in (REPO, BENCH):
-    if path not in sys.path:
-        sys.path.insert(0, path)
-
-import collapse as collapse_bench  # noqa: E402
-from baseline import sample as unet_sample  # noqa: E402
-from gpu_training import Deadline, measure_training, precision_flags, timed  # noqa: E402
-from step_cost import CANDIDATES, baseline_unet, count_params, hardware, load_average  # noqa: E402
+from baseline import baseline_unet
+from baseline import sample as unet_sample
+from common import DOCS, count_params, hardware, load_average, timed
+from gpu_training import Deadline, measure_training, precision_flags
+from step_cost import CANDIDATES
 
 SIZES = dict(resolution=32, train_batch=256, train_images=4096, train_steps=30, train_warmup=5, sample_batch=250,
              sample_repeats=20, unet_steps=50, collapse_small=64, collapse_large=256)
@@ -215,7 +210,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                    "measured (a run on a GPU borrowed for a fixed time). Default: no limit.")
     p.add_argument("--no-profile", dest="profile", action="store_false",
                    help="Skip the profile of each shipped trainer variant (kernels and their time per step).")
-    p.add_argument("--output", default=os.path.join(REPO, "docs", "gpu.md"))
+    p.add_argument("--output", default=os.path.join(DOCS, "gpu.md"))
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -7,15 +7,13 @@ import os
 import sys
 from typing import Dict, List, Optional
 
+from common import DOCS, met
+
 from diffusers_linearizer import write_text_atomic
 
 
 def _fmt(x, unit: str = "", digits: int = 1) -> str:
     return "—" if x is None else f"{x:,.{digits}f}{unit}"
-
-
-def _met(ok: bool) -> str:
-    return "met" if ok else "**not met**"
 
 
 TRAIN_COLUMNS = ("plain", "fast", "fast + compile", "fast + compile + bf16", "fast + compile + tf32",
@@ -84,21 +82,21 @@ def verdicts(results: Dict, goals: Dict) -> List[str]:
         best, unet = fast[best_key], max(unets)
         out.append(f"- Training step, shipped configuration: the fastest path ({best_key}) runs {best:.2f} steps/s, "
                    f"{best / train['plain']:.1f}× the plain trainer (goal ≥ {goals['step_speedup']:g}×: "
-                   f"{_met(best / train['plain'] >= goals['step_speedup'])}); its step takes {unet / best:.2f}× the time "
-                   f"of the faster UNet step (goal ≤ {goals['step_vs_unet']:g}×: {_met(unet / best <= goals['step_vs_unet'])}).")
+                   f"{met(best / train['plain'] >= goals['step_speedup'])}); its step takes {unet / best:.2f}× the time "
+                   f"of the faster UNet step (goal ≤ {goals['step_vs_unet']:g}×: {met(unet / best <= goals['step_vs_unet'])}).")
     sample = next((r for r in results.get("sampling", []) if r["config"] == "shipped"), {})
     if "fast" in sample and "plain" in sample and "unet 50 steps" in sample:
         speedup, vs_unet, latency = sample["fast"] / sample["plain"], sample["fast"] / sample["unet 50 steps"], \
             sample["fast latency ms"]
         out.append(f"- One-step sampling, shipped model, `enable_fast_sampling()` in float32: {sample['fast']:,.0f} "
                    f"images/s, {speedup:.1f}× the plain pipeline (goal ≥ {goals['sampling_speedup']:g}×: "
-                   f"{_met(speedup >= goals['sampling_speedup'])}) and {vs_unet:.0f}× the UNet's 50 steps (goal ≥ "
-                   f"{goals['sampling_vs_unet']:g}×: {_met(vs_unet >= goals['sampling_vs_unet'])}); batch-1 latency "
-                   f"{latency:.2f} ms (goal ≤ {goals['latency_ms']:g} ms: {_met(latency <= goals['latency_ms'])}).")
+                   f"{met(speedup >= goals['sampling_speedup'])}) and {vs_unet:.0f}× the UNet's 50 steps (goal ≥ "
+                   f"{goals['sampling_vs_unet']:g}×: {met(vs_unet >= goals['sampling_vs_unet'])}); batch-1 latency "
+                   f"{latency:.2f} ms (goal ≤ {goals['latency_ms']:g} ms: {met(latency <= goals['latency_ms'])}).")
     if "strict fast max diff" in sample and "fp32_diff" in goals:
         diff = sample["strict fast max diff"]
         out.append(f"- Same images in float32: the fast path's largest difference from the plain path is {diff:.1e} "
-                   f"with TF32 off (goal ≤ {goals['fp32_diff']:g}: {_met(diff <= goals['fp32_diff'])}; mean "
+                   f"with TF32 off (goal ≤ {goals['fp32_diff']:g}: {met(diff <= goals['fp32_diff'])}; mean "
                    f"{sample['strict fast mean diff']:.1e}) and {sample['fast max diff']:.1e} under torch's default "
                    "TF32 convolutions, where the plain path itself moves by "
                    f"{sample['strict plain vs plain max diff']:.1e} from its full-float32 images"
@@ -109,7 +107,7 @@ def verdicts(results: Dict, goals: Dict) -> List[str]:
         diff = sample[f"{half} max diff"]
         out.append(f"- Half-precision g ({half}): {sample[half]:,.0f} images/s, batch-1 {sample[f'{half} latency ms']:.2f} ms; "
                    f"largest difference from the plain images {diff:.1e} (goal ≤ {goals['half_diff']:g}: "
-                   f"{_met(diff <= goals['half_diff'])}; mean {sample[f'{half} mean diff']:.1e}).")
+                   f"{met(diff <= goals['half_diff'])}; mean {sample[f'{half} mean diff']:.1e}).")
     return out
 
 
@@ -212,8 +210,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     import argparse
 
     p = argparse.ArgumentParser(description=main.__doc__.split(":", 1)[1].strip().split("\n\n")[0])
-    p.add_argument("results", nargs="?", default=os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                                               "docs", "gpu.json"))
+    p.add_argument("results", nargs="?", default=os.path.join(DOCS, "gpu.json"))
     args = p.parse_args(argv)
     with open(args.results) as f:
         results = json.load(f)

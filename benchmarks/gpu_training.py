@@ -1,37 +1,17 @@
 """The training half of ``benchmarks/gpu.py``: optimizer steps/s of the trainer's variants and of a
-parameter-matched ``UNet2DModel`` step, a profile of each step, and the timing helpers both halves share
-(``timed``, ``Deadline``, ``precision_flags``)."""
+parameter-matched ``UNet2DModel`` step, a profile of each step, and the helpers both halves share
+(``Deadline``, ``precision_flags``)."""
 
 from __future__ import annotations
 
 import contextlib
-import statistics
 import tempfile
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Dict, List, Optional
 
 import torch
-
-from step_cost import baseline_unet, count_params, flow_matching_loss
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int = 1) -> float:
-    """Median seconds of ``fn()`` over ``repeats`` calls after ``warmup`` calls."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        sync(device)
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+from baseline import baseline_unet, flow_matching_loss
+from common import count_params, reset_accelerate_state, sync, timed
 
 
 # ---------------------------------------------------------------------- training
@@ -51,12 +31,10 @@ class RandomImages(torch.utils.data.Dataset):
 
 def make_trainer(config: Dict, options: List[str], args, device: torch.device, workdir: str):
     """A :class:`Trainer` for ``config`` with the given extra command-line options, on random images."""
-    from accelerate.state import AcceleratorState
-
     from diffusers_linearizer.training import train as ttrain
     from diffusers_linearizer.training.trainer import Trainer
 
-    AcceleratorState._reset_state(True)  # each trainer sets its own mixed precision
+    reset_accelerate_state()  # each trainer sets its own mixed precision
     argv = ["--output_dir", tempfile.mkdtemp(dir=workdir), "--resolution", str(args.resolution), "--channels", "1",
             "--train_batch_size", str(args.train_batch), "--max_train_steps", "1000000", "--checkpointing_steps", "0",
             "--sample_steps", "0", "--no_final_samples", "--no_progress", "--log_every", "1000000000",

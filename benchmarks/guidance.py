@@ -21,34 +21,21 @@ import argparse
 import datetime
 import json
 import os
-import statistics
 import sys
 import time
 from typing import Dict, List, Optional
 
 import torch
+from common import DOCS, hardware_and_load, seeded_noise, timed
+from fmnist_classifier import accuracy, extract_features, frechet_distance, gaussian_stats, load_classifier, load_split
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
-if HERE not in sys.path:
-    sys.path.insert(0, HERE)
+from diffusers_linearizer import PACKAGED_MODELS, LinearizerPipeline, write_text_atomic
+from diffusers_linearizer.image_grid import make_grid
+from diffusers_linearizer.images import psnr
 
-from diffusers_linearizer import PACKAGED_MODELS, LinearizerPipeline  # noqa: E402
-from diffusers_linearizer.image_grid import make_grid  # noqa: E402
-from diffusers_linearizer.images import psnr  # noqa: E402
-from collapse import hardware as collapse_hardware  # noqa: E402
-from fmnist_classifier import accuracy, extract_features, frechet_distance, gaussian_stats, load_classifier, load_split  # noqa: E402
-from diffusers_linearizer import write_text_atomic  # noqa: E402
-
-DOCS = os.path.join(REPO, "docs")
 T = 100
 WS = (0.0, 0.5, 1.0, 2.0, 3.0, 5.0)
-
-
-def hardware() -> str:
-    return collapse_hardware(torch.device("cpu"))
+CPU = torch.device("cpu")
 
 
 def load(name: str, dtype=torch.float32) -> LinearizerPipeline:
@@ -57,16 +44,12 @@ def load(name: str, dtype=torch.float32) -> LinearizerPipeline:
     return pipe
 
 
-def noise(n: int, seed: int, dtype=torch.float32) -> torch.Tensor:
-    return torch.randn((n, 1, 32, 32), generator=torch.Generator().manual_seed(seed)).to(dtype)
-
-
 @torch.no_grad()
 def exactness(n: int) -> List[Dict]:
     rows = []
     for dtype in (torch.float32, torch.float64):
         pipe = load("fashion-mnist-classes", dtype)
-        eps, labels = noise(n, 11, dtype), [i % 10 for i in range(n)]
+        eps, labels = seeded_noise(n, 11, dtype), [i % 10 for i in range(n)]
         for solver in ("euler", "heun", "rk4"):
             kw = dict(latents=eps, class_labels=labels, guidance_scale=3.0, num_inference_steps=T, solver=solver,
                       output_type="pt", clamp=False)
@@ -77,28 +60,19 @@ def exactness(n: int) -> List[Dict]:
     return rows
 
 
-def _seconds(fn, repeats: int) -> float:
-    fn()  # warm: the collapse is computed (and cached) here
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 @torch.no_grad()
 def cost(batch: int = 64, repeats: int = 5) -> Dict:
     pipe = load("fashion-mnist-classes")
-    eps, labels = noise(batch, 12), [3] * batch
+    eps, labels = seeded_noise(batch, 12), [3] * batch
     kw = dict(latents=eps, class_labels=labels, num_inference_steps=T, output_type="pt")
+    # each timing's warm-up call computes (and caches) the collapse
     out = {
-        "one_step_unguided": _seconds(lambda: pipe(guidance_scale=1.0, **kw), repeats),
-        "one_step_guided": _seconds(lambda: pipe(guidance_scale=3.0, **kw), repeats),
-        "one_step_guided_10_classes": _seconds(
-            lambda: pipe(**dict(kw, class_labels=[i % 10 for i in range(batch)]), guidance_scale=3.0), repeats),
-        "stepped_unguided": _seconds(lambda: pipe(guidance_scale=1.0, one_step=False, **kw), 1),
-        "stepped_guided": _seconds(lambda: pipe(guidance_scale=3.0, one_step=False, **kw), 1),
+        "one_step_unguided": timed(lambda: pipe(guidance_scale=1.0, **kw), CPU, repeats),
+        "one_step_guided": timed(lambda: pipe(guidance_scale=3.0, **kw), CPU, repeats),
+        "one_step_guided_10_classes": timed(
+            lambda: pipe(**dict(kw, class_labels=[i % 10 for i in range(batch)]), guidance_scale=3.0), CPU, repeats),
+        "stepped_unguided": timed(lambda: pipe(guidance_scale=1.0, one_step=False, **kw), CPU, 1),
+        "stepped_guided": timed(lambda: pipe(guidance_scale=3.0, one_step=False, **kw), CPU, 1),
     }
     out["ratio_one_step"] = out["one_step_guided"] / out["one_step_unguided"]
     out["ratio_stepped"] = out["stepped_guided"] / out["stepped_unguided"]
@@ -112,7 +86,7 @@ def cost(batch: int = 64, repeats: int = 5) -> Dict:
 def control(per_class: int, classifier, ref) -> Dict:
     pipe = load("fashion-mnist-classes")
     n = 10 * per_class
-    eps, labels = noise(n, 13), torch.arange(n) % 10
+    eps, labels = seeded_noise(n, 13), torch.arange(n) % 10
     curve = []
     for w in WS:
         images = torch.cat([pipe(latents=e, class_labels=lab.tolist(), guidance_scale=1.0 + w, num_inference_steps=T,
@@ -141,7 +115,7 @@ def control(per_class: int, classifier, ref) -> Dict:
 @torch.no_grad()
 def pictures(path: str, columns_w=WS) -> None:
     pipe = load("fashion-mnist-classes")
-    eps = noise(10, 14)
+    eps = seeded_noise(10, 14)
     rows = []
     for k in range(10):
         e = eps[k:k + 1].repeat(len(columns_w), 1, 1, 1)  # the same noise in every column of the row
@@ -160,7 +134,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     classifier = load_classifier()
     test, _ = load_split("test")
     ref = gaussian_stats(extract_features(classifier, test))
-    result = {"date": datetime.date.today().isoformat(), "hardware": hardware(), "T": T}
+    result = {"date": datetime.date.today().isoformat(), "hardware": hardware_and_load(), "T": T}
     result["exactness"] = exactness(args.exactness_images)
     result["cost"] = cost()
     result["control"] = control(args.per_class, classifier, ref)

@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import sys
 from typing import Dict
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from diffusers_linearizer.pipelines.linearizer.conditioning import DEFAULT_GUIDANCE_SCALE  # noqa: E402
+from common import met
+
+from diffusers_linearizer.pipelines.linearizer.conditioning import DEFAULT_GUIDANCE_SCALE
 
 GOAL_DB = {"float32": 60.0, "float64": 120.0}
-
-
-def _met(ok: bool) -> str:
-    return "met" if ok else "**not met**"
 
 
 def render(r: Dict) -> str:
@@ -58,7 +53,7 @@ def render(r: Dict) -> str:
     for row in ex:
         goal = GOAL_DB[row["dtype"]]
         lines.append(f"| {row['dtype']} | {row['solver']} | {row['min_db']:.1f} | {row['median_db']:.1f} | "
-                     f"≥ {goal:.0f} dB: {_met(row['min_db'] >= goal)} |")
+                     f"≥ {goal:.0f} dB: {met(row['min_db'] >= goal)} |")
     lines += [
         "",
         "## Cost",
@@ -71,7 +66,7 @@ def render(r: Dict) -> str:
         "|---|---:|---|",
         f"| one step, unguided | {cost['one_step_unguided']:.3f} | |",
         f"| one step, guided (w = 2) | {cost['one_step_guided']:.3f} | {cost['ratio_one_step']:.2f}× unguided; goal "
-        f"≤ 1.1×: {_met(cost['ratio_one_step'] <= 1.1)} |",
+        f"≤ 1.1×: {met(cost['ratio_one_step'] <= 1.1)} |",
         f"| one step, guided, 10 classes mixed in the batch | {cost['one_step_guided_10_classes']:.3f} | one cached "
         "`B(c, w)` per class |",
         f"| {steps} Euler steps, unguided | {cost['stepped_unguided']:.3f} | {per_step['unguided'] * 1e3:.2f} ms per step |",
@@ -109,7 +104,7 @@ def render(r: Dict) -> str:
         "",
         f"Goal: ≥ 90 % accuracy at the best `w` with FD no worse than the unconditional default's. Best accuracy "
         f"{100 * best['accuracy']:.1f} % (w = {best['w']:g}, FD {best['fd']:.2f}): "
-        f"{_met(best['accuracy'] >= 0.9 and best['fd'] <= ctl['unconditional_fd'])}."
+        f"{met(best['accuracy'] >= 0.9 and best['fd'] <= ctl['unconditional_fd'])}."
         + (f" Among the `w` whose FD is no worse than the default's, the best accuracy is "
            f"{100 * goal_row['accuracy']:.1f} % (w = {goal_row['w']:g})." if goal_row else
            " No `w` reaches the default's FD."),

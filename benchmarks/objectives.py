@@ -25,25 +25,15 @@ import tempfile
 import time
 
 import torch
+from common import DOCS, TRAINING_RUNS, child_env, hardware_and_load, pipeline_from_checkpoint, run_checkpoints, trainer_state
+from fmnist_classifier import extract_features, frechet_distance, gaussian_stats, load_classifier, load_split
+from results import generate
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-for path in (REPO, HERE):
-    if path not in sys.path:
-        sys.path.insert(0, path)
-
-from export_runs import _pipeline_from_checkpoint, run_checkpoints  # noqa: E402
-from fmnist_classifier import extract_features, frechet_distance, gaussian_stats, load_classifier, load_split  # noqa: E402
-from results import generate, hardware  # noqa: E402
-
-from diffusers_linearizer import DEFAULT_MODEL_DIR  # noqa: E402
-from diffusers_linearizer import write_text_atomic  # noqa: E402
-
-DOCS = os.path.join(REPO, "docs")
+from diffusers_linearizer import DEFAULT_MODEL_DIR, write_text_atomic
 
 
 def train_both(out_root: str, seconds: float, config_args) -> None:
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=REPO)
+    env = child_env(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     procs = []
     for objective in ("fast", "reference"):
         cmd = [sys.executable, "-m", "diffusers_linearizer.cli", "train", "--output_dir", os.path.join(out_root, objective),
@@ -84,7 +74,7 @@ def main(argv=None) -> int:
     # the packaged default's architecture (its config) and learning rate (its training run); batch 64 as there
     with open(os.path.join(DEFAULT_MODEL_DIR, "linearizer", "config.json")) as f:
         shipped = json.load(f)
-    with open(os.path.join(HERE, "models", "training_runs.json")) as f:
+    with open(TRAINING_RUNS) as f:
         learning_rate = json.load(f)["linearizer"]["learning_rate"]
     config_args = []
     for key in ("num_blocks", "conditioner_channels", "conditioner_layers", "core_rank"):
@@ -110,9 +100,8 @@ def main(argv=None) -> int:
         ("reference", "reference", ref, ref_steps, "equal time and steps"),
         ("fast", "fast", fast, equal, "equal steps"),
     ):
-        with open(os.path.join(ckpts[step], "trainer_state.json")) as f:
-            seconds = json.load(f)["train_seconds_this_run"]
-        pipe = _pipeline_from_checkpoint(ckpts[step], "euler")
+        seconds = trainer_state(ckpts[step])["train_seconds_this_run"]
+        pipe = pipeline_from_checkpoint(ckpts[step], "euler")
         pipe.set_progress_bar_config(disable=True)
         fds = []
         for seed in args.seeds:
@@ -122,7 +111,7 @@ def main(argv=None) -> int:
                      "fd": sum(fds) / len(fds), "fd_min": min(fds), "fd_max": max(fds), "fd_per_seed": fds})
         print(rows[-1], flush=True)
 
-    result = {"date": datetime.date.today().isoformat(), "hardware": hardware(), "seconds": args.seconds,
+    result = {"date": datetime.date.today().isoformat(), "hardware": hardware_and_load(), "seconds": args.seconds,
               "fd_samples": args.fd_samples, "config": " ".join(config_args), "rows": rows,
               "total_seconds": time.perf_counter() - t0}
     write_text_atomic(os.path.splitext(args.output)[0] + ".json", json.dumps(result, indent=2) + "\n")

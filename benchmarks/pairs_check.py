@@ -22,17 +22,13 @@ from typing import Dict, Optional
 
 import numpy as np
 import torch
+from common import DOCS, TEACHER_PAIRS
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-sys.path.insert(0, HERE)
+from diffusers_linearizer import write_text_atomic
+from diffusers_linearizer.training.distill import chunk_noise, read_pairs_file
+from diffusers_linearizer.training.teacher import load_teacher, sample_teacher, teacher_shape, write_teacher_pairs
 
-from diffusers_linearizer import write_text_atomic  # noqa: E402
-from diffusers_linearizer.training.distill import chunk_noise, read_pairs_file  # noqa: E402
-from diffusers_linearizer.training.teacher import load_teacher, sample_teacher, teacher_shape, write_teacher_pairs  # noqa: E402
-
-PAIRS = os.path.join(os.path.dirname(REPO), "shared", "distill", "fmnist32_teacher_pairs.npz")
-QUALITY_JSON = os.path.join(REPO, "docs", "quality.json")
+QUALITY_JSON = os.path.join(DOCS, "quality.json")
 
 
 def compare(made: np.ndarray, stored: np.ndarray) -> Dict:
@@ -57,7 +53,7 @@ def float64_rerun(teacher: str, stored: np.ndarray, made: np.ndarray, indices) -
             "max_level_difference_to_float32": int(np.abs(images - made[indices]).max())}
 
 
-def check(pairs: str = PAIRS, n: int = 1000, made_file: Optional[str] = None, seconds: Optional[float] = None) -> Dict:
+def check(pairs: str = TEACHER_PAIRS, n: int = 1000, made_file: Optional[str] = None, seconds: Optional[float] = None) -> Dict:
     teacher = os.path.join(os.path.dirname(pairs), "teacher")
     start = time.perf_counter()
     if made_file is None:
@@ -76,7 +72,7 @@ def check(pairs: str = PAIRS, n: int = 1000, made_file: Optional[str] = None, se
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--pairs", default=PAIRS, help="The stored pairs file (its teacher/ beside it).")
+    parser.add_argument("--pairs", default=TEACHER_PAIRS, help="The stored pairs file (its teacher/ beside it).")
     parser.add_argument("--num-pairs", type=int, default=1000, help="Pairs to regenerate when --made is not given.")
     parser.add_argument("--made", default=None, help="A pairs file written by `diffusers-linearizer distill-data`.")
     parser.add_argument("--made-seconds", type=float, default=None, help="How long the command took (for the page).")
@@ -91,7 +87,7 @@ def main(argv=None) -> int:
             quality = json.load(f)
         quality["pairs_check"] = result
         write_text_atomic(QUALITY_JSON, json.dumps(quality, indent=2) + "\n")
-        write_text_atomic(os.path.join(REPO, "docs", "quality.md"), render(quality))
+        write_text_atomic(os.path.join(DOCS, "quality.md"), render(quality))
     return 0
 
 

@@ -32,28 +32,27 @@ import time
 from typing import Dict, List, Optional
 
 import torch
+from common import (
+    DOCS,
+    IMAGES,
+    MODELS,
+    REPO,
+    TEACHER_PAIRS,
+    TRAINING_RUNS,
+    child_env,
+    hardware_and_load,
+    seeded_noise,
+    trainer_state,
+)
+from fmnist_classifier import extract_features, frechet_distance, gaussian_stats, load_classifier, load_split
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-for path in (REPO, HERE):
-    if path not in sys.path:
-        sys.path.insert(0, path)
+from diffusers_linearizer import LinearizerInversionPipeline, LinearizerPipeline, write_text_atomic
+from diffusers_linearizer.image_grid import make_grid
+from diffusers_linearizer.training import checkpoint_root, list_checkpoints
+from diffusers_linearizer.training.distill import read_pairs_file
+from diffusers_linearizer.training.one_step import bits_per_dim, dequantize, log_likelihood
 
-from collapse import hardware as collapse_hardware  # noqa: E402
-from fmnist_classifier import extract_features, frechet_distance, gaussian_stats, load_classifier, load_split  # noqa: E402
-
-from diffusers_linearizer import LinearizerInversionPipeline, LinearizerPipeline  # noqa: E402
-from diffusers_linearizer.image_grid import make_grid  # noqa: E402
-from diffusers_linearizer.training import checkpoint_root, list_checkpoints  # noqa: E402
-from diffusers_linearizer.training.checkpoints import read_trainer_state  # noqa: E402
-from diffusers_linearizer.training.distill import read_pairs_file  # noqa: E402
-from diffusers_linearizer.training.one_step import bits_per_dim, dequantize, log_likelihood  # noqa: E402
-from diffusers_linearizer import write_text_atomic  # noqa: E402
-
-DOCS = os.path.join(REPO, "docs")
-IMAGES = os.path.join(DOCS, "images")
-PAIRS = os.path.join(os.path.dirname(REPO), "shared", "distill", "fmnist32_teacher_pairs.npz")
-START = os.path.join(HERE, "models", "fashion_mnist_v1")
+START = os.path.join(MODELS, "fashion_mnist_v1")
 T = 100
 TEMPERATURES = (0.85, 1.0, 1.15, 1.3, 1.5, 1.7, 1.9)
 
@@ -69,10 +68,6 @@ COMMON = ["--learning_rate", "3e-4", "--train_batch_size", "64", "--checkpointin
           "--no_final_samples", "--no_progress", "--log_every", "50", "--cpu", "--seed", "0"]
 
 
-def hardware() -> str:
-    return collapse_hardware(torch.device("cpu"))
-
-
 def train_run(name: str, out: str, start: str, budget: float, pairs: str) -> None:
     """Train ``name`` from ``start`` for ``budget`` seconds (one thread); skipped when ``out`` is complete."""
     objective, paired, extra = RUNS[name]
@@ -81,7 +76,7 @@ def train_run(name: str, out: str, start: str, budget: float, pairs: str) -> Non
                start, "--objective", objective, "--max_train_seconds", str(budget), *COMMON, *extra]
         if paired:
             cmd += ["--teacher_pairs", pairs]
-        env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=REPO, HF_HUB_OFFLINE="1")
+        env = child_env(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1")
         print(f"training {name}: {' '.join(cmd[3:])}", flush=True)
         with open(out + ".log", "w", encoding="utf-8") as log:
             subprocess.run(cmd, env=env, check=True, stdout=log, stderr=subprocess.STDOUT)
@@ -94,12 +89,8 @@ def read_metrics(run_dir: str) -> Dict:
     found = list_checkpoints(checkpoint_root(run_dir))
     if not found:
         return {}
-    state = read_trainer_state(found[-1][1])
+    state = trainer_state(found[-1][1])
     return {"steps": state["global_step"], "train_seconds": state.get("train_seconds_this_run")}
-
-
-def noise(n: int, seed: int) -> torch.Tensor:
-    return torch.randn((n, 1, 32, 32), generator=torch.Generator().manual_seed(seed))
 
 
 @torch.no_grad()
@@ -130,7 +121,7 @@ def bpd(pipe, test: torch.Tensor, seed: int = 0) -> float:
 def exactness(pipe, n: int = 64, seed: int = 7) -> float:
     from diffusers_linearizer import psnr
 
-    eps = noise(n, seed)
+    eps = seeded_noise(n, seed)
     a = pipe(n, num_inference_steps=T, latents=eps, output_type="pt", clamp=False).images
     b = pipe(n, num_inference_steps=T, latents=eps, one_step=False, output_type="pt", clamp=False).images
     return float(psnr(a, b).min())
@@ -221,10 +212,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--inversion-images", type=int, default=1000)
     parser.add_argument("--runs-dir", default=os.path.join(REPO, "runs", "quality"))
     parser.add_argument("--start", default=START, help="Starting model of every run. Default: %(default)s.")
-    parser.add_argument("--pairs", default=PAIRS, help="Teacher pairs for the distillation runs.")
+    parser.add_argument("--pairs", default=TEACHER_PAIRS, help="Teacher pairs for the distillation runs.")
     parser.add_argument("--shipped", default=os.path.join(REPO, "diffusers_linearizer", "default_model"),
                         help="The packaged default, measured alongside.")
-    parser.add_argument("--shipped-training", default=os.path.join(HERE, "models", "training_runs.json"),
+    parser.add_argument("--shipped-training", default=TRAINING_RUNS,
                         help="A JSON file whose 'packaged_default' entry says how the shipped model was trained.")
     parser.add_argument("--runs", nargs="*", default=list(RUNS), choices=list(RUNS))
     parser.add_argument("--skip-training", action="store_true")
@@ -247,7 +238,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     classifier = load_classifier()
     test, _ = load_split("test")
     ref = gaussian_stats(extract_features(classifier, test))
-    fd_eps = noise(args.fd_samples, 2026)
+    fd_eps = seeded_noise(args.fd_samples, 2026)
     teacher_images = torch.from_numpy(read_pairs_file(args.pairs)[0][: args.fd_samples]).float()[:, None] / 255.0
     train_images, _ = load_split("train")
     rows = {
@@ -270,7 +261,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if shipped is not None:
         sweeps["shipped"] = temperature_sweep(args.shipped, classifier, ref, fd_eps)
     result = {
-        "date": datetime.date.today().isoformat(), "hardware": hardware(), "budget_seconds": args.budget,
+        "date": datetime.date.today().isoformat(), "hardware": hardware_and_load(), "budget_seconds": args.budget,
         "fd_samples": args.fd_samples, "references": rows, "runs": measured, "shipped": shipped, "best": best["name"],
         "temperature": sweeps, "pairs_check": pairs_check, "teacher_training": "3,214 steps (batch 256) in 230 s on one NVIDIA H200; "
         "its 45,000 pairs took 150 s on that GPU",

@@ -8,10 +8,10 @@ import os
 import sys
 from typing import Dict
 
+from common import DOCS
+
 from diffusers_linearizer import write_text_atomic
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-DOCS = os.path.join(os.path.dirname(HERE), "docs")
 FD_GOAL = 98.0
 
 
@@ -161,8 +161,17 @@ def render(r: Dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-if __name__ == "__main__":
+def main(argv=None) -> int:
+    """``python benchmarks/quality_page.py``: render ``docs/quality.md`` again from ``docs/quality.json``."""
+    import argparse
+
+    argparse.ArgumentParser(description="Render docs/quality.md again from docs/quality.json (the numbers are not "
+                            "touched).").parse_args(argv)
     with open(os.path.join(DOCS, "quality.json"), encoding="utf-8") as f:
         result = json.load(f)
     write_text_atomic(os.path.join(DOCS, "quality.md"), render(result))
-    sys.exit(0)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

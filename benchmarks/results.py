@@ -2,7 +2,7 @@
 
 Writes ``docs/results.md``, ``docs/results.json`` and the pictures under ``docs/images/``::
 
-    python benchmarks/results.py                     # the issue's sizes (10,000 FD samples, 1,000 inversions)
+    python benchmarks/results.py                     # the full sizes (10,000 FD samples, 1,000 inversions)
     python benchmarks/results.py --fd-samples 2000   # what fits a CPU in half an hour (the page says which)
 
 Models (all in the repository, so a clean checkout reruns the page):
@@ -34,35 +34,19 @@ import time
 from typing import Dict, List
 
 import torch
+from baseline import sample as baseline_sample
+from common import DOCS, IMAGES, MODELS, TRAINING_RUNS, hardware_and_load
+from fmnist_classifier import accuracy, extract_features, frechet_distance, gaussian_stats, load_classifier, load_split
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-for path in (REPO, HERE):
-    if path not in sys.path:
-        sys.path.insert(0, path)
+from diffusers_linearizer import DEFAULT_MODEL_DIR, LinearizerInversionPipeline, LinearizerPipeline, psnr, write_text_atomic
+from diffusers_linearizer.image_grid import make_grid
+from diffusers_linearizer.training.data import derive_seed
 
-from baseline import sample as baseline_sample  # noqa: E402
-from collapse import hardware as collapse_hardware  # noqa: E402
-from fmnist_classifier import accuracy, extract_features, frechet_distance, gaussian_stats, load_classifier, load_split  # noqa: E402
-
-from diffusers_linearizer import LinearizerInversionPipeline, LinearizerPipeline  # noqa: E402
-from diffusers_linearizer.image_grid import make_grid  # noqa: E402
-from diffusers_linearizer import DEFAULT_MODEL_DIR, psnr  # noqa: E402
-from diffusers_linearizer.training.data import derive_seed  # noqa: E402
-from diffusers_linearizer import write_text_atomic  # noqa: E402
-
-MODELS = os.path.join(HERE, "models")
-DOCS = os.path.join(REPO, "docs")
-IMAGES = os.path.join(DOCS, "images")
 SOLVERS = ("euler", "heun", "rk4")
 T = 100  # sampler grid points of "ours" (99 solver steps; the one-step operator reproduces this run)
 
 
 # ---------------------------------------------------------------------- helpers
-def hardware() -> str:
-    return collapse_hardware(torch.device("cpu"))
-
-
 def noise_batch(n: int, seed: int, start: int) -> torch.Tensor:
     """The noise of images ``start … start+n−1`` of stream ``seed`` (independent of the batch split)."""
     return torch.randn((n, 1, 32, 32), generator=torch.Generator().manual_seed(derive_seed(seed, "noise", start)))
@@ -83,7 +67,8 @@ def generate(pipe, n: int, seed: int, one_step: bool = True, solver: str = "eule
     return torch.cat(out)
 
 
-def timed(fn, *args, **kwargs):
+def timed_call(fn, *args, **kwargs):
+    """``(fn(*args, **kwargs), seconds it took)``."""
     t0 = time.perf_counter()
     value = fn(*args, **kwargs)
     return value, time.perf_counter() - t0
@@ -198,7 +183,7 @@ def pictures(pipe, baseline, test: torch.Tensor, seed: int) -> Dict[str, str]:
 
 def packaged_training() -> Dict:
     """How the packaged default was trained: the ``packaged_default`` entry of ``benchmarks/models/training_runs.json``."""
-    with open(os.path.join(MODELS, "training_runs.json")) as f:
+    with open(TRAINING_RUNS) as f:
         return json.load(f).get("packaged_default", {})
 
 
@@ -206,7 +191,7 @@ def fd_table(classifier, test_feats, rows_spec, n: int) -> List[Dict]:
     mu_t, s_t = gaussian_stats(test_feats)
     rows = []
     for spec in rows_spec:
-        images, seconds = timed(spec["fn"], n)
+        images, seconds = timed_call(spec["fn"], n)
         mu, s = gaussian_stats(extract_features(classifier, images))
         fd = frechet_distance(mu, s, mu_t, s_t)
         rows.append({k: v for k, v in spec.items() if k != "fn"} | {"fd": fd, "seconds": seconds, "images_per_s": n / seconds})
@@ -243,7 +228,7 @@ def main(argv=None) -> int:
     p.add_argument("--model-equal-time", default=os.path.join(MODELS, "fashion_mnist_v1"))
     p.add_argument("--model-equal-steps", default=os.path.join(MODELS, "linearizer_equal_steps"))
     p.add_argument("--baseline", default=os.path.join(MODELS, "baseline_unet"))
-    p.add_argument("--runs", default=os.path.join(MODELS, "training_runs.json"))
+    p.add_argument("--runs", default=TRAINING_RUNS)
     p.add_argument("--fd-samples", type=int, default=10000)
     p.add_argument("--inversions", type=int, default=1000)
     p.add_argument("--exactness-samples", type=int, default=64)
@@ -292,13 +277,13 @@ def main(argv=None) -> int:
         reused = {row["name"]: dict(row, reused_from=old["date"]) for row in old["fd"] if row["name"].startswith("baseline")}
     baseline = UNet2DModel.from_pretrained(args.baseline).eval()
 
-    results = {"hardware": hardware(), "torch": torch.__version__, "date": datetime.date.today().isoformat(),
+    results = {"hardware": hardware_and_load(), "torch": torch.__version__, "date": datetime.date.today().isoformat(),
                "T": T, "runs": runs, "classifier_test_accuracy": accuracy(classifier, test, test_labels), "fd_samples": args.fd_samples,
                "args": {k: getattr(args, k) for k in ("fd_samples", "inversions", "exactness_samples", "seed", "threads")},
                "packaged_training": packaged_training(),
                "sampling_temperature": pipe32.sampling_temperature}
     with torch.no_grad():
-        _, results["collapse_seconds"] = timed(pipe32.collapsed_operator, T)  # first call: the collapse (then cached)
+        _, results["collapse_seconds"] = timed_call(pipe32.collapsed_operator, T)  # first call: the collapse (then cached)
         results["exactness"] = exactness(pipe32, pipe64, args.exactness_samples, args.seed)
         gen_noise = noise_batch(args.inversions, args.seed + 1, 0)
         generated = pipe32(args.inversions, num_inference_steps=T, latents=gen_noise, output_type="pt", clamp=False).images.cpu()

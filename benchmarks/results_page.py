@@ -6,6 +6,8 @@ import math
 import sys
 from typing import Dict, List
 
+from common import met
+
 from diffusers_linearizer import write_text_atomic
 
 GOALS = {"exact_fp32": 60.0, "exact_fp64": 120.0, "inversion": 60.0, "fd_ratio": 2.0, "throughput": 20.0}
@@ -13,10 +15,6 @@ GOALS = {"exact_fp32": 60.0, "exact_fp64": 120.0, "inversion": 60.0, "fd_ratio":
 
 def _db(x: float) -> str:
     return "∞ (identical)" if math.isinf(x) else f"{x:.1f}"
-
-
-def _met(ok: bool) -> str:
-    return "**met**" if ok else "**not met**"
 
 
 def _models(r: Dict) -> List[str]:
@@ -91,7 +89,7 @@ def _exactness(r: Dict) -> List[str]:
     for row in r["exactness"]:
         goal = GOALS["exact_fp32"] if row["dtype"] == "float32" else GOALS["exact_fp64"]
         verdict = "(paper's shortcut; paper: 32.4 dB on MNIST)" if row["solver"] == "reference_rk" else \
-            f"≥ {goal:.0f}: {_met(row['psnr_min'] >= goal)}"
+            f"≥ {goal:.0f}: {met(row['psnr_min'] >= goal, bold=True)}"
         lines.append(f"| {row['dtype']} | {row['solver']} | {_db(row['psnr_min'])} | {_db(row['psnr_mean'])} | {verdict} |")
     return lines + [""]
 
@@ -114,7 +112,7 @@ def _inversion(r: Dict) -> List[str]:
             lines.append(
                 f"| {name} | {inv['dtype'].replace('torch.', '')} | {inv['cond_B']:.3g} | {_db(e['psnr_min'])} | {_db(e['psnr_median'])} | "
                 f"{n['mean']:+.3f} | {n['std']:.3f} | {n['skewness']:+.3f} | {n['excess_kurtosis']:+.3f} | "
-                f"{n['ks_D']:.4f} ({n['ks_p']:.2g}) | {_met(e['psnr_min'] >= GOALS['inversion'])} |"
+                f"{n['ks_D']:.4f} ({n['ks_p']:.2g}) | {met(e['psnr_min'] >= GOALS['inversion'], bold=True)} |"
             )
     gen = r["inversion"][0]["generated"]
     lines += [
@@ -159,10 +157,10 @@ def _fd(r: Dict) -> List[str]:
         + (f" It samples as `pipe()` does, at its calibrated `sampling_temperature` τ = {r['sampling_temperature']:g} "
            "(noise τ·ε; chosen on training images, `docs/quality.md`)." if r.get("sampling_temperature", 1.0) != 1.0 else ""),
         f"- Equal wall-clock: ours one-step FD / baseline 50-step FD = **{ratio_t:.2f}** (goal ≤ {GOALS['fd_ratio']:.0f}: "
-        f"{_met(ratio_t <= GOALS['fd_ratio'])}).",
+        f"{met(ratio_t <= GOALS['fd_ratio'], bold=True)}).",
         f"- Equal steps: ours one-step FD / baseline 50-step FD = **{ratio_s:.2f}**.",
         f"- Throughput on this CPU, ours one-step vs baseline 50 steps: **{speed:.0f}×** (goal ≥ {GOALS['throughput']:.0f}×: "
-        f"{_met(speed >= GOALS['throughput'])}). GPU throughput is not measured here (CPU only).",
+        f"{met(speed >= GOALS['throughput'], bold=True)}). GPU throughput is not measured here (CPU only).",
         "- The stepped rows have the one-step rows' Fréchet distance: they are the same images up to float32 round-off "
         "(previous section).",
     ]
@@ -188,12 +186,12 @@ def _summary(r: Dict) -> List[str]:
         "",
         "| goal | measured | |",
         "|---|---|---|",
-        f"| one-step = stepped, float32 ≥ {GOALS['exact_fp32']:.0f} dB | worst image {worst32:.1f} dB | {_met(worst32 >= GOALS['exact_fp32'])} |",
-        f"| one-step = stepped, float64 ≥ {GOALS['exact_fp64']:.0f} dB | worst image {worst64:.1f} dB | {_met(worst64 >= GOALS['exact_fp64'])} |",
-        f"| inversion of 1,000 test images ≥ {GOALS['inversion']:.0f} dB (float32) | worst image {inv:.1f} dB | {_met(inv >= GOALS['inversion'])} |",
-        f"| FD ours one-step ≤ {GOALS['fd_ratio']:.0f}× baseline 50-step, equal wall-clock | {ratio:.1f}× | {_met(ratio <= GOALS['fd_ratio'])} |",
+        f"| one-step = stepped, float32 ≥ {GOALS['exact_fp32']:.0f} dB | worst image {worst32:.1f} dB | {met(worst32 >= GOALS['exact_fp32'], bold=True)} |",
+        f"| one-step = stepped, float64 ≥ {GOALS['exact_fp64']:.0f} dB | worst image {worst64:.1f} dB | {met(worst64 >= GOALS['exact_fp64'], bold=True)} |",
+        f"| inversion of 1,000 test images ≥ {GOALS['inversion']:.0f} dB (float32) | worst image {inv:.1f} dB | {met(inv >= GOALS['inversion'], bold=True)} |",
+        f"| FD ours one-step ≤ {GOALS['fd_ratio']:.0f}× baseline 50-step, equal wall-clock | {ratio:.1f}× | {met(ratio <= GOALS['fd_ratio'], bold=True)} |",
         f"| throughput ours one-step ≥ {GOALS['throughput']:.0f}× baseline 50-step | {speed:.0f}× on CPU; GPU not measured | "
-        f"{_met(speed >= GOALS['throughput'])} on CPU |",
+        f"{met(speed >= GOALS['throughput'], bold=True)} on CPU |",
         f"| packaged default one-step FD (not at equal time) | {packaged['fd']:.1f} ({packaged['fd'] / base50['fd']:.1f}× the "
         "baseline's 50 steps) | `docs/quality.md` has its goals |",
         "",

@@ -26,16 +26,10 @@ import sys
 from typing import Dict, List, Sequence
 
 import torch
+from common import TRAINING_RUNS
+from fmnist_classifier import extract_features, frechet_distance, gaussian_stats, load_classifier, load_split
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-for path in (REPO, HERE):
-    if path not in sys.path:
-        sys.path.insert(0, path)
-
-from fmnist_classifier import extract_features, frechet_distance, gaussian_stats, load_classifier, load_split  # noqa: E402
-
-from diffusers_linearizer import (  # noqa: E402
+from diffusers_linearizer import (
     DEFAULT_MODEL_DIR,
     LinearizerModel,
     LinearizerPipeline,
@@ -44,7 +38,6 @@ from diffusers_linearizer import (  # noqa: E402
     write_text_atomic,
 )
 
-RUNS_JSON = os.path.join(HERE, "models", "training_runs.json")
 GRID = tuple(round(1.0 + 0.05 * i, 2) for i in range(11))  # 1.0 … 1.5
 T = 100
 
@@ -126,7 +119,7 @@ def main(argv=None) -> int:
     if args.dry_run:
         return 0
     model.register_to_config(sampling_temperature=float(tau))
-    with open(RUNS_JSON, encoding="utf-8") as f:
+    with open(TRAINING_RUNS, encoding="utf-8") as f:
         runs = json.load(f)
     shipped = runs["packaged_default"]
     phase = {"objective": args.phase, "steps": args.steps, "seconds": args.seconds}
@@ -141,8 +134,8 @@ def main(argv=None) -> int:
     metrics = {"training": f"fashion_mnist_v1 (75 min, fast) + {phases}", "hardware": "AMD EPYC CPU, one torch thread",
                "dataset": "Fashion-MNIST (pad to 32×32) and 45,000 teacher pairs", "sampling_temperature": tau}
     replace_dir(lambda d: pipe.save_pretrained(d, metrics=metrics), args.default_dir)
-    write_text_atomic(RUNS_JSON, json.dumps(runs, indent=2) + "\n")
-    print(f"wrote {args.default_dir} and {RUNS_JSON}")
+    write_text_atomic(TRAINING_RUNS, json.dumps(runs, indent=2) + "\n")
+    print(f"wrote {args.default_dir} and {TRAINING_RUNS}")
     return 0
 
 

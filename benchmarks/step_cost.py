@@ -18,7 +18,7 @@ given with ``--configs``) the table lists the median step time of each and the r
     python benchmarks/step_cost.py                       # CPU (and CUDA when available)
     python benchmarks/step_cost.py --threads 1 --cpu-batch-size 16 --repeats 5
 
-The functions ``baseline_unet`` and ``flow_matching_loss`` are reused by the other benchmarks.
+The baseline's model and loss are ``benchmarks/baseline.py``'s (``baseline_unet``, ``flow_matching_loss``).
 """
 
 from __future__ import annotations
@@ -26,23 +26,18 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import math
 import os
-import platform
 import statistics
 import sys
 import time
 from typing import Callable, Dict, List, Optional
 
 import torch
+from baseline import baseline_unet, flow_matching_loss
+from common import REPO, count_params, hardware, load_average, sync
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
-
-from diffusers_linearizer import LinearizerModel  # noqa: E402
-from diffusers_linearizer.training.objective import LinearizerObjective, draw_step_noise, initialize_actnorm  # noqa: E402
-from diffusers_linearizer import write_text_atomic  # noqa: E402
+from diffusers_linearizer import LinearizerModel, write_text_atomic
+from diffusers_linearizer.training.objective import LinearizerObjective, draw_step_noise, initialize_actnorm
 
 GOAL = 4.0
 # Candidate configurations (LinearizerModel keyword overrides) timed beside the defaults.
@@ -55,46 +50,7 @@ CANDIDATES = {
 }
 
 
-# ---------------------------------------------------------------------- the baseline
-def unet_config(width: int, sample_size: int = 32, channels: int = 1) -> Dict:
-    """The baseline ``UNet2DModel`` layout at width ``w``: levels (w, 2w, 2w), 2 layers each, attention at level 2."""
-    return dict(
-        sample_size=sample_size, in_channels=channels, out_channels=channels,
-        block_out_channels=(width, 2 * width, 2 * width), layers_per_block=2,
-        down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
-        norm_num_groups=math.gcd(width, 32),
-    )
-
-
-def count_params(module: torch.nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
-def baseline_unet(target_params: int, sample_size: int = 32, channels: int = 1, widths=range(8, 129, 4)):
-    """``(UNet2DModel, width)`` of the layout above with the parameter count closest to ``target_params``."""
-    from diffusers import UNet2DModel
-
-    with torch.device("meta"):
-        counts = {w: count_params(UNet2DModel(**unet_config(w, sample_size, channels))) for w in widths}
-    width = min(counts, key=lambda w: abs(counts[w] - target_params))
-    return UNet2DModel(**unet_config(width, sample_size, channels)), width
-
-
-def flow_matching_loss(unet, images: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """diffusers' flow-matching objective: MSE(u(σ·ε + (1 − σ)·x, 1000·σ), ε − x)."""
-    s = sigma.view(-1, 1, 1, 1).to(images.dtype)
-    noisy = s * noise + (1 - s) * images
-    pred = unet(noisy, sigma * 1000.0).sample
-    return (pred.float() - (noise - images).float()).square().mean()
-
-
 # ---------------------------------------------------------------------- timing
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def make_steps(config: Dict, batch_size: int, device: torch.device, seed: int = 0) -> Dict[str, Callable[[], None]]:
     """Closures running one full training step of each contender for ``config``; plus their metadata."""
     torch.manual_seed(seed)
@@ -137,40 +93,19 @@ def time_interleaved(steps: Dict[str, Callable[[], None]], device: torch.device,
     for fn in steps.values():
         for _ in range(warmup):
             fn()
-    _sync(device)
+    sync(device)
     times: Dict[str, List[float]] = {k: [] for k in steps}
     for _ in range(repeats):
         for name, fn in steps.items():
-            _sync(device)
+            sync(device)
             t0 = time.perf_counter()
             fn()
-            _sync(device)
+            sync(device)
             times[name].append(time.perf_counter() - t0)
     return {k: statistics.median(v) for k, v in times.items()}, times
 
 
-# ---------------------------------------------------------------------- hardware and report
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def hardware(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
-    return f"{cpu_name()}, {os.cpu_count()} logical cores, {torch.get_num_threads()} torch thread(s)"
-
-
-def load_average() -> Optional[float]:
-    return round(os.getloadavg()[0], 1) if hasattr(os, "getloadavg") else None
-
-
+# ---------------------------------------------------------------------- report
 def run(devices: List[str], configs: Dict[str, Dict], batch_sizes: Dict[str, int], repeats: int):
     results = []
     for dev_name in devices:

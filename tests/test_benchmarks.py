@@ -1,9 +1,13 @@
 """The measuring tools of ``benchmarks/``: Fréchet distance, normality statistics and baseline sampling,
-each against an independent computation."""
+each against an independent computation; the scripts' layout (one shared module, ``--help`` of each)."""
 
 from __future__ import annotations
 
+import ast
 import math
+import os
+import runpy
+import subprocess
 import sys
 from pathlib import Path
 
@@ -142,7 +146,7 @@ def test_gpu_benchmark_quick_mode_runs_every_code_path(tmp_path):
 
 
 def test_gpu_benchmark_budget_and_failures_keep_the_rows(tmp_path, monkeypatch):
-    """A run on a time-limited lease: ``--budget 0`` starts nothing and the page lists every step as not measured;
+    """A run with a time limit: ``--budget 0`` starts nothing and the page lists every step as not measured;
     a step that fails midway is recorded on the page (exit status 1) and the rows measured before it stay."""
     import json
 
@@ -204,3 +208,77 @@ def test_pairs_check_counts_level_differences():
     assert out["pairs"] == 3 and out["max_level_difference"] == 3 and out["images_differing"] == 2
     assert out["pixels_over_one_level"] == 2 and out["images_over_one_level"] == [2]
     assert math.isclose(out["mean_level_difference"], 6 / 12)
+
+
+# ---------------------------------------------------------------------- the scripts' layout
+SCRIPTS = sorted(BENCH.glob("*.py"))
+MODULES = {path.stem for path in SCRIPTS}
+LIBRARIES = {"common", "gpu_training", "guidance_page", "results_page"}  # imported by the scripts, never run
+
+
+def _tree(path: Path) -> ast.Module:
+    return ast.parse(path.read_text(encoding="utf-8"))
+
+
+def _runnable(tree: ast.Module) -> bool:
+    return any(isinstance(node, ast.If) and "__main__" in ast.unparse(node.test) for node in tree.body)
+
+
+def test_the_scripts_share_one_module_and_no_private_names():
+    """Only ``common.py`` touches ``sys.path`` and accelerate's private state; every other module imports ``common``
+    before the package (so that ``python benchmarks/NAME.py`` finds the checkout's package); no script imports a
+    private name of another; no file passes 400 lines."""
+    assert {path.stem for path in SCRIPTS if not _runnable(_tree(path))} == LIBRARIES
+    for path in SCRIPTS:
+        tree = _tree(path)
+        text = path.read_text(encoding="utf-8")
+        assert len(text.splitlines()) <= 400, path.name
+        nodes = list(ast.walk(tree))
+        if path.stem != "common":
+            assert not [n for n in nodes if isinstance(n, ast.Attribute) and ast.unparse(n) == "sys.path"], path.name
+            assert "_reset_state" not in text, path.name
+            tops = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
+            names = [n.module if isinstance(n, ast.ImportFrom) else n.names[0].name for n in tops]
+            package = [i for i, name in enumerate(names) if name.startswith("diffusers_linearizer")]
+            assert "common" in names and (not package or names.index("common") < package[0]), path.name
+        for node in nodes:
+            if isinstance(node, ast.ImportFrom) and node.module in MODULES:
+                assert not [a.name for a in node.names if a.name.startswith("_")], (path.name, node.module)
+
+
+@pytest.mark.parametrize("script", [p for p in SCRIPTS if p.stem not in LIBRARIES], ids=lambda p: p.name)
+def test_every_script_answers_help(script, monkeypatch, capsys):
+    # as ``python benchmarks/NAME.py --help`` runs it (benchmarks/ on sys.path, the file as __main__)
+    monkeypatch.setattr(sys, "argv", [str(script), "--help"])
+    with pytest.raises(SystemExit) as exit_:
+        runpy.run_path(str(script), run_name="__main__")
+    assert exit_.value.code in (0, None) and "usage:" in capsys.readouterr().out
+
+
+def test_a_script_runs_as_documented_from_anywhere(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run([sys.executable, str(BENCH / "gpu_page.py"), "--help"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "usage: gpu_page.py" in out.stdout, out.stderr
+
+
+def test_a_training_runs_checkpoints_and_their_trainer_state(tmp_path):
+    """``common.run_checkpoints`` lists a run's complete checkpoints; ``common.trainer_state`` reads one's
+    ``trainer_state.json`` (``quality.read_metrics`` takes the last one's steps and seconds from it)."""
+    import json
+
+    common = pytest.importorskip("common")
+    quality = pytest.importorskip("quality")
+    assert quality.read_metrics(str(tmp_path)) == {}
+    with pytest.raises(FileNotFoundError, match="No complete checkpoints"):
+        common.run_checkpoints(str(tmp_path))
+    for step in (25, 50):
+        folder = tmp_path / "checkpoints" / f"checkpoint-{step}"
+        folder.mkdir(parents=True)
+        (folder / "trainer_state.json").write_text(json.dumps({"global_step": step, "train_seconds_this_run": step / 5}))
+    (tmp_path / "checkpoints" / "checkpoint-75").mkdir()  # no trainer state: not complete
+    found = common.run_checkpoints(str(tmp_path))
+    assert list(found) == [25, 50] and common.trainer_state(found[50])["global_step"] == 50
+    assert quality.read_metrics(str(tmp_path)) == {"steps": 50, "train_seconds": 10.0}
+    with pytest.raises(ValueError, match="trainer_state.json"):
+        common.trainer_state(str(tmp_path / "checkpoints" / "checkpoint-75"))
