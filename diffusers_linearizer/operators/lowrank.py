@@ -179,15 +179,21 @@ class IdentityPlusLowRank(FactoredOperator):
 
         Exact for every ``c`` and every rank (no Woodbury shortcut, so singular ``M`` is fine).
         Singular values ``σ ≤ rcond · σ_max(M)`` are treated as zero — the same rule, and the same
-        default ``rcond = eps · D``, as ``torch.linalg.pinv(M, rtol=rcond)``; ``c⁺ = 1/c`` unless
-        ``|c|`` falls under that threshold (then 0). The result has rank ``k ≤ 2R``.
+        default ``rcond = eps · D``, as ``torch.linalg.pinv(M, rtol=rcond)``; with the default, also those
+        below the round-off of forming ``M``, ``eps · D · (|c| + ‖U‖‖V‖)`` (an ``M`` that cancels to zero
+        has ``M† = 0``, not ``1/round-off``). ``c⁺ = 1/c`` unless ``|c|`` falls under the threshold (then 0).
+        The result has rank ``k ≤ 2R``.
         """
         Q, K, c = self._reduced()
         k, wd = Q.shape[1], Q.dtype
         W, S, Zh = torch.linalg.svd(K)
         spectrum = self._spectrum(S, c, k)
         smax = spectrum.max() if spectrum.numel() else c.new_zeros(())
-        tol = (default_rtol(wd, self.dim) if rcond is None else float(rcond)) * smax
+        rtol = default_rtol(wd, self.dim) if rcond is None else float(rcond)
+        # Round-off floor: the reduced matrix K carries errors of order eps·(|c| + ‖U‖‖V‖) from forming
+        # c·I + U Vᵀ, so values below that are noise even when σ_max itself is (M = 0 up to cancellation).
+        floor = default_rtol(wd, self.dim) * (c.abs() + self.U.norm() * self.V.norm()).to(wd)
+        tol = torch.maximum(rtol * smax, floor) if rcond is None else rtol * smax
         S_plus = torch.where(S > tol, 1.0 / torch.where(S > tol, S, torch.ones_like(S)), torch.zeros_like(S))
         K_plus = (Zh.mT * S_plus) @ W.mT
         zero = torch.zeros_like(c)
