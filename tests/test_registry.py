@@ -57,3 +57,36 @@ def test_markdown_table():
     assert lines[0] == "| thing | inputs | order | what |"
     assert lines[2] == "| `first` | `pairs` | 1 | The first thing. |"
     assert lines[3] == "| `second` | — | 2 | the builtin len |"
+
+
+def test_the_design_page_shows_every_registry_as_it_is():
+    """docs/design.md's extension-point tables are what the registries declare today (regenerate with
+    ``python -m diffusers_linearizer.registry_docs docs/design.md``)."""
+    from pathlib import Path
+
+    from diffusers_linearizer.registry_docs import extension_points, main, render
+
+    page = Path(__file__).resolve().parents[1] / "docs" / "design.md"
+    assert render() in page.read_text(encoding="utf-8")
+    assert main(["--check", str(page)]) == 0
+    for _, module, _, registry, _ in extension_points():
+        assert (Path(__file__).resolve().parents[1] / module).is_file()
+        for name in registry.names():
+            assert f"`{name}`" in render()
+
+
+def test_the_design_page_check_fails_when_a_registry_changes(tmp_path):
+    from diffusers_linearizer.models.core_registry import CORES
+    from diffusers_linearizer.registry_docs import main
+
+    from pathlib import Path
+
+    page = tmp_path / "design.md"
+    page.write_text((Path(__file__).resolve().parents[1] / "docs" / "design.md").read_text(encoding="utf-8"))
+    CORES.register("probe_core", lambda dim, spec: None, operator="`0`", parameters="0", config=(),
+                   conditionings=(None,), uses_rank=False, doc="A probe.")
+    try:
+        assert main(["--check", str(page)]) == 1
+        assert main([str(page)]) == 0 and "`probe_core`" in page.read_text()
+    finally:
+        CORES.unregister("probe_core")
