@@ -36,8 +36,9 @@ def _add_common(p: argparse.ArgumentParser, output_default: str) -> None:
         "--solver",
         choices=SOLVERS,
         default=None,
-        help="ODE solver whose run B collapses: euler, heun or rk4 (reference_rk: the original code's "
-        "first-order variant). Default: the one in the saved scheduler config.",
+        help="ODE solver whose run B collapses: "
+        + "; ".join(f"{e.name} ({e.description})" for e in SOLVERS.entries())
+        + ". Default: the one in the saved scheduler config.",
     )
     g.add_argument("--seed", type=SEED, default=0,
                    help="Random seed, 0 … 2**64 − 1. Image i uses seed + i. Default: 0.")

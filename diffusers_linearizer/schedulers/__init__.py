@@ -4,11 +4,7 @@ one-operator collapse)."""
 from .collapse import collapse_run
 from .propagators import (
     collapse_product,
-    euler_propagator,
-    heun_propagator,
     latent_generator,
-    reference_rk_propagator,
-    rk4_propagator,
     structured_collapse,
 )
 from .scheduling_linearizer import TIMESTEP_SPACINGS, CollapseInfo, LinearizerScheduler
@@ -24,10 +20,6 @@ __all__ = [
     "TIMESTEP_SPACINGS",
     "collapse_run",
     "latent_generator",
-    "euler_propagator",
-    "heun_propagator",
-    "rk4_propagator",
-    "reference_rk_propagator",
     "collapse_product",
     "structured_collapse",
 ]

@@ -22,10 +22,6 @@ solver's :meth:`~.solvers.Solver.propagator`) and use only ``a @ b``, ``a + b``,
   factors) and forms a ``D × D`` matrix only when those factors span all of ``R^D`` (``T·r ≳ D``), where
   ``B`` itself has a full-rank perturbation;
 * :func:`autograd_collapse` is the differentiable path (functional operator algebra on one basis).
-
-``euler_propagator``, ``heun_propagator``, ``rk4_propagator`` and ``reference_rk_propagator`` are the
-registry's propagators under fixed names, with the stages as positional arguments
-(``K1 = K(t)``, ``Khalf = K(t + h/2)``, ``Kh = K(t + h)``).
 """
 
 from __future__ import annotations
@@ -35,14 +31,9 @@ from typing import Iterable, Optional, Tuple
 import torch
 
 from ..operators import DenseOperator, IdentityPlusLowRank, SharedBasisOperator
-from .solvers import SOLVERS
 
 __all__ = [
     "latent_generator",
-    "euler_propagator",
-    "heun_propagator",
-    "rk4_propagator",
-    "reference_rk_propagator",
     "collapse_product",
     "CoordinateOperator",
     "structured_collapse",
@@ -56,28 +47,6 @@ def latent_generator(A_t, t: float):
     if not t < 1.0:
         raise ValueError(f"K(t) = (A_t - I)/(1 - t) is singular at t = 1; got t = {t}.")
     return A_t.add_identity(-1.0) * (1.0 / (1.0 - t))
-
-
-def euler_propagator(K1, h: float):
-    """``SOLVERS.get("euler").propagator``: ``P = I + h·K1``."""
-    return SOLVERS.get("euler").propagator((K1,), h)
-
-
-def heun_propagator(K1, Kh, h: float):
-    """``SOLVERS.get("heun").propagator``: ``P = I + (h/2)·(K1 + Kh·(I + h·K1))``."""
-    return SOLVERS.get("heun").propagator((K1, Kh), h)
-
-
-def rk4_propagator(K1, Khalf, Kh, h: float):
-    """``SOLVERS.get("rk4").propagator``: ``P = I + (h/6)·(K1 + 2·K2 + 2·K3 + K4)`` with
-    ``K2 = Khalf·(I + (h/2)·K1)``, ``K3 = Khalf·(I + (h/2)·K2)``, ``K4 = Kh·(I + h·K3)``."""
-    return SOLVERS.get("rk4").propagator((K1, Khalf, Khalf, Kh), h)
-
-
-def reference_rk_propagator(K1, Khalf, Kh, h: float):
-    """``SOLVERS.get("reference_rk").propagator``: ``P = I + (h/6)·(K1 + 4·Khalf + Kh)`` — every slope at
-    the step's start state (Simpson's rule on ``K`` alone), first order; not the RK4 propagator."""
-    return SOLVERS.get("reference_rk").propagator((K1, Khalf, Kh), h)
 
 
 def collapse_product(
