@@ -24,6 +24,8 @@ from diffusers_linearizer.schedulers import (
     latent_generator,
 )
 
+from .test_solvers import Mat
+
 F64 = torch.float64
 
 
@@ -232,25 +234,6 @@ def test_reference_rk_is_not_rk4():
 
 
 # ---------------------------------------------------------------------------- convergence
-class Mat:
-    """The smallest operator class: a dense matrix with the four operations the propagators use."""
-
-    def __init__(self, M):
-        self.M = M
-
-    def __matmul__(self, other):
-        return Mat(self.M @ other.M)
-
-    def __add__(self, other):
-        return Mat(self.M + other.M)
-
-    def __mul__(self, s):
-        return Mat(self.M * s)
-
-    def add_identity(self, s):
-        return Mat(self.M + s * torch.eye(self.M.shape[0], dtype=self.M.dtype))
-
-
 ORDERS = {"euler": 1.0, "heun": 2.0, "rk4": 4.0, "reference_rk": 1.0}
 
 
