@@ -6,8 +6,9 @@ It starts the demo with the packaged model, checks that start-up makes no networ
 Generate and the stepped comparison, uploads an image to Invert (and a wrong T and a corrupted file, which
 must give messages while the app keeps serving), interpolates and starts an edit. Every wait is bounded.
 
-Screenshots go to ``docs/images/demo_*.png`` (the README's pictures), or to the folder named by
-``LINEARIZER_DEMO_SCREENSHOTS``.
+Screenshots go to a temporary folder, or to the folder named by ``LINEARIZER_DEMO_SCREENSHOTS``: the README's
+pictures are remade with ``LINEARIZER_DEMO_SCREENSHOTS=docs/images python -m pytest tests/test_demo_browser.py``
+(a plain test run leaves the checkout as it was).
 """
 
 import os
@@ -161,8 +162,7 @@ def psnr_of(match, group: int = 1) -> float:
 def test_demo_in_a_browser(server, browser, tmp_path):
     url, demo, network_attempts = server
     assert network_attempts == [], f"start-up tried to reach the network: {network_attempts}"
-    shots = os.environ.get("LINEARIZER_DEMO_SCREENSHOTS") or os.path.join(
-        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "images")
+    shots = os.environ.get("LINEARIZER_DEMO_SCREENSHOTS") or str(tmp_path / "screenshots")
     os.makedirs(shots, exist_ok=True)
     examples = demo.examples()
     image_a, image_b = tmp_path / "a.png", tmp_path / "b.png"
