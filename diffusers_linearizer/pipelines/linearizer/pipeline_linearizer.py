@@ -22,6 +22,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
+from diffusers.utils import replace_example_docstring
 from diffusers import DiffusionPipeline, ImagePipelineOutput
 from diffusers.utils import logging
 from diffusers.utils.torch_utils import randn_tensor
@@ -35,6 +36,25 @@ from .conditioning import guidance_weight
 from .fast_sampling import FastSamplingMixin
 
 logger = logging.get_logger(__name__)
+
+EXAMPLE_DOC_STRING = '''
+    Examples:
+        ```py
+        >>> import torch
+        >>> from diffusers_linearizer import LinearizerPipeline
+
+        >>> pipe = LinearizerPipeline.from_pretrained()  # the packaged Fashion-MNIST 32×32 model, offline
+        >>> images = pipe(batch_size=4, generator=torch.Generator().manual_seed(0)).images  # one step per image
+        >>> len(images), images[0].size
+        (4, (32, 32))
+        >>> one_step = pipe(batch_size=4, output_type="pt", generator=torch.Generator().manual_seed(0)).images
+        >>> stepped = pipe(batch_size=4, output_type="pt", one_step=False, generator=torch.Generator().manual_seed(0)).images
+        >>> bool((one_step - stepped).abs().max() < 1e-4)  # B reproduces the stepped sampler
+        True
+
+        ```
+'''
+
 
 
 class LinearizerPipeline(FastSamplingMixin, LinearizerPipelineMixin, DiffusionPipeline):
@@ -275,6 +295,7 @@ class LinearizerPipeline(FastSamplingMixin, LinearizerPipelineMixin, DiffusionPi
         return ImagePipelineOutput(images=images)
 
     @torch.no_grad()
+    @replace_example_docstring(EXAMPLE_DOC_STRING)
     def __call__(
         self,
         batch_size: Optional[int] = None,
@@ -318,6 +339,13 @@ class LinearizerPipeline(FastSamplingMixin, LinearizerPipelineMixin, DiffusionPi
                 (``"latents"``, ``"noise"``).
             clamp: clamp ``"pt"``/``"np"`` images to the data range ``[0, 1]`` (``False`` returns the raw
                 ``g_x⁻¹`` output, e.g. to invert it exactly); PIL images are always clamped.
+
+        Examples:
+
+        Returns:
+            [`~diffusers.ImagePipelineOutput`] with ``images`` (PIL images, an ``np.ndarray`` ``(N, H, W, C)``, a
+            tensor ``(N, C, H, W)`` or the final latents, by ``output_type``), or the tuple ``(images,)`` when
+            ``return_dict=False``.
         """
         return self._generate(batch_size, num_inference_steps, solver, one_step, generator, latents, temperature,
                               output_type, return_dict, callback_on_step_end, callback_on_step_end_tensor_inputs, clamp)

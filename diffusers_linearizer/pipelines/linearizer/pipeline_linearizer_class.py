@@ -9,11 +9,30 @@ nothing per image (:mod:`.conditioning`).
 from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
+from diffusers.utils import replace_example_docstring
 from diffusers import ImagePipelineOutput
 
 from .conditioning import ClassConditionMixin
 from .pipeline_linearizer import LinearizerPipeline
 
+
+
+EXAMPLE_DOC_STRING = '''
+    Examples:
+        ```py
+        >>> import torch
+        >>> from diffusers_linearizer import PACKAGED_MODELS, LinearizerPipeline
+
+        >>> pipe = LinearizerPipeline.from_pretrained(PACKAGED_MODELS["fashion-mnist-classes"])
+        >>> type(pipe).__name__
+        'LinearizerClassPipeline'
+        >>> images = pipe(class_labels=["Sneaker", "Bag"], guidance_scale=3.0,
+        ...               generator=torch.Generator().manual_seed(0)).images
+        >>> len(images), pipe.get_label_ids(["Sneaker", "Bag"])
+        (2, [7, 8])
+
+        ```
+'''
 
 class LinearizerClassPipeline(ClassConditionMixin, LinearizerPipeline):
     r"""Class-conditioned generation: ``x = g_x⁻¹(B(c, w) g_y(τ·ε))``.
@@ -28,6 +47,7 @@ class LinearizerClassPipeline(ClassConditionMixin, LinearizerPipeline):
     _model_kinds = ("class",)
 
     @torch.no_grad()
+    @replace_example_docstring(EXAMPLE_DOC_STRING)
     def __call__(
         self, class_labels=None, guidance_scale: Optional[float] = None, negative_class_labels=None,
         batch_size: Optional[int] = None, num_inference_steps: int = 100, solver: Optional[str] = None,
@@ -50,6 +70,13 @@ class LinearizerClassPipeline(ClassConditionMixin, LinearizerPipeline):
             batch_size, num_inference_steps, solver, one_step, generator, latents, temperature, output_type,
                 return_dict, callback_on_step_end, callback_on_step_end_tensor_inputs, clamp: as in
                 :meth:`LinearizerPipeline.__call__`.
+
+        Examples:
+
+        Returns:
+            [`~diffusers.ImagePipelineOutput`] with ``images`` (PIL images, an ``np.ndarray`` ``(N, H, W, C)``, a
+            tensor ``(N, C, H, W)`` or the final latents, by ``output_type``), or the tuple ``(images,)`` when
+            ``return_dict=False``.
         """
         cond_args = dict(class_labels=class_labels, negative_class_labels=negative_class_labels)
         return self._generate(batch_size, num_inference_steps, solver, one_step, generator, latents, temperature,

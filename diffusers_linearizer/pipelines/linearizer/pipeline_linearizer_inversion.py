@@ -20,6 +20,7 @@ several threads.
 from typing import Optional, Tuple, Union
 
 import torch
+from diffusers.utils import replace_example_docstring
 from diffusers import DiffusionPipeline
 
 from ...images import images_to_tensor, postprocess_images, psnr
@@ -30,6 +31,24 @@ from .conditioning import ClassConditionMixin, TextConditionMixin
 from .pipeline_output import LinearizerInterpolationOutput, LinearizerInversionPipelineOutput
 
 INTERPOLATION_MODES = ("slerp", "linear")
+
+EXAMPLE_DOC_STRING = '''
+    Examples:
+        ```py
+        >>> import torch
+        >>> from diffusers_linearizer import LinearizerInversionPipeline, LinearizerPipeline
+
+        >>> pipe = LinearizerPipeline.from_pretrained()
+        >>> inv = LinearizerInversionPipeline(**pipe.components)  # shares the cached B and B†
+        >>> x = pipe(batch_size=2, output_type="pt", clamp=False, generator=torch.Generator().manual_seed(0)).images
+        >>> out = inv(x, check_range=False)  # the model's raw outputs reach a little past [0, 1]
+        >>> noise = pipe.sampling_temperature * torch.randn(2, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+        >>> bool((out.noise - noise).abs().max() < 1e-3)  # the noise that generated them
+        True
+
+        ```
+'''
+
 
 
 def slerp(a: torch.Tensor, b: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -116,6 +135,7 @@ class LinearizerInversionPipeline(ClassConditionMixin, TextConditionMixin, Linea
         return noise, z0, z1, x_rec
 
     @torch.no_grad()
+    @replace_example_docstring(EXAMPLE_DOC_STRING)
     def __call__(
         self,
         image,
@@ -152,6 +172,8 @@ class LinearizerInversionPipeline(ClassConditionMixin, TextConditionMixin, Linea
             class_labels, prompt, guidance_scale, negative_class_labels, negative_prompt, prompt_embeds,
                 negative_prompt_embeds: the condition the images were generated with (as in
                 :class:`LinearizerPipeline`); each image is inverted through its exact ``B(c, w)†``.
+
+        Examples:
 
         Returns:
             :class:`LinearizerInversionPipelineOutput` (``noise``, ``latents``, ``image_latents``,
@@ -205,6 +227,30 @@ class LinearizerInversionPipeline(ClassConditionMixin, TextConditionMixin, Linea
         with the interpolated core ``(1 − λ)·A(t, c_a) + λ·A(t, c_b)``, guided by ``guidance_scale`` (its own
         collapsed operator per frame). ``check_range``: as in :meth:`__call__` (``False`` takes a model's own
         unclamped outputs, which reach past ``[0, 1]``).
+
+        Args:
+            image_a, image_b: one image each (the conventions of :meth:`__call__`).
+            num_frames: frames ``F ≥ 2``, both ends included.
+            mode: ``"slerp"`` (default) or ``"linear"``.
+            num_inference_steps / solver / rcond: the run whose ``B`` (and ``B†``) is used, as in :meth:`__call__`.
+            output_type: ``"pil"`` (default), ``"np"`` or ``"pt"``.
+            return_dict: return a :class:`LinearizerInterpolationOutput` instead of a tuple.
+            check_range: as in :meth:`__call__`.
+            class_labels / prompt / prompt_embeds / guidance_scale: the conditions of the two ends (above).
+
+        Examples:
+            ```py
+            >>> import torch
+            >>> from diffusers_linearizer import LinearizerInversionPipeline, LinearizerPipeline
+
+            >>> pipe = LinearizerPipeline.from_pretrained()
+            >>> x = pipe(batch_size=2, output_type="pt", clamp=False, generator=torch.Generator().manual_seed(0)).images
+            >>> out = LinearizerInversionPipeline(**pipe.components).interpolate(x[0], x[1], num_frames=5,
+            ...                                                                  check_range=False)
+            >>> len(out.frames), out.weights.tolist()
+            (5, [0.0, 0.25, 0.5, 0.75, 1.0])
+
+            ```
 
         Returns:
             :class:`LinearizerInterpolationOutput` with ``frames``, ``noise`` ``(F, C, H, W)``, ``weights``

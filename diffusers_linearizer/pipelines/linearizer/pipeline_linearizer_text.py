@@ -9,6 +9,7 @@ into one operator ``B(c, w)`` per prompt (:mod:`.conditioning`).
 from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
+from diffusers.utils import replace_example_docstring
 from diffusers import DiffusionPipeline, ImagePipelineOutput
 
 from ...models import LinearizerModel
@@ -16,6 +17,25 @@ from ...schedulers import LinearizerScheduler
 from .conditioning import TextConditionMixin
 from .pipeline_linearizer import LinearizerPipeline
 
+
+
+EXAMPLE_DOC_STRING = '''
+    Examples:
+        ```py
+        >>> import torch
+        >>> from diffusers_linearizer import LinearizerModel, LinearizerScheduler, LinearizerTextPipeline
+
+        >>> model = LinearizerModel(sample_size=8, num_blocks=1, conditioner_channels=8, core_rank=4, core_hidden_dim=16,
+        ...                         core_embedding_dim=8, conditioning="text", condition_dim=16)  # untrained, tiny
+        >>> pipe = LinearizerTextPipeline(linearizer=model, scheduler=LinearizerScheduler())
+        >>> embeds = torch.randn(2, 16, generator=torch.Generator().manual_seed(0))  # e.g. from pipe.encode_prompt(...)
+        >>> images = pipe(prompt_embeds=embeds, negative_prompt_embeds=torch.zeros(2, 16), guidance_scale=2.0,
+        ...               num_inference_steps=10, output_type="pt").images
+        >>> tuple(images.shape)
+        (2, 1, 8, 8)
+
+        ```
+'''
 
 class LinearizerTextPipeline(TextConditionMixin, LinearizerPipeline):
     r"""Text-conditioned generation: ``x = g_x⁻¹(B(c, w) g_y(τ·ε))`` with ``c`` the prompt's pooled embedding.
@@ -38,6 +58,7 @@ class LinearizerTextPipeline(TextConditionMixin, LinearizerPipeline):
         self.check_model_kind()
 
     @torch.no_grad()
+    @replace_example_docstring(EXAMPLE_DOC_STRING)
     def __call__(
         self, prompt=None, guidance_scale: Optional[float] = None, negative_prompt=None,
         prompt_embeds: Optional[torch.Tensor] = None, negative_prompt_embeds: Optional[torch.Tensor] = None,
@@ -60,6 +81,13 @@ class LinearizerTextPipeline(TextConditionMixin, LinearizerPipeline):
             batch_size, num_inference_steps, solver, one_step, generator, latents, temperature, output_type,
                 return_dict, callback_on_step_end, callback_on_step_end_tensor_inputs, clamp: as in
                 :meth:`LinearizerPipeline.__call__`.
+
+        Examples:
+
+        Returns:
+            [`~diffusers.ImagePipelineOutput`] with ``images`` (PIL images, an ``np.ndarray`` ``(N, H, W, C)``, a
+            tensor ``(N, C, H, W)`` or the final latents, by ``output_type``), or the tuple ``(images,)`` when
+            ``return_dict=False``.
         """
         cond_args = dict(prompt=prompt, negative_prompt=negative_prompt, prompt_embeds=prompt_embeds,
                          negative_prompt_embeds=negative_prompt_embeds)
