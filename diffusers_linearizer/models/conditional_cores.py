@@ -102,6 +102,20 @@ class ConditionEmbedding(nn.Module):
         return self.check(rows).repeat_interleave(repeat, dim=0)
 
 
+def guided_forward(core, z: Tensor, t, mix) -> Tensor:
+    """``Σ_k λ_k·A(t, c_k) z`` by the conditional core's forward: the one computation of a guided prediction.
+    Classifier-free guidance ``(1 + w)·A(t, c) z − w·A(t, c⁻) z`` is the mix ``[(1 + w, c), (−w, c⁻)]``.
+    ``mix``: ``[(λ_k, conditions_k)]``, each ``conditions_k`` one condition for every row of ``z`` or one per row."""
+    n = z.shape[0]
+    out = None
+    for weight, conditions in mix:
+        conditions = list(conditions)
+        term = core(z, t, core.condition_embedding.stack(conditions, n if len(conditions) == 1 else 1))
+        term = term if weight == 1.0 else weight * term
+        out = term if out is None else out + term
+    return out
+
+
 def condition_key(condition) -> Tuple:
     """A hashable name of one condition (an id, or the bytes of an embedding) for the collapse cache."""
     if isinstance(condition, Tensor) and condition.is_floating_point():
@@ -264,11 +278,7 @@ class GuidedCore:
 
     def apply(self, z: Tensor, t) -> Tensor:
         """The guided prediction by the core's forward, one evaluation per mixture entry (two for ``(c, w)``)."""
-        n = z.shape[0]
-        out = 0.0
-        for weight, cond in self.mix:
-            out = out + weight * self.core(z, t, self.core.condition_embedding.stack([cond], n))
-        return out
+        return guided_forward(self.core, z, t, [(weight, [cond]) for weight, cond in self.mix])
 
     def cache_identity(self):
         """``(owner module, key)``: the scheduler fingerprints the owner's weights and adds the key."""

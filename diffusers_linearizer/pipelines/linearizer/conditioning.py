@@ -20,7 +20,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
-from ...models.conditional_cores import condition_key
+from ...models.conditional_cores import condition_key, guided_forward
 
 #: ``guidance_scale`` of conditional models when none is given (``w = 3``: the lowest FD in ``docs/guidance.md``)
 DEFAULT_GUIDANCE_SCALE = 4.0
@@ -179,11 +179,9 @@ class ConditionalPipelineMixin:
         (two core evaluations per stage when guided: what a stepped classifier-free-guidance sampler costs)."""
         if conditions is None:
             return self.linearizer.apply_core(latents, t)
-        stack = self.linearizer.core.condition_embedding.stack
-        out = self.linearizer.apply_core(latents, t, stack(conditions[0], 1))
-        if w == 0.0:
-            return out
-        return (1.0 + w) * out - w * self.linearizer.apply_core(latents, t, stack(conditions[1], 1))
+        self.linearizer.check_sample(latents, "latent")
+        mix = [(1.0, conditions[0])] if w == 0.0 else [(1.0 + w, conditions[0]), (-w, conditions[1])]
+        return guided_forward(self.linearizer.core, latents.flatten(1), t, mix).view_as(latents)
 
 
 class ClassConditionMixin:
