@@ -50,7 +50,7 @@ from diffusers_linearizer import LinearizerInversionPipeline, LinearizerPipeline
 from diffusers_linearizer.image_grid import make_grid
 from diffusers_linearizer.training import checkpoint_root, list_checkpoints
 from diffusers_linearizer.training.distill import read_pairs_file
-from diffusers_linearizer.training.one_step import bits_per_dim, dequantize, log_likelihood
+from diffusers_linearizer.models.one_step import bits_per_dim, dequantize, log_likelihood
 
 START = os.path.join(MODELS, "fashion_mnist_v1")
 T = 100

@@ -15,7 +15,8 @@ import torch
 from diffusers_linearizer.schedulers import LinearizerScheduler
 from diffusers_linearizer.training import objective as tobj
 from diffusers_linearizer.training.distill import TeacherPairs, chunk_noise, distill_terms, pairs_noise, read_pairs_file
-from diffusers_linearizer.training.one_step import collapsed_operator, generate, invert
+from diffusers_linearizer.models.one_step import generate, invert
+from diffusers_linearizer.training.one_step import collapsed_operator
 from diffusers_linearizer.training.teacher import load_teacher, sample_teacher, write_teacher_pairs
 
 from .utils import perturb_all, tiny_model

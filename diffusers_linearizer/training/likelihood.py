@@ -1,7 +1,7 @@
 r"""The ``likelihood`` objective: maximum likelihood of the one-step generator (a normalizing flow).
 
 Every core is linear in latent space, so the collapsed generator ``x = g_x⁻¹(B g_y(ε))`` is an invertible
-map with a tractable Jacobian. Its exact log-density (:func:`.one_step.log_likelihood`) is maximised on
+map with a tractable Jacobian. Its exact log-density (:func:`diffusers_linearizer.models.one_step.log_likelihood`) is maximised on
 uniformly dequantised 8-bit images ``x̃ = (k + u)/256``::
 
     L = bits/dim = (−log p(x̃) + D·log 256) / (D·ln 2)                                  (likelihood_bpd)
@@ -19,7 +19,7 @@ from typing import Dict
 import torch
 from torch import Tensor
 
-from .one_step import bits_per_dim, dequantize, log_likelihood
+from ..models.one_step import bits_per_dim, dequantize, log_likelihood
 
 
 def likelihood_terms(model, B, images: Tensor, uniform: Tensor) -> Dict[str, Tensor]:
