@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import functools
 import json
 import os
 import shutil
@@ -92,6 +93,7 @@ def write_json_atomic(path: str, data: Any) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- exchange
+@functools.lru_cache(maxsize=1)
 def _libc():
     try:
         return ctypes.CDLL(None, use_errno=True)
@@ -230,11 +232,6 @@ def _swap_in(tmp: str, path: str, merge: bool) -> None:
 def _check_target(path: str) -> None:
     if os.path.lexists(path) and not os.path.isdir(path):
         raise ValueError(f"Cannot write the folder {path!r}: a file of that name exists.")
-    probe = os.path.dirname(os.path.abspath(path))
-    while not os.path.isdir(probe):
-        probe = os.path.dirname(probe)
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise PermissionError(errno.EACCES, f"Cannot write the folder {path!r}: {probe!r} is not writable")
 
 
 @contextlib.contextmanager

@@ -85,7 +85,8 @@ def estimate_collapse(core, num_steps: int, stage_times: Sequence[float], dtype:
     per_time = sum(t.numel() * t.element_size() for t in _tensors(b).values() if t.data_ptr() not in shared)
     dim = int(getattr(a, "dim", 0) or getattr(core, "dim", 0) or 1)
     rank = int(getattr(a, "rank", dim) or 0)
-    columns_per_time = any(getattr(a, n, None) is not None and getattr(a, n).data_ptr() not in shared for n in ("U",))
+    U = getattr(a, "U", None)
+    columns_per_time = U is not None and U.data_ptr() not in shared  # a new basis block at every evaluation
     width = min(dim, max(1, rank * (evaluations if columns_per_time else 1)))
     itemsize = torch.empty((), dtype=dtype).element_size()
     memory = evaluations * (per_time + _PER_EVALUATION_BYTES) + 4.0 * width * width * itemsize

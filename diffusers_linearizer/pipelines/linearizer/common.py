@@ -69,8 +69,9 @@ class LinearizerPipelineMixin(ConditionalPipelineMixin, LinearizerLoadingMixin):
         return self.scheduler.check_run(num_inference_steps, solver)
 
     def check_collapse_budget(self, num_inference_steps: int, solver: str, core=None):
-        """Refuse, before anything is allocated, a collapse that would not fit in memory or time (the estimate
-        and the limits: :mod:`diffusers_linearizer.schedulers.collapse_budget`); returns the estimate."""
+        """Refuse a collapse that would not fit in memory or time (the estimate and the limits:
+        :mod:`diffusers_linearizer.schedulers.collapse_budget`); returns the estimate. Each pipeline call that
+        collapses checks once, before any work (every condition's ``B(c, w)`` costs the same)."""
         if core is None and self.conditioning is not None:  # estimated on one condition's view: all cost the same
             cfg = self.linearizer.config
             probe = 0 if self.conditioning == "class" else torch.zeros(cfg.condition_dim, device=self.linearizer.device,
@@ -110,7 +111,6 @@ class LinearizerPipelineMixin(ConditionalPipelineMixin, LinearizerLoadingMixin):
         model's core to collapse instead (a guided conditional core, ``guided_view``), ``B(c, w)``.
         """
         T, solver = self.check_run(num_inference_steps, solver)
-        self.check_collapse_budget(T, solver, core)
         return self.scheduler.collapse(self.linearizer.core if core is None else core, T, solver=solver,
                                        dtype=self._collapse_dtype(), progress_bar=self.progress_bar)
 
@@ -118,7 +118,6 @@ class LinearizerPipelineMixin(ConditionalPipelineMixin, LinearizerLoadingMixin):
                        core=None):
         """``B†``, the Moore–Penrose pseudo-inverse of :meth:`collapsed_operator` (cached with ``B`` by the scheduler)."""
         T, solver = self.check_run(num_inference_steps, solver)
-        self.check_collapse_budget(T, solver, core)
         return self.scheduler.pseudo_inverse(self.linearizer.core if core is None else core, T, solver=solver,
                                              dtype=self._collapse_dtype(), rcond=rcond, progress_bar=self.progress_bar)
 

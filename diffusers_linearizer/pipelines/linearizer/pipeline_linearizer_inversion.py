@@ -96,7 +96,7 @@ class LinearizerInversionPipeline(ClassConditionMixin, TextConditionMixin, Linea
 
     def _prepare(self, image, name: str, num_inference_steps, solver, output_type, check_range=True):
         """Check everything before any work; return the images as a tensor on the execution device."""
-        self.check_run(num_inference_steps, solver)
+        self.check_collapse_budget(*self.check_run(num_inference_steps, solver))
         check_output_type(output_type, ("pil", "np", "pt"))
         x = images_to_tensor(image, self.linearizer.sample_shape, name, check_range=check_range)
         self._onload()
