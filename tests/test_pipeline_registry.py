@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from diffusers_linearizer.models.core_registry import CORES
+
 from diffusers_linearizer import LinearizerScheduler
 from diffusers_linearizer.pipelines import tasks
 from diffusers_linearizer.pipelines.linearizer import LinearizerInversionPipeline, LinearizerPipeline
@@ -44,6 +46,9 @@ def test_lookups_name_what_is_known():
 
 def test_a_new_task_is_one_registration(monkeypatch):
     monkeypatch.setitem(TASKS, "reconstruct", "images → images through f")
+    with pytest.raises(ValueError, match="serves the tasks 'generate', 'invert', not 'reconstruct'"):
+        pipeline_class_for(_model("class"), "reconstruct")  # no core declares the task yet
+    monkeypatch.setitem(CORES.entry("shared_basis").declared, "tasks", ("generate", "invert", "reconstruct"))
 
     class ReconstructionPipeline(LinearizerInversionPipeline):
         pass

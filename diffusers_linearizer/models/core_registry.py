@@ -6,7 +6,9 @@ An entry is a builder ``build(dim, spec) -> core`` registered with what the core
 * ``parameters`` — how its parameter count grows with ``D`` and the rank;
 * ``config`` — the model config keys it reads (beyond ``sample_size`` / ``in_channels``, which give ``D``);
 * ``conditionings`` — the ``conditioning`` values it can be built for (``None``: unconditional);
-* ``uses_rank`` — whether ``core_rank`` applies (then it must be at most ``D``).
+* ``uses_rank`` — whether ``core_rank`` applies (then it must be at most ``D``);
+* ``tasks`` — the pipeline tasks (``pipelines/tasks.py``) a model with this core serves, its main one first
+  (the flow cores: ``("generate", "invert")``).
 
 The model builds its core through :func:`build_core_from_config` and nowhere else; argument checks, help
 texts and the table in ``docs/design.md`` read the declarations. A new core type is a module with its
@@ -22,7 +24,7 @@ from ..registry import Registry
 from .conditional_cores import CONDITIONINGS, ConditionalSharedBasisCore, ConditionalTimeLowRankCore
 from .cores import DenseCore, LowRankCore, SharedBasisCore, TimeLowRankCore
 
-__all__ = ["CORES", "CoreSpec", "build_core_from_config", "check_core_choice", "core_types"]
+__all__ = ["CORES", "CoreSpec", "build_core_from_config", "check_core_choice", "core_tasks", "core_types"]
 
 CORES = Registry(
     "core_type",
@@ -32,8 +34,9 @@ CORES = Registry(
         "config": "the config keys the core reads",
         "conditionings": "the conditioning values it is built for (None: unconditional)",
         "uses_rank": "whether core_rank applies (then r ≤ D)",
+        "tasks": "the pipeline tasks a model with this core serves (its main one first)",
     },
-    defaults={"uses_rank": True},
+    defaults={"uses_rank": True, "tasks": ("generate", "invert")},
 )
 
 
@@ -105,6 +108,11 @@ def _constant_basis(dim: int, spec: CoreSpec):
 def core_types(conditioning: Optional[str] = None):
     """The core types that can be built for ``conditioning`` (``None``: unconditional), in registration order."""
     return tuple(e.name for e in CORES.entries() if conditioning in e.conditionings)
+
+
+def core_tasks(core_type: str) -> tuple:
+    """The pipeline tasks a model with ``core_type`` serves, its main one first."""
+    return tuple(CORES.entry(core_type).tasks)
 
 
 def check_core_choice(core_type: str, conditioning: Optional[str] = None, core_rank: Optional[int] = None,

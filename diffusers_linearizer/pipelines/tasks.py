@@ -21,7 +21,7 @@ from typing import Optional, Tuple, Union
 
 from ..registry import Registry
 
-__all__ = ["PIPELINES", "TASKS", "pipeline_class_for", "register_pipeline"]
+__all__ = ["PIPELINES", "TASKS", "check_task", "model_tasks", "pipeline_class_for", "register_pipeline", "task_of"]
 
 #: what pipelines do, each with a description for the docs
 TASKS = {
@@ -45,12 +45,48 @@ def register_pipeline(name: str, cls, task: str):
     return PIPELINES.register(name, cls, task=task, kinds=kinds)
 
 
-def pipeline_class_for(model_or_kind: Union[None, str, object], task: str = "generate"):
+def model_tasks(model) -> Tuple[str, ...]:
+    """The tasks a model serves, its main one first: what its core type declares (``CORES``' ``tasks``)."""
+    from ..models.core_registry import core_tasks
+
+    core_type = getattr(getattr(model, "config", None), "core_type", None)
+    return core_tasks(core_type) if core_type is not None else ("generate", "invert")
+
+
+def task_of(cls) -> Optional[str]:
+    """The task ``cls`` is registered for (``None`` for an unregistered class)."""
+    for entry in PIPELINES.entries():
+        if entry.value is cls:
+            return entry.task
+    return None
+
+
+def check_task(model, task: str, pipeline_name: str = "this pipeline") -> None:
+    """``ValueError`` naming the tasks a model serves (and the pipeline of its main one) unless it serves ``task``."""
+    tasks = model_tasks(model)
+    if task not in tasks:
+        main = pipeline_class_for(model, tasks[0]).__name__
+        raise ValueError(f"{pipeline_name} runs the task {task!r}, but this linearizer's core "
+                         f"({model.config.core_type!r}) serves {', '.join(map(repr, tasks))}: use {main}.")
+
+
+def pipeline_class_for(model_or_kind: Union[None, str, object], task: Optional[str] = None):
     """The pipeline class that runs ``task`` for a model (a ``LinearizerModel``) or a kind (``None``, ``"class"``,
-    ``"text"``); ``ValueError`` naming the known kinds and tasks otherwise."""
+    ``"text"``); ``ValueError`` naming the known kinds and tasks otherwise.
+
+    ``task=None`` is the model's main task (the first its core type declares; ``"generate"`` for a kind). A model
+    whose core does not serve ``task`` is refused, naming the tasks it serves.
+    """
     kind = model_or_kind
     if kind is not None and not isinstance(kind, str):
+        tasks = model_tasks(kind)
+        if task is None:
+            task = tasks[0]
+        if task in TASKS and task not in tasks:
+            raise ValueError(f"This linearizer's core ({kind.config.core_type!r}) serves the tasks "
+                             f"{', '.join(map(repr, tasks))}, not {task!r}.")
         kind = getattr(getattr(kind, "config", None), "conditioning", None)
+    task = "generate" if task is None else task
     if task not in TASKS:
         raise ValueError(f"Unknown pipeline task {task!r}; expected one of {', '.join(TASKS)}.")
     for entry in PIPELINES.entries():

@@ -69,9 +69,14 @@ class ConditionalPipelineMixin:
         linearizer = getattr(self, "linearizer", None)
         if linearizer is None or not hasattr(linearizer, "config"):
             return
+        from . import pipeline_class_for  # the table of classes lives beside them
+        from ..tasks import check_task, task_of
+
+        task = task_of(type(self)) or next((task_of(c) for c in type(self).__mro__ if task_of(c)), None)
+        if task is not None:
+            check_task(linearizer, task, type(self).__name__)
         kind = self.conditioning
         if kind not in self._model_kinds:
-            from . import pipeline_class_for  # the table of classes lives beside them
 
             raise ValueError(
                 f"{type(self).__name__} is for {' or '.join(describe_kind(k) for k in self._model_kinds)} models, but "
