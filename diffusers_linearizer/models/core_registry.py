@@ -8,7 +8,9 @@ An entry is a builder ``build(dim, spec) -> core`` registered with what the core
 * ``conditionings`` — the ``conditioning`` values it can be built for (``None``: unconditional);
 * ``uses_rank`` — whether ``core_rank`` applies (then it must be at most ``D``);
 * ``tasks`` — the pipeline tasks (``pipelines/tasks.py``) a model with this core serves, its main one first
-  (the flow cores: ``("generate", "invert")``).
+  (the flow cores: ``("generate", "invert")``);
+* ``same_g`` — whether the core needs ``g_x ≡ g_y`` (one shared network run with one role: ``shared_g=True``
+  and ``role_x == role_y``), as a projection ``f = g⁻¹ P g`` or a style ``g⁻¹ A_s g`` does.
 
 The model builds its core through :func:`build_core_from_config` and nowhere else; argument checks, help
 texts and the table in ``docs/design.md`` read the declarations. A new core type is a module with its
@@ -24,7 +26,7 @@ from ..registry import Registry
 from .conditional_cores import CONDITIONINGS, ConditionalSharedBasisCore, ConditionalTimeLowRankCore
 from .cores import DenseCore, LowRankCore, SharedBasisCore, TimeLowRankCore
 
-__all__ = ["CORES", "CoreSpec", "build_core_from_config", "check_core_choice", "core_tasks", "core_types"]
+__all__ = ["CORES", "CoreSpec", "build_core_from_config", "check_core_choice", "check_core_networks", "core_tasks", "core_types"]
 
 CORES = Registry(
     "core_type",
@@ -35,8 +37,9 @@ CORES = Registry(
         "conditionings": "the conditioning values it is built for (None: unconditional)",
         "uses_rank": "whether core_rank applies (then r ≤ D)",
         "tasks": "the pipeline tasks a model with this core serves (its main one first)",
+        "same_g": "whether it needs g_x ≡ g_y (shared_g with role_x == role_y)",
     },
-    defaults={"uses_rank": True, "tasks": ("generate", "invert")},
+    defaults={"uses_rank": True, "tasks": ("generate", "invert"), "same_g": False},
 )
 
 
@@ -128,6 +131,19 @@ def check_core_choice(core_type: str, conditioning: Optional[str] = None, core_r
                          f"{', '.join(core_types(conditioning))}.")
     if entry.uses_rank and core_rank is not None and dim is not None and core_rank > dim:
         raise ValueError(f"core_rank {core_rank} exceeds the latent dimension D = C·H·W = {dim}.")
+
+
+def check_core_networks(core_type: str, shared_g: bool, role_x: float, role_y: float) -> None:
+    """``ValueError`` saying why when ``core_type`` needs ``g_x ≡ g_y`` and the config gives two networks or
+    two roles of one."""
+    if not CORES.entry(core_type).same_g:
+        return
+    if not shared_g:
+        raise ValueError(f"core_type {core_type!r} needs one network on both sides (g_x ≡ g_y, so that f = g⁻¹ A g "
+                         "composes with itself): set shared_g=True.")
+    if float(role_x) != float(role_y):
+        raise ValueError(f"core_type {core_type!r} needs g_x ≡ g_y, but role_x = {role_x} and role_y = {role_y} run "
+                         "the shared network as two functions: set role_x equal to role_y.")
 
 
 def build_core_from_config(core_type: str, dim: int, spec: CoreSpec):

@@ -32,7 +32,7 @@ from .config_checks import CONFIG_RULES, check_model_config
 from .algebra import LinearizerAlgebraMixin, LinearizerSVDOutput  # noqa: F401  (re-exported)
 from .conditional_cores import CONDITIONINGS, GuidedCore
 from .conditioners import CONDITIONERS
-from .core_registry import CoreSpec, build_core_from_config, check_core_choice
+from .core_registry import CoreSpec, build_core_from_config, check_core_choice, check_core_networks
 from .invertible import InvertibleNetwork
 
 SPACES = ("x", "y")
@@ -126,6 +126,7 @@ class LinearizerModel(LinearizerAlgebraMixin, ModelMixin, ConfigMixin):
             )
         dim = in_channels * sample_size * sample_size
         check_core_choice(core_type, conditioning, core_rank, dim)
+        check_core_networks(core_type, shared_g, role_x, role_y)
 
         def make_g():
             return InvertibleNetwork(
