@@ -19,6 +19,8 @@ from .pipelines import (
     LinearizerInversionPipelineOutput,
     LinearizerPipeline,
     LinearizerClassPipeline,
+    LinearizerProjectionPipeline,
+    LinearizerProjectionPipelineOutput,
     LinearizerTextPipeline,
     pipeline_class_for,
 )

@@ -3,6 +3,8 @@ and a new pipeline or task is one registration."""
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 
 from diffusers_linearizer.models.core_registry import CORES
@@ -10,7 +12,7 @@ from diffusers_linearizer.models.core_registry import CORES
 from diffusers_linearizer import LinearizerScheduler
 from diffusers_linearizer.pipelines import tasks
 from diffusers_linearizer.pipelines.linearizer import LinearizerInversionPipeline, LinearizerPipeline
-from diffusers_linearizer.pipelines.tasks import PIPELINES, TASKS, pipeline_class_for, register_pipeline
+from diffusers_linearizer.pipelines.tasks import PIPELINES, TASKS, model_tasks, pipeline_class_for, register_pipeline
 
 from .utils import tiny_model
 
@@ -18,23 +20,42 @@ KINDS = {None: {}, "class": dict(conditioning="class", num_classes=3),
          "text": dict(conditioning="text", condition_dim=16)}
 
 
-def _model(kind):
-    return tiny_model(core_type="shared_basis", **KINDS[kind])
+def _model(kind, task="generate"):
+    """A tiny model of ``kind`` whose core serves ``task`` (the first such core type; ``None`` if there is none)."""
+    fits = [e for e in CORES.entries() if task in e.tasks and kind in e.conditionings]
+    if not fits:
+        return None
+    entry = next((e for e in fits if e.name == "shared_basis"), fits[0])
+    roles = dict(role_x=1.0, role_y=1.0) if entry.same_g else {}
+    return tiny_model(core_type=entry.name, **KINDS[kind], **roles)
+
+
+def _build(cls, model):
+    """``cls`` around ``model`` with the components its ``__init__`` takes."""
+    extra = {"scheduler": LinearizerScheduler()} if "scheduler" in inspect.signature(cls.__init__).parameters else {}
+    return cls(linearizer=model, **extra)
 
 
 @pytest.mark.parametrize("task", list(TASKS))
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_every_task_and_kind_has_one_pipeline_that_takes_the_model(task, kind):
     serving = [e for e in PIPELINES.entries() if e.task == task and kind in e.kinds]
+    model = _model(kind, task)
+    if model is None:  # no core serves this task for this kind: then no pipeline claims it either
+        assert not serving
+        return
     assert len(serving) == 1
-    cls = pipeline_class_for(_model(kind), task)
+    cls = pipeline_class_for(model, task)
     assert cls is serving[0].value and cls is pipeline_class_for(kind, task)
-    pipe = cls(linearizer=_model(kind), scheduler=LinearizerScheduler())  # its __init__ checks the model kind
+    pipe = _build(cls, model)  # its __init__ checks the model kind and task
     assert pipe.linearizer.conditioning == kind
-    others = [k for k in KINDS if k not in cls._model_kinds]
-    for other in others:  # and refuses the other kinds, naming the right class
-        with pytest.raises(ValueError, match=pipeline_class_for(other, task).__name__):
-            cls(linearizer=_model(other), scheduler=LinearizerScheduler())
+    for other in [k for k in KINDS if k not in cls._model_kinds and _model(k, task) is not None]:
+        with pytest.raises(ValueError, match=pipeline_class_for(other, task).__name__):  # names the right class
+            _build(cls, _model(other, task))
+    for other_task in [t for t in TASKS if t not in model_tasks(model)]:  # a model of another task is refused
+        foreign = _model(kind, other_task) or _model(None, other_task)
+        with pytest.raises(ValueError, match=f"runs the task {task!r}.*use {pipeline_class_for(foreign).__name__}"):
+            _build(cls, foreign)
 
 
 def test_lookups_name_what_is_known():

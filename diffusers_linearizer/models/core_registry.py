@@ -10,7 +10,10 @@ An entry is a builder ``build(dim, spec) -> core`` registered with what the core
 * ``tasks`` — the pipeline tasks (``pipelines/tasks.py``) a model with this core serves, its main one first
   (the flow cores: ``("generate", "invert")``);
 * ``same_g`` — whether the core needs ``g_x ≡ g_y`` (one shared network run with one role: ``shared_g=True``
-  and ``role_x == role_y``), as a projection ``f = g⁻¹ P g`` or a style ``g⁻¹ A_s g`` does.
+  and ``role_x == role_y``), as a projection ``f = g⁻¹ P g`` or a style ``g⁻¹ A_s g`` does;
+* ``size_free`` — whether the core acts on image-shaped latents of any size (a convolution): the model then
+  takes images of any ``H × W`` its networks can split (``LinearizerModel.check_sample``), not only
+  ``sample_size``².
 
 The model builds its core through :func:`build_core_from_config` and nowhere else; argument checks, help
 texts and the table in ``docs/design.md`` read the declarations. A new core type is a module with its
@@ -26,7 +29,8 @@ from ..registry import Registry
 from .conditional_cores import CONDITIONINGS, ConditionalSharedBasisCore, ConditionalTimeLowRankCore
 from .cores import DenseCore, LowRankCore, SharedBasisCore, TimeLowRankCore
 
-__all__ = ["CORES", "CoreSpec", "build_core_from_config", "check_core_choice", "check_core_networks", "core_tasks", "core_types"]
+__all__ = ["CORES", "CoreSpec", "build_core_from_config", "check_core_choice", "check_core_networks", "core_size_free",
+           "core_tasks", "core_types"]
 
 CORES = Registry(
     "core_type",
@@ -38,8 +42,9 @@ CORES = Registry(
         "uses_rank": "whether core_rank applies (then r ≤ D)",
         "tasks": "the pipeline tasks a model with this core serves (its main one first)",
         "same_g": "whether it needs g_x ≡ g_y (shared_g with role_x == role_y)",
+        "size_free": "whether it takes image-shaped latents of any size",
     },
-    defaults={"uses_rank": True, "tasks": ("generate", "invert"), "same_g": False},
+    defaults={"uses_rank": True, "tasks": ("generate", "invert"), "same_g": False, "size_free": False},
 )
 
 
@@ -55,6 +60,8 @@ class CoreSpec:
     conditioning: Optional[str] = None
     num_classes: int = 0
     condition_dim: int = 0
+    channels: int = 1
+    sample_size: int = 1
 
     @property
     def condition(self) -> dict:
@@ -108,6 +115,37 @@ def _constant_basis(dim: int, spec: CoreSpec):
     return ConditionalSharedBasisCore(dim, spec.rank, time_conditioned=False, **spec.condition, **spec.mlp)
 
 
+def _projection(form: str):
+    def build(dim: int, spec: CoreSpec):
+        from .projection_cores import PROJECTION_FORMS
+
+        return PROJECTION_FORMS[form](dim, spec.rank)
+
+    return build
+
+
+_PROJECTION = dict(parameters="the factors, plus r² + r + 1 for the prior on the range", config=("core_rank",),
+                   conditionings=(None,), tasks=("project",), same_g=True)
+CORES.register("projection_orthogonal", _projection("orthogonal"), operator="`Q Qᵀ` (P² = P, rank r)",
+               doc="An orthogonal projection: f(x) is the range point nearest to g(x), mapped back "
+                   "(models/projection_cores.py).", **_PROJECTION)
+CORES.register("projection_oblique", _projection("oblique"), operator="`U (VᵀU)⁻¹ Vᵀ` (P² = P, rank r)",
+               doc="An oblique projection: range span U, kernel (span V)^⊥ (models/projection_cores.py).", **_PROJECTION)
+CORES.register("projection_spectral", _projection("spectral"), operator="`M diag(m) M⁻¹`, m binary (P² = P, rank r)",
+               doc="The paper's spectral projection, a top-r binary mask trained by the straight-through estimator "
+                   "(models/projection_cores.py).", **_PROJECTION)
+
+
+@CORES.register("style_conv", operator="`Pᵀ Conv(δ + Δ_s) P` (circular, 2×2 space-to-depth)",
+                parameters="S·(4C)²·k² (k = core_rank)", config=("core_rank",), conditionings=("class",),
+                uses_rank=False, tasks=("stylize",), same_g=True, size_free=True)
+def _style_conv(dim: int, spec: CoreSpec):
+    """One circular convolution per style (a class id is a style) with k × k kernels, k = core_rank (odd)."""
+    from .style_cores import StyleConvolutionCore
+
+    return StyleConvolutionCore(spec.channels, spec.sample_size, spec.num_classes, kernel_size=spec.rank)
+
+
 def core_types(conditioning: Optional[str] = None):
     """The core types that can be built for ``conditioning`` (``None``: unconditional), in registration order."""
     return tuple(e.name for e in CORES.entries() if conditioning in e.conditionings)
@@ -116,6 +154,11 @@ def core_types(conditioning: Optional[str] = None):
 def core_tasks(core_type: str) -> tuple:
     """The pipeline tasks a model with ``core_type`` serves, its main one first."""
     return tuple(CORES.entry(core_type).tasks)
+
+
+def core_size_free(core_type: str) -> bool:
+    """Whether a model with ``core_type`` takes images of any size (the entry's ``size_free``)."""
+    return bool(CORES.entry(core_type).size_free)
 
 
 def check_core_choice(core_type: str, conditioning: Optional[str] = None, core_rank: Optional[int] = None,

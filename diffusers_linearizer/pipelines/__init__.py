@@ -5,6 +5,8 @@ from .linearizer import (
     LinearizerInversionPipeline,
     LinearizerInversionPipelineOutput,
     LinearizerPipeline,
+    LinearizerProjectionPipeline,
+    LinearizerProjectionPipelineOutput,
     LinearizerClassPipeline,
     LinearizerTextPipeline,
     pipeline_class_for,
@@ -18,4 +20,6 @@ __all__ = [
     "LinearizerInversionPipeline",
     "LinearizerInversionPipelineOutput",
     "LinearizerInterpolationOutput",
+    "LinearizerProjectionPipeline",
+    "LinearizerProjectionPipelineOutput",
 ]

@@ -37,7 +37,8 @@ def linearizer_model_card(pipeline, metrics: Optional[Dict[str, Any]] = None, re
     and ``scheduler_config``), so ``ModelCard.load(path).data`` gives them back.
     """
     model_config = _public_config(pipeline.linearizer.config)
-    scheduler_config = _public_config(pipeline.scheduler.config)
+    scheduler = getattr(pipeline, "scheduler", None)
+    scheduler_config = _public_config(scheduler.config) if scheduler is not None else {}
     metrics = _plain(dict(metrics or {}))
     c, h, w = pipeline.linearizer.sample_shape
     kind = model_config.get("conditioning")
@@ -58,7 +59,38 @@ def linearizer_model_card(pipeline, metrics: Optional[Dict[str, Any]] = None, re
     uses_condition = {"class": "class_labels=[0, 1, 2, 3], guidance_scale=4.0",
                       "text": 'prompt=["a prompt"] * 4, guidance_scale=4.0'}.get(kind, "")
     condition = uses_condition or "batch_size=4"
-    body = f"""
+    scheduler_section = "" if scheduler is None else f"""
+`scheduler` (`LinearizerScheduler`):
+
+```json
+{json.dumps(scheduler_config, indent=2, sort_keys=True)}
+```
+"""
+    if hasattr(pipeline, "model_card_text"):  # a pipeline of another task describes itself
+        about = pipeline.model_card_text(name, params)
+    else:
+        about = _generation_text(pipeline, model_config, scheduler_config, name, params, condition, uses_condition, c, h, w)
+    body = f"""{about}
+## Metrics
+
+| metric | value |
+|---|---|
+{metric_rows}
+
+## Configuration
+
+`linearizer` (`LinearizerModel`):
+
+```json
+{json.dumps(model_config, indent=2, sort_keys=True)}
+```
+{scheduler_section}"""
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n{body}")
+
+
+def _generation_text(pipeline, model_config, scheduler_config, name, params, condition, uses_condition, c, h, w) -> str:
+    """The card's introduction and usage for the flow pipelines (generation and inversion)."""
+    return f"""
 # Linearizer ({type(pipeline).__name__})
 
 A Linearizer `f(x) = g_y⁻¹(A g_x(x))` packaged for 🤗 diffusers with the
@@ -89,25 +121,5 @@ out = inverter(images{", " + uses_condition if uses_condition else ""})  # out.n
 
 `DiffusionPipeline.from_pretrained("{name}", trust_remote_code=True)` also works: the
 `pipeline_linearizer.py` file beside `model_index.json` only re-exports the installed package's classes.
-
-## Metrics
-
-| metric | value |
-|---|---|
-{metric_rows}
-
-## Configuration
-
-`linearizer` (`LinearizerModel`):
-
-```json
-{json.dumps(model_config, indent=2, sort_keys=True)}
-```
-
-`scheduler` (`LinearizerScheduler`):
-
-```json
-{json.dumps(scheduler_config, indent=2, sort_keys=True)}
-```
 """
-    return ModelCard(f"---\n{data.to_yaml()}\n---\n{body}")
+

@@ -27,6 +27,7 @@ __all__ = ["PIPELINES", "TASKS", "check_task", "model_tasks", "pipeline_class_fo
 TASKS = {
     "generate": "noise → images in one step (or stepped), guided for conditional models",
     "invert": "images → noise through B†, reconstructions, interpolations and edits",
+    "project": "images → f(x) = g⁻¹(P g(x)) with P² = P (projection, mask filling), and generation on P's range",
 }
 
 PIPELINES = Registry("pipeline", fields={"task": "what it does (a TASKS name)", "kinds": "the model kinds it serves"})

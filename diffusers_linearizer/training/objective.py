@@ -68,7 +68,7 @@ import torch
 from torch import Tensor, nn
 
 from .distances import PIXEL_LOSSES, mse, per_sample_distance, pixel_distance, ssim  # noqa: F401  (re-exported)
-from .objective_registry import OBJECTIVES, StepInputs, component, mix_needs, parse_objective, weighted_terms  # noqa: F401
+from .objective_registry import OBJECTIVES, StepInputs, check_objective_model, component, mix_needs, parse_objective, weighted_terms  # noqa: F401
 
 TERMS = OBJECTIVES.entry("fast").terms
 
@@ -227,6 +227,7 @@ class LinearizerObjective(nn.Module):
         unknown = set(weights or {}) - set(known)
         if unknown:
             raise ValueError(f"Unknown loss terms {sorted(unknown)}; expected some of {', '.join(sorted(known))}.")
+        check_objective_model(self.mix, model)
         self.model = model
         self.objective = ",".join(self.mix)
         self.noise_level = float(noise_level)

@@ -11,6 +11,8 @@ An objective is a *component* function ``component(objective, inputs) -> {term: 
 * ``one_step`` — whether it trains through ``B``, the collapse of the sampler run (built once per step
   and shared by the components that need it, in ``inputs.B``);
 * ``conditions`` — whether it trains conditional models (class ids / text embeddings in ``inputs.condition``);
+* ``tasks`` — the model tasks it trains (what the model's core declares, ``CORES``' ``tasks``): the flow
+  objectives ``("generate", "invert")``, the projection ones ``("project",)``;
 * ``estimates`` — the loss it estimates, when another objective estimates the same one (two such can not
   be mixed).
 
@@ -29,7 +31,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 from ..registry import Registry
 
-__all__ = ["OBJECTIVES", "StepInputs", "component", "mix_needs", "parse_objective", "weighted_terms"]
+__all__ = ["OBJECTIVES", "StepInputs", "check_objective_model", "component", "mix_needs", "parse_objective", "weighted_terms"]
 
 OBJECTIVES = Registry(
     "objective",
@@ -41,9 +43,10 @@ OBJECTIVES = Registry(
         "one_step": "trains through the collapsed B",
         "conditions": "trains conditional models",
         "estimates": "the loss it estimates (not mixable with another estimate of it)",
+        "tasks": "the model tasks it trains (its core's tasks)",
     },
     defaults={"weighted": (), "data": "images", "needs_uniform": False, "one_step": False, "conditions": False,
-              "estimates": None},
+              "estimates": None, "tasks": ("generate", "invert")},
 )
 
 _FLOW_TERMS = ("latent_flow", "noise_reconstruction", "image_reconstruction", "prediction")
@@ -68,6 +71,32 @@ OBJECTIVES.register(
     needs_uniform=True, one_step=True,
     doc="Exact maximum likelihood (bits/dim) of the one-step generator.",
 )
+
+OBJECTIVES.register(
+    "projection_likelihood", "diffusers_linearizer.training.projection_objective:projection_likelihood_component",
+    terms=("projection_bpd",), needs_uniform=True, tasks=("project",),
+    doc="Exact likelihood (bits/dim) of a projection model: g with a Gaussian on P's range and a small one off it.",
+)
+OBJECTIVES.register(
+    "projection_reconstruction",
+    "diffusers_linearizer.training.projection_objective:projection_reconstruction_component",
+    terms=("projection_reconstruction",), weighted=("projection_reconstruction",), needs_uniform=True,
+    tasks=("project",), doc="Data are fixed points of a projection model: ‖f(x) − x‖² per pixel.",
+)
+
+
+def check_objective_model(mix, model) -> None:
+    """``ValueError`` naming the objectives that train the model's task unless every component of ``mix`` trains a
+    task the model's core serves (flow objectives for flow cores, projection objectives for projection cores)."""
+    from ..models.core_registry import core_tasks
+
+    core_type = model.config.core_type
+    tasks = core_tasks(core_type)
+    wrong = [name for name in mix if not set(OBJECTIVES.entry(name).tasks) & set(tasks)]
+    if wrong:
+        fits = [e.name for e in OBJECTIVES.entries() if set(e.tasks) & set(tasks)]
+        raise ValueError(f"--objective {','.join(wrong)} does not train a {core_type!r} model (it serves "
+                         f"{', '.join(tasks)}); use some of {', '.join(fits)}.")
 
 
 @dataclass

@@ -101,6 +101,10 @@ def _build_model(args, in_channels: int, condition_config: Optional[Dict[str, An
             raise ValueError(f"--model_config has {key}={config[key]} but the data need {value}.")
         config[key] = value
     config.update(condition_config or {})
+    from ..models.core_registry import CORES
+
+    if "core_type" in config and CORES.entry(config["core_type"]).same_g and "role_y" not in config:
+        config["role_y"] = config.get("role_x", 1.0)  # one network with one role on both sides (g_x ≡ g_y)
     model = LinearizerModel(**config)
     if getattr(args, "init_weights", None):
         from .conditions import init_from
@@ -127,6 +131,10 @@ def initialize_model(args, dataset, device):
     init_images = stack_images([dataset[i] for i in init_idx])
     init_noise = torch.randn(init_images.shape, generator=init_gen)
     initialize_actnorm(model, init_images.to(device), init_noise.to(device))
+    if hasattr(model.core, "fit_range") and not args.pretrained_model:
+        from .projection_objective import initialize_projection
+
+        initialize_projection(model, init_images.to(device))
     return model
 
 

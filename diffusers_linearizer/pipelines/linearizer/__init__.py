@@ -4,6 +4,7 @@
 * :mod:`.pipeline_linearizer_class` — ``LinearizerClassPipeline`` (class-conditioned models, guidance);
 * :mod:`.pipeline_linearizer_text` — ``LinearizerTextPipeline`` (text-conditioned models, guidance);
 * :mod:`.pipeline_linearizer_inversion` — ``LinearizerInversionPipeline`` (inversion, interpolation; every kind);
+* :mod:`.pipeline_linearizer_projection` — ``LinearizerProjectionPipeline`` (projection models ``g⁻¹ P g``);
 * :mod:`.common` — what all share (``B``, ``B†``, checks); :mod:`.conditioning` — conditions and guidance;
   :mod:`.loading` — saving and loading.
 """
@@ -13,13 +14,17 @@ from .common import LinearizerPipelineMixin
 from .pipeline_linearizer import LinearizerPipeline
 from .pipeline_linearizer_class import LinearizerClassPipeline
 from .pipeline_linearizer_inversion import LinearizerInversionPipeline
+from .pipeline_linearizer_projection import LinearizerProjectionPipeline
 from .pipeline_linearizer_text import LinearizerTextPipeline
-from .pipeline_output import LinearizerInterpolationOutput, LinearizerInversionPipelineOutput
+from .pipeline_output import (
+    LinearizerInterpolationOutput, LinearizerInversionPipelineOutput, LinearizerProjectionPipelineOutput,
+)
 
 register_pipeline("linearizer", LinearizerPipeline, task="generate")
 register_pipeline("linearizer_class", LinearizerClassPipeline, task="generate")
 register_pipeline("linearizer_text", LinearizerTextPipeline, task="generate")
 register_pipeline("linearizer_inversion", LinearizerInversionPipeline, task="invert")
+register_pipeline("linearizer_projection", LinearizerProjectionPipeline, task="project")
 
 
 __all__ = [
@@ -27,6 +32,8 @@ __all__ = [
     "LinearizerClassPipeline",
     "LinearizerTextPipeline",
     "LinearizerInversionPipeline",
+    "LinearizerProjectionPipeline",
+    "LinearizerProjectionPipelineOutput",
     "LinearizerPipelineMixin",
     "LinearizerInversionPipelineOutput",
     "LinearizerInterpolationOutput",

@@ -23,6 +23,7 @@ broken JSON), saves atomically, writes safetensors only, and never records the m
 
 import json
 import os
+from types import SimpleNamespace
 from typing import Any, Dict, Optional, Union
 
 from diffusers import DiffusionPipeline
@@ -36,20 +37,17 @@ logger = logging.get_logger(__name__)
 PACKAGE = "diffusers_linearizer"
 #: module file written beside ``model_index.json`` so that ``DiffusionPipeline.from_pretrained`` finds our class
 PIPELINE_MODULE = "pipeline_linearizer"
-PIPELINE_MODULE_SOURCE = '''"""Written by diffusers-linearizer's `save_pretrained`.
+def pipeline_module_source() -> str:
+    """The text of the ``pipeline_linearizer.py`` saved beside ``model_index.json``: it re-exports every
+    registered pipeline class (the ``PIPELINES`` registry) of the installed package, and contains no model code."""
+    from ..tasks import PIPELINES
 
-diffusers loads a third-party pipeline class from a module file saved beside `model_index.json`
-(`DiffusionPipeline.from_pretrained(path, trust_remote_code=True)`). This file contains no model code: it
-re-exports the pipeline classes of the installed package diffusers-linearizer.
-"""
-
-from diffusers_linearizer import (  # noqa: F401
-    LinearizerClassPipeline,
-    LinearizerInversionPipeline,
-    LinearizerPipeline,
-    LinearizerTextPipeline,
-)
-'''
+    names = "".join(f"    {n},\n" for n in sorted({e.value.__name__ for e in PIPELINES.entries()}))
+    return ('"""Written by diffusers-linearizer\'s `save_pretrained`.\n\n'
+            "diffusers loads a third-party pipeline class from a module file saved beside `model_index.json`\n"
+            "(`DiffusionPipeline.from_pretrained(path, trust_remote_code=True)`). This file contains no model code: it\n"
+            're-exports the pipeline classes of the installed package diffusers-linearizer.\n"""\n\n'
+            f"from diffusers_linearizer import (  # noqa: F401\n{names})\n")
 #: component → the file that marks it as saved, and whether weights (safetensors) must be beside it
 COMPONENT_FILES = {"linearizer": ("config.json", True), "scheduler": ("scheduler_config.json", False)}
 #: components some Linearizer pipelines have (a text model's), fetched from the Hub when saved
@@ -94,8 +92,9 @@ def check_layout(folder: str, needed, path: str, config_name: str = "model_index
     if problems:
         raise ValueError(
             f"{path!r} is not a complete Linearizer pipeline: {'; '.join(problems)}. Expected model_index.json, "
-            "linearizer/config.json with linearizer/diffusion_pytorch_model.safetensors, and "
-            "scheduler/scheduler_config.json (or pass the missing component, e.g. scheduler=LinearizerScheduler())."
+            "linearizer/config.json with linearizer/diffusion_pytorch_model.safetensors"
+            + (", and scheduler/scheduler_config.json (or pass the missing component, e.g. "
+               "scheduler=LinearizerScheduler())." if "scheduler" in needed else ".")
         )
 
 
@@ -157,24 +156,28 @@ class LinearizerLoadingMixin:
         needed = [name for name in cls._component_names if name not in kwargs]
         wanted = needed + [n for n in OPTIONAL_COMPONENTS if n not in kwargs]  # of a text model, if saved
         folder = resolve_folder(path, wanted, {k: kwargs[k] for k in _DOWNLOAD_KWARGS if k in kwargs}, cls.config_name)
+        cls = cls._class_for_kind(cls._saved_model(folder, kwargs))
+        needed = [name for name in cls._component_names if name not in kwargs]
         check_layout(folder, needed, path, cls.config_name)
-        cls = cls._class_for_kind(cls._saved_kind(folder, kwargs))
         pipe = DiffusionPipeline.from_pretrained.__func__(cls, folder, **kwargs)
         pipe.register_to_config(_name_or_path=path)
         return pipe
 
     @classmethod
-    def _saved_kind(cls, folder: str, kwargs: Dict[str, Any]) -> Optional[str]:
-        """The ``conditioning`` of the linearizer to load (given in ``kwargs`` or saved in ``folder``)."""
+    def _saved_model(cls, folder: str, kwargs: Dict[str, Any]):
+        """What the pipeline class depends on of the linearizer to load (given in ``kwargs`` or saved in
+        ``folder``): an object with ``config.conditioning`` and ``config.core_type``."""
         given = kwargs.get("linearizer")
         if given is not None:
-            return getattr(getattr(given, "config", None), "conditioning", None)
-        config = os.path.join(folder, "linearizer", COMPONENT_FILES["linearizer"][0])
-        return read_json(config).get("conditioning") if os.path.isfile(config) else None
+            return given
+        path = os.path.join(folder, "linearizer", COMPONENT_FILES["linearizer"][0])
+        config = read_json(path) if os.path.isfile(path) else {}
+        return SimpleNamespace(config=SimpleNamespace(conditioning=config.get("conditioning"),
+                                                      core_type=config.get("core_type", "shared_basis")))
 
     @classmethod
-    def _class_for_kind(cls, kind: Optional[str]):
-        """The class to build for a model of ``kind``: ``cls`` itself (the generation pipelines refine this)."""
+    def _class_for_kind(cls, saved):
+        """The class to build for the saved model ``saved``: ``cls`` itself (the generation pipelines refine this)."""
         return cls
 
     @classmethod
@@ -227,7 +230,7 @@ class LinearizerLoadingMixin:
             index.pop("_name_or_path", None)
             if pipeline_module:
                 index["_class_name"] = [PIPELINE_MODULE, type(self).__name__]
-                write_text_atomic(os.path.join(tmp, f"{PIPELINE_MODULE}.py"), PIPELINE_MODULE_SOURCE)
+                write_text_atomic(os.path.join(tmp, f"{PIPELINE_MODULE}.py"), pipeline_module_source())
             write_json_atomic(index_path, index)
             write_text_atomic(os.path.join(tmp, "README.md"), str(linearizer_model_card(self, metrics, repo_id)))
         if push_to_hub:

@@ -91,13 +91,14 @@ class LinearizerPipeline(FastSamplingMixin, LinearizerPipelineMixin, DiffusionPi
         self.check_model_kind()
 
     @classmethod
-    def _class_for_kind(cls, kind: Optional[str]):
-        """The generation class of a model kind when it is this class or a subclass of it, else ``cls``
-        (whose ``__init__`` then names the right one)."""
+    def _class_for_kind(cls, saved):
+        """The main pipeline class of the saved model ``saved`` (``pipeline_class_for``) when it is this class or a
+        subclass of it — or, from ``LinearizerPipeline`` itself, the entry point, whatever its task (a projection
+        model loads as ``LinearizerProjectionPipeline``) — else ``cls`` (whose ``__init__`` then names the right one)."""
         from . import pipeline_class_for
 
-        target = pipeline_class_for(kind)
-        return target if issubclass(target, cls) else cls
+        target = pipeline_class_for(saved)
+        return target if issubclass(target, cls) or cls is LinearizerPipeline else cls
 
     @property
     def sampling_temperature(self) -> float:

@@ -52,3 +52,19 @@ class LinearizerInterpolationOutput(BaseOutput):
     noise: torch.Tensor
     weights: torch.Tensor
     psnr: Optional[torch.Tensor] = None
+
+
+@dataclass
+class LinearizerProjectionPipelineOutput(BaseOutput):
+    """What :class:`LinearizerProjectionPipeline` returns for ``N`` images.
+
+    Args:
+        images: ``f(x)`` (projection, mask filling) or ``g⁻¹(G ε)`` (generation), per ``output_type``.
+        distances: ``(N,)`` float64, ``‖g(x) − P g(x)‖`` of each input image (0 for generated ones): how far the
+            input is from the model's range — an out-of-distribution score.
+        latents: ``(N, C, H, W)`` the output's latents ``P g(x)`` (``G ε`` when generating), on ``range(P)``.
+    """
+
+    images: Images
+    distances: torch.Tensor
+    latents: Optional[torch.Tensor] = None
