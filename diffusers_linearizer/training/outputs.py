@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 from typing import Any, Dict
 
@@ -13,17 +14,31 @@ from ..images import save_image
 SAMPLES_DIR = "samples"
 
 
-def generate_samples(model, num: int, num_inference_steps: int, solver: str, seed: int, **condition):
-    """One-step samples ``(num, C, H, W)`` from ``model`` by its generation pipeline (``pipeline_class_for``;
-    noise of image i from seed + i)."""
+def model_pipeline(model, solver: str, text=None):
+    """The main pipeline of ``model`` (``pipeline_class_for(model)``) around it, with a ``LinearizerScheduler`` of
+    ``solver`` when the class takes a scheduler, and the ``(tokenizer, encoder)`` of ``text`` for a text model."""
     from ..pipelines import pipeline_class_for
     from ..schedulers import LinearizerScheduler
 
+    cls = pipeline_class_for(model)
+    components = dict(linearizer=model)
+    if "scheduler" in inspect.signature(cls.__init__).parameters:
+        components["scheduler"] = LinearizerScheduler(solver=solver)
+    if text is not None:
+        components.update(tokenizer=text[0], text_encoder=text[1])
+    return cls(**components)
+
+
+def generate_samples(model, num: int, num_inference_steps: int, solver: str, seed: int, **condition):
+    """One-step samples ``(num, C, H, W)`` from ``model`` by its main pipeline (:func:`model_pipeline`; noise of
+    image i from seed + i)."""
     gens = [torch.Generator("cpu").manual_seed(seed + i) for i in range(num)]
-    pipe = pipeline_class_for(model)(linearizer=model, scheduler=LinearizerScheduler(solver=solver))
+    pipe = model_pipeline(model, solver)
     pipe.set_progress_bar_config(disable=True)
-    return pipe(batch_size=num, num_inference_steps=num_inference_steps, generator=gens, output_type="pt",
-                **condition).images
+    run = dict(batch_size=num, generator=gens, output_type="pt", **condition)
+    if "num_inference_steps" in inspect.signature(pipe.__call__).parameters:
+        run["num_inference_steps"] = num_inference_steps
+    return pipe(**run).images
 
 
 def save_sample_grid(images: "torch.Tensor", output_dir: str, step: int):
@@ -44,10 +59,4 @@ def save_final(model, output_dir: str, solver: str, metrics: Dict[str, Any], tex
     """The model's generation pipeline (``pipeline_class_for(model)``: ``LinearizerPipeline`` or its class / text
     subclass) ``.save_pretrained(output_dir, metrics=...)``, with the text encoder and tokenizer of
     ``text = (tokenizer, encoder)`` for a text model."""
-    from ..pipelines import pipeline_class_for
-    from ..schedulers import LinearizerScheduler
-
-    components = dict(linearizer=model, scheduler=LinearizerScheduler(solver=solver))
-    if text is not None:
-        components.update(tokenizer=text[0], text_encoder=text[1])
-    pipeline_class_for(model)(**components).save_pretrained(output_dir, metrics=metrics)
+    model_pipeline(model, solver, text).save_pretrained(output_dir, metrics=metrics)
