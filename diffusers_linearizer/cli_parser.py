@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
         "success, 2 for bad input (an argument, an input file, a model that does not fit the request; nothing is "
         "written), 1 when the work itself fails (a file system or memory error).",
     )
-    sub = parser.add_subparsers(dest="command", metavar="{generate,invert,interpolate,train,distill-data,demo}")
+    sub = parser.add_subparsers(dest="command", metavar="{generate,invert,interpolate,train,distill-data,project,demo}")
     sub.required = True
 
     gen = sub.add_parser(
@@ -165,6 +165,10 @@ def build_parser() -> argparse.ArgumentParser:
         "are kept in OUTPUT.parts/.",
     )
     add_teacher_arguments(dd)
+
+    from .cli_projection import add_parser as add_project_parser
+
+    add_project_parser(sub)
 
     dem = sub.add_parser(
         "demo",

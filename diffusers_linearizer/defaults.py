@@ -10,8 +10,12 @@ DEFAULT_MODEL_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "de
 #: the class-conditional Fashion-MNIST 32×32 pipeline shipped inside the package (``class_labels``, guidance)
 CLASSES_MODEL_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fashion_mnist_classes")
 
+#: the Fashion-MNIST 32×32 projection pipeline (``f ∘ f = f``; ``LinearizerProjectionPipeline``)
+PROJECTION_MODEL_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fashion_mnist_projection")
+
 #: name → folder of every packaged pipeline: ``LinearizerPipeline.from_pretrained(PACKAGED_MODELS[name])``
-PACKAGED_MODELS = {"fashion-mnist": DEFAULT_MODEL_DIR, "fashion-mnist-classes": CLASSES_MODEL_DIR}
+PACKAGED_MODELS = {"fashion-mnist": DEFAULT_MODEL_DIR, "fashion-mnist-classes": CLASSES_MODEL_DIR,
+                   "fashion-mnist-projection": PROJECTION_MODEL_DIR}
 
 
 def packaged_default_available() -> bool:

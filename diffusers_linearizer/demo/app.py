@@ -106,9 +106,13 @@ def _sampler_inputs(gr, demo: LinearizerDemo, key: str):
     return steps, solver
 
 
-def build_app(demo: Optional[LinearizerDemo] = None, model: Optional[str] = None):
-    """The demo's ``gr.Blocks`` for ``demo`` (default: :func:`get_demo(model) <.callbacks.get_demo>`)."""
+def build_app(demo: Optional[LinearizerDemo] = None, model: Optional[str] = None, projection=None):
+    """The demo's ``gr.Blocks`` for ``demo`` (default: :func:`get_demo(model) <.callbacks.get_demo>`); the Project
+    tab uses ``projection`` (a :class:`~.project_view.ProjectionDemo`; default: the packaged projection model)."""
+    from .project_view import ProjectionDemo, add_project_tab
+
     gr = import_gradio()
+    projection = projection if projection is not None else ProjectionDemo()
     demo = demo if demo is not None else get_demo(model)
     examples = demo.examples()
     f = demo.features
@@ -206,6 +210,8 @@ def build_app(demo: Optional[LinearizerDemo] = None, model: Optional[str] = None
                 slider.release(edit, [edit_record, *sliders], [edited, status])
             reset.click(lambda: [0.0] * EDIT_DIRECTIONS, None, sliders).then(
                 edit, [edit_record, *sliders], [edited, status])
+
+        add_project_tab(gr, projection, examples, _guarded, _image, _image_slot, demo)
     blocks.queue(default_concurrency_limit=4)
     return blocks
 
