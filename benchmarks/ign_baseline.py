@@ -92,18 +92,26 @@ def ign_losses(f: nn.Module, frozen: nn.Module, x: Tensor, z: Tensor):
     return loss, {"rec": float(rec.detach()), "idem": float(idem.detach()), "tight": float(tight.detach())}
 
 
-def train(params: int, seconds: float, output: str, batch_size: int = 64, seed: int = 0) -> dict:
-    """Train an :class:`IGNNet` of about ``params`` parameters for ``seconds`` of wall-clock; save it to ``output``."""
+def train(params: int, seconds: float, output: str, batch_size: int = 64, seed: int = 0, resume: bool = False) -> dict:
+    """Train an :class:`IGNNet` of about ``params`` parameters for ``seconds`` of wall-clock; save it to ``output``.
+    ``resume``: continue the network saved in ``output`` (a fresh optimizer; steps and seconds add up)."""
     from safetensors.torch import save_file
 
     torch.manual_seed(seed)
     data = FashionMNIST(split="train", resolution=32)
     images = data.images.float() / 255.0
     source = FourierSource(images[:10000])
-    f = IGNNet(width_for(params))
+    done = {"steps": 0, "seconds": 0.0}
+    if resume:
+        f, _ = load(output)
+        f.train()
+        with open(os.path.join(output, "ign.json"), encoding="utf-8") as fh:
+            done = json.load(fh)
+    else:
+        f = IGNNet(width_for(params))
     frozen = copy.deepcopy(f).requires_grad_(False)
     opt = torch.optim.Adam(f.parameters(), lr=1e-4, betas=(0.5, 0.999))
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed + done["steps"])
     start, step, terms = time.monotonic(), 0, {}
     while time.monotonic() - start < seconds:
         idx = torch.randint(0, images.shape[0], (batch_size,), generator=gen)
@@ -117,7 +125,8 @@ def train(params: int, seconds: float, output: str, batch_size: int = 64, seed: 
     os.makedirs(output, exist_ok=True)
     save_file({k: v.contiguous() for k, v in f.state_dict().items()}, os.path.join(output, "ign.safetensors"))
     torch.save({"mean": source.mean, "amplitude": source.amplitude}, os.path.join(output, "source.pt"))
-    summary = dict(f.config, parameters=count_params(f), steps=step, seconds=round(time.monotonic() - start, 1),
+    summary = dict(f.config, parameters=count_params(f), steps=done["steps"] + step,
+                   seconds=round(done["seconds"] + time.monotonic() - start, 1),
                    batch_size=batch_size, last_terms=terms)
     write_text_atomic(os.path.join(output, "ign.json"), json.dumps(summary, indent=2) + "\n")
     return summary
@@ -144,8 +153,9 @@ def main(argv=None) -> int:
     p.add_argument("--output", required=True)
     p.add_argument("--batch_size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="Continue the network saved in --output.")
     args = p.parse_args(argv)
-    print(json.dumps(train(args.params, args.max_train_seconds, args.output, args.batch_size, args.seed)))
+    print(json.dumps(train(args.params, args.max_train_seconds, args.output, args.batch_size, args.seed, args.resume)))
     return 0
 
 
