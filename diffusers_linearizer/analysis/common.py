@@ -41,12 +41,11 @@ def evaluating(model):
 
 
 def working_model(model, dtype: Optional[torch.dtype] = None):
-    """``model`` itself when it already runs in ``dtype`` (default: at least float32), else an eval-mode copy
-    converted to it (the original is never modified)."""
+    """An eval-mode copy of ``model`` in ``dtype`` (default: at least float32) whose parameters need no
+    gradient (Jacobian products then record no graph for the weights); the original is never modified."""
     want = dtype or torch.promote_types(model.dtype, torch.float32)
-    if model.dtype == want:
-        return model
-    return copy.deepcopy(model).to(want).eval()
+    work = copy.deepcopy(model).to(want).eval()
+    return work.requires_grad_(False)
 
 
 def collapsed_operator(model, scheduler, num_inference_steps: int = 100, solver: Optional[str] = None,

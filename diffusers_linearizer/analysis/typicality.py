@@ -6,8 +6,9 @@ per image do (``docs/math.md`` §8):
 
 * the **bits per dimension** of the image under the one-step generator, from the exact change of variables
   (:func:`diffusers_linearizer.models.one_step.log_likelihood` and ``bits_per_dim``, the one owner);
-* the **χ² statistic of the recovered noise** ``ε``: for ``ε ~ N(0, I_D)``, ``s = ‖ε‖² ~ χ²_D`` (mean ``D``,
-  variance ``2D``). Reported: ``s``, the z-score ``(s − D)/√(2D)``, the std ``√(s/D)``, and the upper-tail
+* the **χ² statistic of the recovered noise** ``ε``: the pipelines draw ``τ·ε`` with ``ε ~ N(0, I_D)`` (``τ`` the
+  model's ``sampling_temperature``, 1 unless calibrated), so for noise the model generates from,
+  ``s = ‖ε/τ‖² ~ χ²_D`` (mean ``D``, variance ``2D``). Reported: ``s``, the z-score ``(s − D)/√(2D)``, the std ``√(s/D)``, and the upper-tail
   p-value ``P(χ²_D ≥ s) = Q(D/2, s/2)`` (the regularised upper incomplete gamma function).
 
 ``typical`` is ``p ≥ alpha``: noise that is too *large* for ``N(0, I)``. The lower tail is not flagged: a
@@ -40,10 +41,10 @@ class NoiseTypicality:
     """The χ² test of recovered noise against ``N(0, I_D)`` (:func:`noise_typicality`), per image.
 
     Args:
-        chi2: ``(N,)`` float64 ``s = ‖ε‖²``.
+        chi2: ``(N,)`` float64 ``s = ‖ε/τ‖²``.
         z_score: ``(N,)`` float64 ``(s − D)/√(2D)``.
         p_value: ``(N,)`` float64 ``P(χ²_D ≥ s)``.
-        noise_std: ``(N,)`` float64 ``√(s/D)``.
+        noise_std: ``(N,)`` float64 ``τ·√(s/D)``, the std of the noise itself.
         typical: ``(N,)`` bool ``p_value ≥ alpha``.
     """
 
@@ -61,8 +62,8 @@ class Typicality(NoiseTypicality):
     bits_per_dim: Optional[Tensor] = None
 
 
-def noise_typicality(noise: Tensor, alpha: float = DEFAULT_ALPHA) -> NoiseTypicality:
-    r"""``s = ‖ε‖²``, ``z = (s − D)/√(2D)``, ``p = P(χ²_D ≥ s) = Q(D/2, s/2)`` and ``typical = p ≥ alpha`` for each
+def noise_typicality(noise: Tensor, alpha: float = DEFAULT_ALPHA, temperature: float = 1.0) -> NoiseTypicality:
+    r"""``s = ‖ε/τ‖²`` (``τ = temperature``), ``z = (s − D)/√(2D)``, ``p = P(χ²_D ≥ s) = Q(D/2, s/2)`` and ``typical = p ≥ alpha`` for each
     noise ``ε`` of the batch ``noise`` (``(N, …)``, ``D`` numbers per sample).
 
     Returns:
@@ -73,16 +74,20 @@ def noise_typicality(noise: Tensor, alpha: float = DEFAULT_ALPHA) -> NoiseTypica
                          f"{tuple(noise.shape) if isinstance(noise, Tensor) else type(noise).__name__}.")
     if not 0.0 < float(alpha) < 1.0:
         raise ValueError(f"alpha must lie in (0, 1), got {alpha}.")
-    flat = noise.detach().flatten(1).double().cpu()
+    if not float(temperature) > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}.")
+    flat = noise.detach().flatten(1).double().cpu() / float(temperature)
     dim = flat.shape[1]
     s = flat.square().sum(1)
     z = (s - dim) / math.sqrt(2.0 * dim)
     p = torch.special.gammaincc(torch.full_like(s, dim / 2.0), s / 2.0)
     p = torch.where(torch.isfinite(s), p, torch.zeros_like(p))
-    return NoiseTypicality(chi2=s, z_score=z, p_value=p, noise_std=(s / dim).sqrt(), typical=p >= float(alpha))
+    return NoiseTypicality(chi2=s, z_score=z, p_value=p, noise_std=(s / dim).sqrt() * float(temperature),
+                           typical=p >= float(alpha))
 
 
-def typicality(model, B, images: Tensor, noise: Optional[Tensor] = None, alpha: float = DEFAULT_ALPHA) -> Typicality:
+def typicality(model, B, images: Tensor, noise: Optional[Tensor] = None, alpha: float = DEFAULT_ALPHA,
+               temperature: Optional[float] = None) -> Typicality:
     r"""Bits/dim of ``images`` under the one-step generator and the χ² test of their recovered noise.
 
     ``log p(x) = log N(ε; 0, I) + log|det J_{g_x}(x)| − log|det B| − log|det J_{g_y}(ε)|`` with
@@ -95,12 +100,13 @@ def typicality(model, B, images: Tensor, noise: Optional[Tensor] = None, alpha: 
         images: ``(N, C, H, W)`` in ``[0, 1]``.
         noise: the recovered noise when already computed (the inversion pipeline's); else ``ε`` above.
         alpha: the p-value below which noise is atypical.
+        temperature: ``τ`` of the χ² test (default the model's ``sampling_temperature``).
 
     Returns:
         :class:`Typicality` (``bits_per_dim`` NaN when ``B`` is singular: no density then).
     """
     model.check_sample(images, "images")
-    work = working_model(model)
+    work = model if model.dtype in (torch.float32, torch.float64) else working_model(model)
     x = images.to(device=work.device, dtype=work.dtype)
     bpd = torch.full((x.shape[0],), float("nan"), dtype=torch.float64)
     eps = None
@@ -117,7 +123,8 @@ def typicality(model, B, images: Tensor, noise: Optional[Tensor] = None, alpha: 
         if eps is None:
             raise ValueError("typicality needs the recovered noise when B is not invertible (pass noise=).")
         noise = eps
-    stats = noise_typicality(noise, alpha)
+    tau = model.config.sampling_temperature if temperature is None else temperature
+    stats = noise_typicality(noise, alpha, tau)
     return Typicality(**vars(stats), bits_per_dim=bpd)
 
 

@@ -23,6 +23,7 @@ import torch
 from diffusers.utils import replace_example_docstring
 from diffusers import DiffusionPipeline
 
+from ...analysis.typicality import typicality as typicality_of
 from ...images import images_to_tensor, postprocess_images, psnr
 from ...models import LinearizerModel
 from ...schedulers import LinearizerScheduler
@@ -153,6 +154,7 @@ class LinearizerInversionPipeline(ClassConditionMixin, TextConditionMixin, Linea
         negative_prompt=None,
         prompt_embeds: Optional[torch.Tensor] = None,
         negative_prompt_embeds: Optional[torch.Tensor] = None,
+        typicality: bool = True,
     ) -> Union[LinearizerInversionPipelineOutput, Tuple]:
         r"""Invert images to the noise that generates them.
 
@@ -172,6 +174,9 @@ class LinearizerInversionPipeline(ClassConditionMixin, TextConditionMixin, Linea
             class_labels, prompt, guidance_scale, negative_class_labels, negative_prompt, prompt_embeds,
                 negative_prompt_embeds: the condition the images were generated with (as in
                 :class:`LinearizerPipeline`); each image is inverted through its exact ``B(c, w)†``.
+            typicality: also measure each image's bits/dim and whether its noise is a plausible ``N(0, I)`` draw
+                (the output's ``bits_per_dim``, ``noise_chi2_z``, ``noise_p_value``, ``typical``; three more passes
+                of ``g``). The tuple of ``return_dict=False`` keeps its six entries.
 
         Examples:
 
@@ -191,11 +196,27 @@ class LinearizerInversionPipeline(ClassConditionMixin, TextConditionMixin, Linea
         rel = err / x.double().flatten(1).norm(dim=1).clamp_min(torch.finfo(torch.float64).tiny)
         quality = psnr(x_rec, x)
         reconstruction = postprocess_images(x_rec, output_type, clamp=clamp)
+        typ = self._typicality(x, noise, num_inference_steps, solver, conditions, w) if typicality else {}
         self.maybe_free_model_hooks()
         out = (noise, z0, z1, reconstruction, quality.cpu(), rel.cpu())
         if not return_dict:
             return out
-        return LinearizerInversionPipelineOutput(*out)
+        return LinearizerInversionPipelineOutput(*out, **typ)
+
+    def _typicality(self, x, noise, num_inference_steps, solver, conditions, w) -> dict:
+        """The output's typicality fields, each group of images under its own ``B(c, w)``
+        (:func:`diffusers_linearizer.analysis.typicality.typicality`)."""
+        n = x.shape[0]
+        fields = dict(bits_per_dim=torch.empty(n, dtype=torch.float64), noise_chi2_z=torch.empty(n, dtype=torch.float64),
+                      noise_p_value=torch.empty(n, dtype=torch.float64), typical=torch.empty(n, dtype=torch.bool))
+        for cond, neg, idx in self.condition_groups(conditions, n):
+            B = self.collapsed_operator(num_inference_steps, solver,
+                                        core=None if cond is None else self.guided_view(cond, neg, w))
+            t = typicality_of(self.linearizer, B, x[idx], noise=noise[idx])
+            for name, value in (("bits_per_dim", t.bits_per_dim), ("noise_chi2_z", t.z_score),
+                                ("noise_p_value", t.p_value), ("typical", t.typical)):
+                fields[name][torch.as_tensor(idx)] = value
+        return fields
 
     @torch.no_grad()
     def interpolate(

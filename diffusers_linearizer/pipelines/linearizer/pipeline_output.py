@@ -26,6 +26,12 @@ class LinearizerInversionPipelineOutput(BaseOutput):
         psnr: ``(N,)`` float64, PSNR in dB of the (unclamped) reconstruction against the input, peak 1
             (the data range is [0, 1]); ``inf`` for an exact reconstruction.
         relative_error: ``(N,)`` float64, ``‖x_rec − x‖ / ‖x‖`` per image.
+        bits_per_dim: ``(N,)`` float64, each image's bits/dim under the one-step generator (NaN when ``B`` is
+            singular); noise_chi2_z: ``(N,)`` float64 z-score ``(‖ε/τ‖² − D)/√(2D)`` of the recovered noise ``ε`` against
+            the sampling noise ``τ·N(0, I)`` (``τ`` the model's ``sampling_temperature``); noise_p_value: ``(N,)``
+            float64 ``P(χ²_D ≥ ‖ε/τ‖²)``; typical: ``(N,)`` bool, the noise is a plausible draw (``noise_p_value ≥
+            1e-3``). A reconstruction at round-off says nothing about
+            this: every image inverts (``diffusers_linearizer.analysis.typicality``). ``None`` with ``typicality=False``.
     """
 
     noise: torch.Tensor
@@ -34,6 +40,10 @@ class LinearizerInversionPipelineOutput(BaseOutput):
     reconstruction: Images
     psnr: torch.Tensor
     relative_error: torch.Tensor
+    bits_per_dim: Optional[torch.Tensor] = None
+    noise_chi2_z: Optional[torch.Tensor] = None
+    noise_p_value: Optional[torch.Tensor] = None
+    typical: Optional[torch.Tensor] = None
 
 
 @dataclass
