@@ -252,3 +252,11 @@ def save_image(img: PIL.Image.Image, path: str, **params) -> None:
     buf = io.BytesIO()
     img.save(buf, format=fmt, **params)
     write_bytes_atomic(path, buf.getvalue())
+
+
+def binomial_blur(x: torch.Tensor) -> torch.Tensor:
+    """``x`` ``(N, C, H, W)`` blurred by the normalised 5×5 binomial kernel ``[1 4 6 4 1]ᵀ[1 4 6 4 1] / 256``
+    (edges replicated): constants stay constants."""
+    k = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0], dtype=x.dtype, device=x.device)
+    weight = ((k[:, None] * k[None, :]) / 256.0).expand(x.shape[1], 1, 5, 5)
+    return torch.nn.functional.conv2d(torch.nn.functional.pad(x, (2, 2, 2, 2), mode="replicate"), weight, groups=x.shape[1])

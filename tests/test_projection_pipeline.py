@@ -155,3 +155,38 @@ def test_objectives_train_only_the_models_whose_task_they_serve():
     assert torch.allclose(out["loss"], expected)
     out["loss"].backward()
     assert objective.model.core.weight.grad is not None and objective.model.core.log_noise.grad is not None
+
+
+def test_training_corruptions_are_the_ones_documented():
+    from diffusers_linearizer.images import binomial_blur
+    from diffusers_linearizer.training.projection_objective import MAX_MISSING, MAX_NOISE, corrupt_batch
+
+    gen = torch.Generator().manual_seed(6)
+    x = torch.rand(4, 1, 8, 8, generator=gen)
+    noise, eps = torch.randn(x.shape, generator=gen), torch.randn(x.shape, generator=gen)
+    u = torch.tensor([0.2, 0.5, 0.9, 0.0])
+    out = corrupt_batch(x, noise, u, eps)
+    assert torch.allclose(out[0], x[0] + MAX_NOISE * 0.6 * noise[0])
+    missing = torch.special.ndtr(eps[1]) < MAX_MISSING * 0.5
+    assert torch.equal(out[1][missing], torch.full((int(missing.sum()),), 0.5)) and torch.equal(out[1][~missing], x[1][~missing])
+    kernel = torch.outer(torch.tensor([1.0, 4, 6, 4, 1]), torch.tensor([1.0, 4, 6, 4, 1])) / 256
+    padded = torch.nn.functional.pad(x[2:3], (2, 2, 2, 2), mode="replicate")[0, 0]
+    by_hand = torch.stack([torch.stack([(padded[i:i + 5, j:j + 5] * kernel).sum() for j in range(8)]) for i in range(8)])
+    assert torch.allclose(out[2, 0], by_hand, atol=1e-6) and torch.allclose(binomial_blur(x[2:3])[0, 0], by_hand, atol=1e-6)
+    assert torch.equal(out[3], x[3])  # σ = 0 at u = 0
+
+
+def test_denoising_objective_is_f_of_the_corruption_against_the_clean_image():
+    model = _model().train()
+    objective = LinearizerObjective(model, "projection_denoising")
+    gen = torch.Generator().manual_seed(7)
+    x, noise, eps = (torch.rand(3, 1, 8, 8, generator=gen), torch.randn(3, 1, 8, 8, generator=gen),
+                     torch.randn(3, 1, 8, 8, generator=gen))
+    t, uniform = torch.tensor([0.1, 0.5, 0.8]), torch.rand(3, 1, 8, 8, generator=gen)
+    out = objective(x, noise, t, torch.randn_like(x), eps, uniform=uniform)
+    from diffusers_linearizer.models.one_step import dequantize
+    from diffusers_linearizer.training.projection_objective import corrupt_batch
+
+    clean = dequantize(x, uniform)
+    expected = (_f(model, corrupt_batch(clean, noise, t, eps)) - clean).square().mean()
+    assert torch.allclose(out["projection_denoising"].detach(), expected.detach(), atol=1e-6)

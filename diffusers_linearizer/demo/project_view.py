@@ -13,7 +13,7 @@ from typing import Optional
 import PIL.Image
 import torch
 
-from ..images import psnr
+from ..images import binomial_blur, psnr
 from . import images as im
 from .images import DemoError
 from .inputs import as_float, as_int
@@ -33,12 +33,7 @@ def corrupt(x: torch.Tensor, kind: str, seed: int = 0):
         mask = (torch.rand((x.shape[0], 1, *x.shape[2:]), generator=gen) < 0.3).float()
         return x * (1 - mask), mask
     if kind == CORRUPTIONS[3]:
-        kernel = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0])
-        kernel = (kernel[:, None] * kernel[None, :]) / 256.0
-        c = x.shape[1]
-        weight = kernel.expand(c, 1, 5, 5).to(x.dtype)
-        return torch.nn.functional.conv2d(torch.nn.functional.pad(x, (2, 2, 2, 2), mode="replicate"), weight,
-                                          groups=c), None
+        return binomial_blur(x), None
     if kind == CORRUPTIONS[4]:
         return 1.0 - x, None
     raise DemoError(f"Unknown corruption {kind!r}; choose one of: {', '.join(CORRUPTIONS)}.")

@@ -67,6 +67,11 @@ OBJECTIVES.register(
     doc="One step through B reproduces a teacher's ODE samples; its inverse returns the teacher's noise.",
 )
 OBJECTIVES.register(
+    "style", "diffusers_linearizer.training.style_objective:style_component", terms=("style_image",), data="pairs",
+    conditions=True, tasks=("stylize",),
+    doc="A style model reproduces a style teacher's images: D(y, g⁻¹(A_s g(x))) on style pairs (style-data).",
+)
+OBJECTIVES.register(
     "likelihood", "diffusers_linearizer.training.likelihood:likelihood_component", terms=("likelihood_bpd",),
     needs_uniform=True, one_step=True,
     doc="Exact maximum likelihood (bits/dim) of the one-step generator.",
@@ -82,6 +87,11 @@ OBJECTIVES.register(
     "diffusers_linearizer.training.projection_objective:projection_reconstruction_component",
     terms=("projection_reconstruction",), weighted=("projection_reconstruction",), needs_uniform=True,
     tasks=("project",), doc="Data are fixed points of a projection model: ‖f(x) − x‖² per pixel.",
+)
+OBJECTIVES.register(
+    "projection_denoising", "diffusers_linearizer.training.projection_objective:projection_denoising_component",
+    terms=("projection_denoising",), weighted=("projection_denoising",), needs_uniform=True, tasks=("project",),
+    doc="A projection model pulls corrupted images (noise, missing pixels, blur) onto their clean originals.",
 )
 
 

@@ -10,6 +10,9 @@ r"""Objectives of projection models ``f(x) = g⁻¹(P g(x))`` (``core_type="proj
   them into the Gaussian the generator draws from, so ``g⁻¹(G ε)`` looks like data.
 * ``projection_reconstruction`` — ``‖f(x̃) − x̃‖²`` per pixel: the data are fixed points of ``f`` (IGN's
   reconstruction term; here idempotence itself needs no loss).
+* ``projection_denoising`` — ``‖f(c(x)) − x‖²`` per pixel for corruptions ``c`` drawn per sample
+  (:func:`corrupt_batch`): Gaussian noise, missing pixels (set to 0.5, where mask filling starts), a blur. It
+  teaches ``f`` to pull corrupted inputs onto the data they came from; ``f`` stays exactly idempotent.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Dict
 import torch
 from torch import Tensor
 
+from ..images import binomial_blur
 from ..models.one_step import bits_per_dim, dequantize
 
 
@@ -54,3 +58,29 @@ def initialize_projection(model, images: Tensor) -> None:
     z = model.apply_g(images, "x").flatten(1)
     model.core.fit_range(z)
     model.core.fit_prior(z)
+
+
+#: the largest noise σ and missing-pixel fraction of :func:`corrupt_batch`
+MAX_NOISE, MAX_MISSING = 0.5, 0.5
+
+
+def corrupt_batch(x: Tensor, noise: Tensor, u: Tensor, eps: Tensor) -> Tensor:
+    """Corrupted copies of ``x`` (all randomness passed in: ``noise``, ``eps`` ~ N(0, I) of ``x``'s shape, ``u`` ~
+    U(0, 1) per sample). ``u < ⅓``: Gaussian noise ``σ = MAX_NOISE · 3u``; ``⅓ ≤ u < ⅔``: a fraction
+    ``MAX_MISSING · (3u − 1)`` of the pixels set to 0.5; else the 5×5 binomial blur."""
+    u = u.to(x.dtype).view(-1, 1, 1, 1)
+    noisy = x + MAX_NOISE * 3 * u * noise.to(x.dtype)
+    missing = torch.special.ndtr(eps[:, :1].to(x.dtype)) < MAX_MISSING * (3 * u - 1)
+    holes = torch.where(missing, torch.full_like(x, 0.5), x)
+    return torch.where(u < 1 / 3, noisy, torch.where(u < 2 / 3, holes, binomial_blur(x)))
+
+
+def projection_denoising_component(objective, inputs) -> Dict[str, Tensor]:
+    """``{"projection_denoising": mean ‖f(c(x)) − x‖²}`` per pixel (``c``: :func:`corrupt_batch` with the step's
+    ``noise``, ``t`` and ``eps_x``)."""
+    model = objective.model
+    x = _dequantized(inputs)
+    bad = corrupt_batch(x, inputs.noise, inputs.t, inputs.eps_x)
+    z = model.apply_g(bad, "x")
+    fx = model.apply_g(model.core(z.flatten(1)).view_as(z), "y", inverse=True)
+    return {"projection_denoising": (fx - x).float().square().mean()}
