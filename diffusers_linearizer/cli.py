@@ -30,6 +30,7 @@ from .cli_checks import (
 )
 from .cli_parser import build_parser  # noqa: F401  (the parser lives in its own module)
 from .cli_projection import cmd_project
+from .cli_analysis import cmd_analyze
 from .defaults import DEFAULT_MODEL_DIR, PACKAGED_MODELS
 from .image_grid import make_grid
 
@@ -305,7 +306,8 @@ def cmd_demo(args) -> int:
 
 
 COMMANDS = {"generate": cmd_generate, "invert": cmd_invert, "interpolate": cmd_interpolate, "train": cmd_train,
-            "distill-data": cmd_distill_data, "project": cmd_project, "demo": cmd_demo}
+            "distill-data": cmd_distill_data, "project": cmd_project, "analyze": cmd_analyze,
+            "demo": cmd_demo}
 
 #: the Python arguments that a command's flags set, to name the flag in an error that names the argument
 PYTHON_ARGUMENTS = {

@@ -44,7 +44,7 @@ def working_model(model, dtype: Optional[torch.dtype] = None):
     """An eval-mode copy of ``model`` in ``dtype`` (default: at least float32) whose parameters need no
     gradient (Jacobian products then record no graph for the weights); the original is never modified."""
     want = dtype or torch.promote_types(model.dtype, torch.float32)
-    work = copy.deepcopy(model).to(want).eval()
+    work = torch.nn.Module.to(copy.deepcopy(model), dtype=want).eval()  # (ModelMixin.to warns about casting)
     return work.requires_grad_(False)
 
 

@@ -161,11 +161,14 @@ def numerical_stratum_dimension(factors: Sequence[Tensor], rtol: float = 1e-9) -
     J_mu = torch.func.jacrev(mu)(theta)
     T = torch.func.jacrev(action)(torch.zeros(sum(d * d for d in dims), dtype=torch.float64))
 
-    def rank(M: Tensor) -> int:
-        s = torch.linalg.svdvals(M)
-        return int((s > rtol * s.max()).sum()) if s.numel() and float(s.max()) > 0 else 0
+    def norm(M: Tensor) -> float:
+        return float(torch.linalg.matrix_norm(M, ord=2)) if M.numel() else 0.0
 
-    return rank(T) - rank(J_mu @ T), theta.numel() - rank(J_mu)
+    def rank(M: Tensor, scale: float) -> int:  # relative to the scale of the factors, not of M: J_μ T may be ~0
+        return int((torch.linalg.svdvals(M) > rtol * scale).sum()) if M.numel() and scale > 0 else 0
+
+    return (rank(T, norm(T)) - rank(J_mu @ T, norm(J_mu) * norm(T)),
+            theta.numel() - rank(J_mu, norm(J_mu)))
 
 
 def core_factors(operator) -> List[Tensor]:

@@ -157,9 +157,10 @@ def local_components(model, point: Tensor, k: int, *, map: str = "generator", B=
 
 def spectral_norm(model, point: Tensor, *, map: str = "encoder", B=None, space: str = "x",
                   temperature: Optional[float] = None, iterations: int = 30, tol: float = 1e-4,
-                  oversample: int = 2, seed: int = 0) -> float:
+                  oversample: int = 0, seed: int = 0) -> float:
     r"""The local Lipschitz constant ``‖J(point)‖₂ = σ₁`` of a map (``map``, as in :func:`local_components`)
-    by block power iteration on ``JᵀJ`` (``vᵢ ← orth(JᵀJ vᵢ)``, ``σ₁ = ‖J v₁‖``); it stops when the top
+    by power iteration on ``JᵀJ`` (``v ← JᵀJ v/‖JᵀJ v‖``, ``σ₁ = ‖J v‖``; ``oversample > 0``: a block of vectors,
+    which converges faster when ``σ₂ ≈ σ₁``); it stops when the top
     triplet's residual ``‖Jᵀu₁ − σ₁v₁‖/σ₁ ≤ tol``.
 
     Returns:

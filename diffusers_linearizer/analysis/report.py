@@ -73,9 +73,9 @@ def _f(x: float) -> str:
 
 
 def analyze(pipe, out_dir: Optional[str] = None, num_inference_steps: int = 100, solver: Optional[str] = None,
-            k: int = 6, num_images: int = 8, condition=None, seed: int = 0, lipschitz_points: int = 1,
-            power_iterations: int = 6, iterations: int = 5, images=None,
-            lipschitz_families=("data", "gaussian noise", "constant", "inverted")) -> Dict[str, Any]:
+            k: int = 4, num_images: int = 8, condition=None, seed: int = 0, lipschitz_points: int = 1,
+            power_iterations: int = 5, iterations: int = 3, oversample: int = 2, images=None,
+            lipschitz_families=("data", "gaussian noise", "inverted")) -> Dict[str, Any]:
     """Run every analysis tool on ``pipe``'s model and (with ``out_dir``) write the report page.
 
     Args:
@@ -88,7 +88,7 @@ def analyze(pipe, out_dir: Optional[str] = None, num_inference_steps: int = 100,
             embedding); typicality uses each test image's own label when known.
         lipschitz_points / power_iterations / lipschitz_families: images per family, rounds and families of the
             Lipschitz power iterations (``None``: every family).
-        iterations: rounds of the local-component subspace iterations.
+        iterations / oversample: rounds and extra vectors of the local-component subspace iterations.
         images: ``(N, C, H, W)`` data images instead of Fashion-MNIST / the model's samples.
 
     Returns:
@@ -118,12 +118,12 @@ def analyze(pipe, out_dir: Optional[str] = None, num_inference_steps: int = 100,
     eps = torch.randn((1, *model.sample_shape), generator=gen)
     k = min(k, model.latent_dim)
     lc_gen = _timed(costs, "local_components (generator)", lambda: local_components(model, eps, k, B=B, seed=seed,
-                                                                      iterations=iterations))
+                                                                      iterations=iterations, oversample=oversample))
     with evaluating(model), torch.no_grad():
         z = model.apply_g(images[:1].to(device=model.device, dtype=model.dtype), "x")
     lc_dec = _timed(costs, "local_components (g_x⁻¹ at a data latent)",
                     lambda: local_components(model, z, k, map="decoder", space="x", seed=seed,
-                                             iterations=iterations))
+                                             iterations=iterations, oversample=oversample))
     t_core = 0.5 if model.time_dependent else None
     core_op = model.core_operator(t_core, dtype=torch.float64) if model.conditioning is None else \
         model.core.operators([t_core if t_core is not None else 0.0], dtype=torch.float64, condition=condition)[0]
