@@ -22,6 +22,7 @@ from typing import Any, Dict, Iterable, Iterator, Optional
 
 import torch
 
+from ..analysis.fibers import rank_collapse_check
 from ..atomic import write_json_atomic
 from .checkpoints import checkpoint_root, register_model_folders, remove_stale
 from .trainer_checkpoints import CheckpointingMixin
@@ -281,6 +282,8 @@ class Trainer(CheckpointingMixin):
         self.accelerator.log(logs, step=self.global_step)
         line = f"step {self.global_step}: " + ", ".join(f"{k}={v:.5g}" for k, v in logs.items())
         self.logger.info(line)
+        rank_line, self._core_ranks = rank_collapse_check(self.unwrapped().core, getattr(self, "_core_ranks", None))
+        (self.logger.warning if "RANK COLLAPSE" in rank_line else self.logger.info)(rank_line)
         if self.progress is not None:
             self.progress.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{logs['lr']:.2e}")
         if self.args.no_progress:
