@@ -2,6 +2,7 @@
 sampler, a dense fp64 SVD of the core), bad input refused with a message, concurrent users, and the gradio
 layer's error handling (when gradio is installed)."""
 
+import copy
 import re
 import subprocess
 import sys
@@ -317,3 +318,39 @@ def test_the_model_loads_once_per_process(monkeypatch):
     first = get_demo()  # the packaged model, no network
     assert get_demo() is first and len(callbacks._DEMOS) == 1
     assert "packaged default" in first.describe()
+
+
+# ---------------------------------------------------------------------- analysis in the demo (analysis_view)
+def test_edit_with_local_directions_at_this_image(demo):
+    image = uint8_image(stepped(demo.pipe, [5]).float())
+    original, directions, message, record = demo.edit_start(image, 0.5, False, "local directions at this image")
+    k = record["k"]
+    assert "local directions" in message and len(directions) == 2 * k and "v" in record
+    # independent: the top right singular vector of the dense fp64 Jacobian of g_x⁻¹ at z = g_x(x)
+    model = demo.model
+    x = torch.from_numpy(pixels(image)).float()[None, None]
+    with torch.no_grad():
+        z = model.encode(x, "x").double()
+    m64 = copy.deepcopy(model).double()
+    J = torch.func.jacrev(lambda v: m64.decode(v.view_as(z), "x").flatten())(z.flatten())
+    v1 = torch.linalg.svd(J).Vh[0]
+    assert abs(float(torch.as_tensor(record["v"][0]) @ v1)) > 0.99
+    back, back_message = demo.edit(record, *([0.0] * k))
+    assert np.array_equal(pixels(back), pixels(original)) and db(back_message) > 100
+    with pytest.raises(DemoError, match="Unknown direction set"):
+        demo.edit_start(image, 0.5, False, "sideways")
+
+
+def test_invert_says_whether_the_noise_is_typical(demo):
+    _, _, _, message = demo.invert(uint8_image(stepped(demo.pipe, [11]).float()), STEPS, "euler")
+    assert "Typical" in message or "Not typical" in message
+    # the verdict is the χ² test of the recovered noise against τ·N(0, I), computed here independently
+    stats = pytest.importorskip("scipy.stats")
+    rng = np.random.default_rng(0)
+    noise_image = PIL.Image.fromarray(rng.integers(0, 256, (SIZE, SIZE), dtype=np.uint8), mode="L")
+    _, _, _, message = demo.invert(noise_image, STEPS, "euler")
+    x = torch.from_numpy(pixels(noise_image)).float()[None, None]
+    noise = demo.inv(x, num_inference_steps=STEPS, solver="euler", typicality=False).noise.double()
+    tau = demo.model.config.sampling_temperature
+    p = stats.chi2.sf(float((noise / tau).square().sum()), noise.numel())
+    assert ("Not typical" in message) == (p < 1e-3) and db(message) > 100

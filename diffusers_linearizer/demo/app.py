@@ -18,6 +18,7 @@ import os
 from typing import Optional, Sequence
 
 from ..schedulers import SOLVERS
+from .analysis_view import DIRECTION_SETS
 from .callbacks import EDIT_DIRECTIONS, MAX_FRAMES, MAX_IMAGES, LinearizerDemo, get_demo
 from .images import DemoError
 
@@ -188,6 +189,8 @@ def build_app(demo: Optional[LinearizerDemo] = None, model: Optional[str] = None
                     t = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Core time t (singular vectors of A_t)",
                                   visible=demo.model.time_dependent, elem_id="edit-t")
                     convert = gr.Checkbox(False, label="convert and resize to fit")
+                    which = gr.Radio(list(DIRECTION_SETS), value=list(DIRECTION_SETS)[0], label="Directions",
+                                     elem_id="edit-directions-set")
                     start = gr.Button("Start editing", variant="primary", elem_id="edit-start")
                 with gr.Column():
                     edited = _image(gr, "Edited: g_x⁻¹(g_x(x) + s Σ αᵢ vᵢ)", "edit-image")
@@ -198,12 +201,12 @@ def build_app(demo: Optional[LinearizerDemo] = None, model: Optional[str] = None
                                     height=260, format="png", elem_id="edit-directions", elem_classes=["pixelated"])
             edit_record = gr.State(None)
 
-            def start_editing(image, t, convert, progress=None):
-                out = demo.edit_start(image, t, convert, progress=progress)
+            def start_editing(image, t, convert, which, progress=None):
+                out = demo.edit_start(image, t, convert, which, progress=progress)
                 return (*out, *([0.0] * EDIT_DIRECTIONS))
 
             n_start = 4 + EDIT_DIRECTIONS
-            start.click(_guarded(gr, start_editing, n_start, 2, clear=(0, 1)), [image, t, convert],
+            start.click(_guarded(gr, start_editing, n_start, 2, clear=(0, 1)), [image, t, convert, which],
                         [edited, directions, status, edit_record, *sliders])
             edit = _guarded(gr, demo.edit, 2, 1)
             for slider in sliders:

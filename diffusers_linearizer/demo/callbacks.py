@@ -30,6 +30,7 @@ import torch
 from ..pipelines import LinearizerInversionPipeline, LinearizerPipeline
 from ..images import psnr
 from ..schedulers import SOLVERS
+from . import analysis_view
 from . import images as im
 from .images import DemoError
 from .inputs import as_float, as_int, pipeline_features
@@ -282,7 +283,7 @@ class LinearizerDemo:
             f"**Regeneration PSNR: {im.format_db(quality)}** (largest pixel difference {diff:.2e}): generating from "
             f"the recovered noise in one step ({steps}-point {solver} run) gives back your image. Inversion "
             f"g_y⁻¹(B† g_x(x)) took {invert_s * 1000:.0f} ms." + (f" Input {note}." if note else "")
-        )
+        ) + analysis_view.typicality_note(out)
         return im.noise_picture(out.noise[0]), im.statistics_table(stats), im.to_pil(regen.clamp(0, 1))[0], message
 
     # ------------------------------------------------------------------ interpolation
@@ -329,12 +330,13 @@ class LinearizerDemo:
                     self._svd_cache[key] = self.model.svd(k, t=t)
             return self._svd_cache[key]
 
-    def edit_start(self, image, t=None, convert=False, progress: Progress = None):
+    def edit_start(self, image, t=None, convert=False, directions=None, progress: Progress = None):
         """Tab 4: prepare ``image`` for editing. Returns ``(edited, directions, message, record)``.
 
         ``record`` holds ``z = g_x(x)`` and the direction set; ``directions`` is a list of
         ``(picture, caption)``: for each right singular vector vᵢ of the core, the image moved by ∓ one
-        slider unit along it.
+        slider unit along it. ``directions``: the core's singular vectors (default) or the local directions at
+        this image (:mod:`.analysis_view`; the record then keeps them).
         """
         t = self.edit_time(t)
         x, note = self._image_tensor(image, convert)
@@ -344,16 +346,22 @@ class LinearizerDemo:
         with torch.no_grad():
             z = self.model.encode(x.to(device=self.model.device, dtype=self.model.dtype), "x").double().cpu()
         record = dict(z=z.numpy(), x=x.numpy(), t=t, k=k)
-        v = svd.right_latents.double().cpu()
+        local = analysis_view.direction_set(directions) == "local"
+        v, values = analysis_view.local_directions(self.model, z, k) if local else (
+            svd.right_latents.double().cpu(), svd.singular_values)
+        if local:
+            record["v"] = v.numpy()
         step = EDIT_SCALE * float(z.norm())
         moved = torch.cat([z + sign * step * v[i].view_as(z) for i in range(k) for sign in (-1.0, 1.0)])
         pictures = im.to_pil(self._decode(moved).clamp(0, 1))
-        directions = [(pictures[2 * i + j], f"v{i + 1} (σ = {float(svd.singular_values[i]):.3g}), {s}")
+        directions = [(pictures[2 * i + j], f"v{i + 1} (σ = {float(values[i]):.3g}), {s}")
                       for i in range(k) for j, s in enumerate(("−1", "+1"))]
         edited, message = self.edit(record, *([0.0] * k))
         where = f"A_t at t = {t:g}" if t is not None else "A"
-        message = (f"Right singular vectors v₁…v{k} of the core {where}, singular values "
-                   f"{', '.join(f'{float(s):.3g}' for s in svd.singular_values)}. " + message)
+        if local:
+            where = "of J_{g_x⁻¹} at this image's latent (local directions)"
+        message = (f"Right singular vectors v₁…v{k} {'of the core ' if not local else ''}{where}, singular values "
+                   f"{', '.join(f'{float(s):.3g}' for s in values)}. " + message)
         return edited, directions, message + (f" Input {note}." if note else ""), record
 
     def _decode(self, z: torch.Tensor) -> torch.Tensor:
@@ -372,7 +380,8 @@ class LinearizerDemo:
         alphas = [as_float(a if a is not None else 0.0, f"Slider {i + 1}", -3.0, 3.0) for i, a in enumerate(alphas[:k])]
         alphas += [0.0] * (k - len(alphas))
         z = torch.as_tensor(record["z"])
-        v = self.singular_directions(record["t"], k).right_latents.double().cpu()
+        v = torch.as_tensor(record["v"]) if "v" in record else \
+            self.singular_directions(record["t"], k).right_latents.double().cpu()
         delta = EDIT_SCALE * float(z.norm()) * (torch.tensor(alphas, dtype=torch.float64) @ v).view_as(z)
         edited = self._decode(z + delta)
         quality = float(psnr(edited, torch.as_tensor(record["x"]))[0])
