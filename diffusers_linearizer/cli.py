@@ -228,8 +228,10 @@ def cmd_invert(args) -> int:
     out = pipe(images, num_inference_steps=args.steps, solver=args.solver, output_type="pt")
     grid_images = torch.cat([images_to_tensor(images, shape), out.reconstruction.float().cpu()])
     save_image(make_grid(grid_images, _grid_row(args.nrow, len(images)) or len(images)), args.output)
-    for path, p, r in zip(args.images, out.psnr.tolist(), out.relative_error.tolist()):
-        print(f"{path}: reconstruction PSNR {p:.2f} dB, relative error {r:.3e}")
+    for i, (path, p, r) in enumerate(zip(args.images, out.psnr.tolist(), out.relative_error.tolist())):
+        verdict = "typical" if bool(out.typical[i]) else "NOT typical: the model did not learn images like this one"
+        print(f"{path}: reconstruction PSNR {p:.2f} dB, relative error {r:.3e}; {float(out.bits_per_dim[i]):.3f} "
+              f"bits/dim, noise χ² z = {float(out.noise_chi2_z[i]):+.3g} ({verdict})")
     if args.save_noise:
         _save_tensor(out.noise.cpu(), args.save_noise)
     _say(f"wrote inputs and reconstructions to {args.output}")

@@ -1,6 +1,7 @@
 """The `diffusers-linearizer` command line: help texts, generate / invert / interpolate outputs, the
 untrained-default warning and error exits."""
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -203,3 +204,27 @@ def test_output_format_follows_the_extension_and_temperature(model_dir, tmp_path
     ref = pipe(batch_size=2, generator=[torch.Generator().manual_seed(i) for i in range(2)], temperature=0.8,
                num_inference_steps=STEPS, output_type="pt", clamp=False).images
     torch.testing.assert_close(torch.load(tmp_path / "t.pt"), ref, rtol=1e-6, atol=1e-6)
+
+
+def test_invert_prints_the_typicality_of_each_image(model_dir, tmp_path, capsys):
+    path = str(tmp_path / "noise.png")
+    PIL.Image.fromarray(np.random.default_rng(0).integers(0, 256, (8, 8), dtype=np.uint8), mode="L").save(path)
+    assert main(["invert", path, "--model", str(model_dir), "--steps", str(STEPS), "--output",
+                 str(tmp_path / "inv.png")]) == 0
+    printed = capsys.readouterr().out
+    assert "bits/dim" in printed and "noise χ² z" in printed and "typical" in printed
+
+
+def test_analyze_writes_the_report_page(model_dir, tmp_path, capsys):
+    out = tmp_path / "report"
+    assert main(["analyze", str(model_dir), "-o", str(out), "--steps", "4", "--k", "2", "--num-images", "2"]) == 0
+    page = (out / "report.md").read_text()
+    for section in ("Local components", "Inverse stability", "Typicality", "Fibers", "Costs"):
+        assert section in page
+    report = json.loads((out / "report.json").read_text())
+    assert len(report["local_components"]["generator_singular_values"]) == 2
+    assert report["fibers"]["dims"] == [64, 4, 4, 64]
+    assert PIL.Image.open(out / "local_components.png").size[0] > 0
+    assert "cond(B)" in capsys.readouterr().out
+    assert main(["analyze", str(model_dir), "-o", str(out), "--k", "65"]) == 2
+    assert "larger than the model's dimension D = 64" in capsys.readouterr().err
