@@ -1,4 +1,4 @@
-"""Analysis tools for a trained Linearizer (``docs/analysis.md``, derivations in ``docs/math.md`` §6–§9).
+"""Analysis tools for a trained Linearizer (``docs/analysis.md``, derivations in ``docs/math.md`` §A1–§A4).
 
 Its own layer: above ``models`` and ``schedulers``, below ``pipelines`` (it imports operators, models and
 schedulers only; pipelines, the command line and the demo import it).

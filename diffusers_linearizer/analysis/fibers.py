@@ -4,7 +4,7 @@ A factored core's low-rank part is a linear network ``W = W_L ⋯ W_1`` with ``W
 ``U Vᵀ`` (``L = 2``, ``d = (D, r, D)``: ``W_1 = Vᵀ``, ``W_2 = U``) or ``U S(t) Vᵀ`` (``L = 3``,
 ``d = (D, R, R, D)``). The **fiber** of ``W`` is the set of all factor tuples with that product. It is
 stratified by the **rank list** ``r_{ki} = rank(W_k ⋯ W_{i+1})`` (``0 ≤ i < k ≤ L``; ``r_{jj} = d_j``), and each
-stratum is a smooth manifold whose dimension follows from the rank list (``docs/math.md`` §9):
+stratum is a smooth manifold whose dimension follows from the rank list (``docs/math.md`` §A4):
 
     ω_{ts} = r_{ts} − r_{t+1,s} − r_{t,s−1} + r_{t+1,s−1}           (r = 0 outside 0 ≤ s ≤ t ≤ L)
     dim(stratum) = Σ_j d_j² − Σ_{[s,t], [s',t']: s' ≤ s ≤ t' ≤ t} ω_{ts}·ω_{t's'} − r_{L0}·(d_L + d_0 − r_{L0})

@@ -1,6 +1,6 @@
 r"""Local components: the top singular triplets of a map's Jacobian at one point, matrix-free.
 
-Seed of the idea (``docs/math.md`` §6): a flow trained by maximum likelihood represents, at every point, the
+The idea (``docs/math.md`` §A1): a flow trained by maximum likelihood represents, at every point, the
 local covariance of the data; the decoder's Jacobian ``J`` at that point carries it, ``J Jᵀ`` playing the role
 of the covariance. Its singular value decomposition ``J = Σᵢ σᵢ uᵢ vᵢᵀ`` gives the local components: ``vᵢ``
 (input side: noise or latent) moves the output along ``uᵢ`` (image side) by ``σᵢ`` per unit, so the ``σᵢ``
@@ -116,7 +116,7 @@ def local_components(model, point: Tensor, k: int, *, map: str = "generator", B=
     r"""The top-``k`` singular values and vectors of the Jacobian ``J`` of a map of the model at ``point``.
 
     ``J = Σᵢ σᵢ uᵢ vᵢᵀ``: moving the input by ``δ·vᵢ`` moves the output by ``δ·σᵢ·uᵢ`` to first order, and
-    no unit direction moves it more than ``σ₁`` (``docs/math.md`` §6). Maps (``map``):
+    no unit direction moves it more than ``σ₁`` (``docs/math.md`` §A1). Maps (``map``):
 
     * ``"generator"`` (default): ``G(ε) = g_x⁻¹(B g_y(τ·ε))`` at a noise point ``ε``, so
       ``J = J_{g_x⁻¹}(B g_y(τε)) · B · J_{g_y}(τε) · τ``; needs ``B``.

@@ -1,4 +1,4 @@
-r"""Inverse stability: how well ``g`` and the one-step map invert, on data and off it (``docs/math.md`` §7).
+r"""Inverse stability: how well ``g`` and the one-step map invert, on data and off it (``docs/math.md`` §A2).
 
 An invertible network is invertible in exact arithmetic; in floating point its inverse can *explode* (its
 Lipschitz constant is huge, so round-off in ``g(x)`` comes back enlarged) on and off the data. For the one-step

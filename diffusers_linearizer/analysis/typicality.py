@@ -2,7 +2,7 @@ r"""Typicality of an inversion: is the recovered noise a plausible draw of the g
 
 Inversion through ``B†`` always "succeeds" (``B B† = I`` when ``B`` has full rank, so every image comes back
 at round-off), which says nothing about whether the image is one the model could have generated. Two numbers
-per image do (``docs/math.md`` §8):
+per image do (``docs/math.md`` §A3):
 
 * the **bits per dimension** of the image under the one-step generator, from the exact change of variables
   (:func:`diffusers_linearizer.models.one_step.log_likelihood` and ``bits_per_dim``, the one owner);
