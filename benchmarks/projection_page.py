@@ -59,7 +59,7 @@ def render(r: Dict) -> str:
               "Ours is a projection by construction: its drift is round-off for every input, data or not. The IGN's "
               "idempotence is a loss term, so it holds only approximately, and away from the data not at all.", "",
               f"## Generation ({r['counts']['generated']:,} samples)", "",
-              "Ours samples the Gaussian on P's range that training fitted, `x = g⁻¹(G ε)`; its shipped temperature "
+              "Ours decodes draws of the prior on P's range (a Gaussian mixture fitted to the training latents), `x = g⁻¹(z)`; its shipped temperature and number of components "
               f"τ = {r['temperature']:g} was chosen by the lowest FD in the classifier's features "
               "(`benchmarks/ship_projection.py`, `docs/projection_model.json`); the judge's numbers were not looked at for it. "
               "`f(pixel N(0, I))` shows the naive path: pixel noise through g lands far from the data's latents.", "",

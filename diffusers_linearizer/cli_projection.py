@@ -1,6 +1,6 @@
 """``diffusers-linearizer project``: generate with, or project images through, an idempotent projection model.
 
-Without image files it generates ``--num-images`` samples ``g⁻¹(G ε)``; with files it writes a grid of the
+Without image files it generates ``--num-images`` samples ``g⁻¹(z)`` (``z`` drawn from the prior on P's range); with files it writes a grid of the
 inputs (first row), their projections ``f(x)`` and ``f(f(x))`` (which equals ``f(x)``), and prints each input's
 distance to the model's range. ``--mask`` fills the white pixels of a mask image; ``--noise SIGMA`` adds
 Gaussian noise to the inputs first (to see the projection remove it).
@@ -21,7 +21,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
         "project",
         help="Project images onto a projection model's range (f ∘ f = f), fill masks, or generate from it.",
         description="With a projection model f(x) = g^-1(P g(x)), P² = P: without IMAGES, generate --num-images "
-        "samples g^-1(G ε) on P's range; with IMAGES, write a grid of the inputs, f(x) and f(f(x)) (equal to f(x)) "
+        "samples g^-1(z), z drawn from the prior on P's range; with IMAGES, write a grid of the inputs, f(x) and f(f(x)) (equal to f(x)) "
         "and print each input's distance ‖g(x) − P g(x)‖ to the range (an out-of-distribution score).",
     )
     p.add_argument("images", nargs="*", help="Image files to project (converted to the model's channels; see --resize).")

@@ -89,19 +89,51 @@ def test_straight_through_gradient_is_the_sigmoid_derivative():
     assert torch.allclose(mask, hard, atol=1e-15)  # its value is the hard mask
 
 
+def _mixture_core(form, K, seed=0):
+    torch.manual_seed(seed)
+    core = PROJECTION_FORMS[form](D, 4, K).double()
+    with torch.no_grad():
+        for p in core.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    return core
+
+
 @pytest.mark.parametrize("form", FORMS)
-def test_range_prior_is_the_gaussian_it_states(form):
-    core = _core(form, 4)
-    Q = core.range_basis().double()
+@pytest.mark.parametrize("K", [1, 3])
+def test_range_prior_is_the_density_it_states(form, K):
+    core = _mixture_core(form, K)
+    Q = core.range_basis().double().detach()
     C = core.prior_scale().detach().double()
     sigma2 = float(core.log_noise.detach().exp()) ** 2
-    cov = Q @ C @ C.T @ Q.T + sigma2 * (torch.eye(D, dtype=torch.float64) - Q @ Q.T)
-    z = torch.randn(6, D, dtype=torch.float64)
-    expected = torch.distributions.MultivariateNormal(torch.zeros(D, dtype=torch.float64), cov).log_prob(z)
+    comp = torch.distributions.MultivariateNormal(core.prior_means.detach().double(), scale_tril=C)
+    mixture = torch.distributions.MixtureSameFamily(
+        torch.distributions.Categorical(logits=core.prior_logits.detach().double()), comp)
+    perp = torch.linalg.qr(torch.cat([Q, torch.randn(D, D - 4, dtype=torch.float64)], 1)).Q[:, 4:]  # Q⊥
+    z = torch.randn(6, D, dtype=torch.float64) * 2
+    off = torch.distributions.MultivariateNormal(torch.zeros(D - 4, dtype=torch.float64),
+                                                 sigma2 * torch.eye(D - 4, dtype=torch.float64))
+    expected = mixture.log_prob(z @ Q) + off.log_prob(z @ perp)  # an orthonormal change of coordinates
     assert torch.allclose(core.log_prior(z).detach(), expected, atol=1e-8)
-    G = core.sampler(dtype=torch.float64).to_dense()
-    assert torch.allclose(G @ G.T, Q @ C @ C.T @ Q.T, atol=1e-9)  # samples have the range covariance
-    assert torch.allclose(_dense_projection(core) @ G, G, atol=1e-9)  # and lie in the range
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_samples_lie_in_the_range_and_follow_the_mixture(form):
+    core = _mixture_core(form, 3)
+    P = _dense_projection(core)
+    eps = torch.randn(20000, D, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    z = core.sample(eps)
+    assert torch.allclose(z @ P.T, z, atol=1e-8)  # every sample is a fixed point of P
+    Q = core.range_basis().double().detach()
+    y = z @ Q
+    weights = torch.softmax(core.prior_logits.detach().double(), 0)
+    means, C = core.prior_means.detach().double(), core.prior_scale().detach().double()
+    mean = weights @ means  # the mixture's mean and covariance, by their formulas
+    cov = sum(w * (Ck @ Ck.T + torch.outer(m - mean, m - mean)) for w, m, Ck in zip(weights, means, C))
+    assert torch.allclose(y.mean(0), mean, atol=0.06)
+    assert torch.allclose(torch.cov(y.T), cov, atol=0.15 * float(cov.abs().max()))
+    assert torch.equal(core.sample(eps[:5]), z[:5])  # deterministic in ε
+    cold = core.sample(eps[:5], temperature=0.0) @ Q
+    assert all(any(torch.allclose(row, m, atol=1e-9) for m in means) for row in cold)  # τ = 0: the means
 
 
 def test_fit_prior_gives_the_maximum_likelihood_values():
@@ -119,6 +151,25 @@ def test_fit_prior_gives_the_maximum_likelihood_values():
     top = torch.linalg.eigh(z.T @ z).eigenvectors[:, -3:]
     Q = core.range_basis().double()
     assert torch.allclose(Q @ Q.T, top @ top.T, atol=1e-8)  # range = top principal directions
+
+
+def test_em_fits_a_two_cluster_range_better_than_one_gaussian():
+    gen = torch.Generator().manual_seed(4)
+    centres = torch.zeros(2, D, dtype=torch.float64)
+    centres[0, 0], centres[1, 0] = 4.0, -4.0
+    z = centres[torch.arange(600) % 2] + 0.3 * torch.randn(600, D, dtype=torch.float64, generator=gen)
+    one, two = PROJECTION_FORMS["orthogonal"](D, 2, 1).double(), PROJECTION_FORMS["orthogonal"](D, 2, 2).double()
+    for core in (one, two):
+        core.fit_range(z)
+        core.fit_prior(z)
+    assert two.log_prior(z).mean() > one.log_prior(z).mean() + 1.0
+    Q = two.range_basis().double().detach()
+    found = sorted(float(m @ (Q.T @ centres[0]) / 16) for m in two.prior_means.detach().double())
+    assert found[0] == pytest.approx(-1, abs=0.05) and found[1] == pytest.approx(1, abs=0.05)
+    weights = torch.softmax(two.prior_logits.detach().double(), 0)
+    assert torch.allclose(weights, torch.full((2,), 0.5, dtype=torch.float64), atol=0.02)
+    with pytest.raises(ValueError, match="at least as many latents as mixture components"):
+        PROJECTION_FORMS["orthogonal"](D, 2, 50).double().fit_prior(z[:10])
 
 
 @pytest.mark.parametrize("form", FORMS)
@@ -146,6 +197,8 @@ def test_bad_configurations_are_refused_saying_why():
         tiny_model(core_type="projection_orthogonal", core_rank=64, role_y=1.0)
     with pytest.raises(ValueError, match=r"rank r in 1 … D − 1"):
         tiny_model(core_type="projection_oblique", core_rank=0, role_y=1.0)
+    with pytest.raises(ValueError, match=r"core_prior_components = 0 \(expected"):
+        tiny_model(core_type="projection_orthogonal", core_rank=4, role_y=1.0, core_prior_components=0)
     with pytest.raises(ValueError, match="needs one network on both sides.*shared_g=True"):
         tiny_model(core_type="projection_spectral", shared_g=False)
     with pytest.raises(ValueError, match="role_x = 1.0 and role_y = 0.0.*set role_x equal to role_y"):

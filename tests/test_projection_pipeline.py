@@ -52,8 +52,10 @@ def test_generation_is_g_inverse_of_the_range_sampler_and_lands_on_fixed_points(
     pipe = LinearizerProjectionPipeline(linearizer=model)
     eps = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(2))
     out = pipe(latents=eps, temperature=0.7, output_type="pt", clamp=False)
-    G = model.core.sampler(dtype=torch.float64).to_dense()
-    expected = model.apply_g((0.7 * eps.flatten(1).double() @ G.T).float().view_as(eps), "y", inverse=True)
+    Q, C = model.core.range_basis().double(), model.core.prior_scale()[0].double()  # one component
+    mu = model.core.prior_means[0].double()
+    z = (mu + 0.7 * eps.flatten(1).double() @ Q @ C.T) @ Q.T  # z = Q (μ + τ C Qᵀε), by hand
+    expected = model.apply_g(z.float().view_as(eps), "y", inverse=True)
     assert torch.allclose(out.images, expected, atol=1e-5)
     assert (_f(model, out.images) - out.images).abs().max() < 1e-5
     seeded = pipe(batch_size=2, generator=torch.Generator().manual_seed(3), output_type="np")
@@ -127,10 +129,10 @@ def test_likelihood_objective_is_the_change_of_variables_with_a_dense_jacobian()
     x = torch.rand(2, 1, 4, 4, dtype=torch.float64)
     terms = projection_likelihood_terms(model, x)
     Q = model.core.range_basis().double().detach()
-    C = model.core.prior_scale().double().detach()
+    C = model.core.prior_scale()[0].double().detach()
     sigma2 = float(model.core.log_noise.detach().exp()) ** 2
     cov = Q @ C @ C.T @ Q.T + sigma2 * (torch.eye(16, dtype=torch.float64) - Q @ Q.T)
-    prior = torch.distributions.MultivariateNormal(torch.zeros(16, dtype=torch.float64), cov)
+    prior = torch.distributions.MultivariateNormal(Q @ model.core.prior_means[0].double().detach(), cov)
     logps = []
     for xi in x:
         def g(v):

@@ -68,7 +68,7 @@ class ProjectionDemo:
                 "f(x) = g⁻¹(P g(x)) with P² = P, so f(f(x)) = f(x) for every input.")
 
     def generate(self, seed, count, temperature):
-        """``(grid, message)``: ``count`` samples ``g⁻¹(G ε)`` and how far ``f`` moves them."""
+        """``(grid, message)``: ``count`` samples (the prior on the range, decoded) and how far ``f`` moves them."""
         seed = as_int(seed, "Seed", 0)
         count = as_int(count, "Number of images", 1, MAX_SAMPLES)
         tau = as_float(temperature, "Temperature", 0.0, 2.0)
@@ -114,7 +114,7 @@ def add_project_tab(gr, project: ProjectionDemo, examples, guarded, image, image
             count = gr.Slider(1, MAX_SAMPLES, value=16, step=1, label="Number of samples", elem_id="project-count")
             temperature = gr.Slider(0.05, 2.0, value=1.0, step=0.05, label="Temperature", elem_id="project-temperature")
             generate = gr.Button("Generate from noise", variant="primary", elem_id="project-generate")
-        samples = image(gr, "Samples g⁻¹(G ε)", "project-samples", height=300)
+        samples = image(gr, "Samples g⁻¹(z), z on P's range", "project-samples", height=300)
         generate.click(guarded(gr, project.generate, 2, 1, clear=(0,)), [seed, count, temperature], [samples, status])
         with gr.Row():
             with gr.Column():

@@ -64,6 +64,7 @@ CONFIG_RULES: Dict[str, Tuple[Callable[[Any], bool], str]] = {
     "core_embedding_dim": _integer(1),
     "core_identity": _BOOL,
     "core_time_embedding": _STRING,
+    "core_prior_components": _integer(1),
     "shared_g": _BOOL,
     "role_x": _number(positive=False),
     "role_y": _number(positive=False),

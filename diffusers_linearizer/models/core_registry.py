@@ -60,6 +60,7 @@ class CoreSpec:
     conditioning: Optional[str] = None
     num_classes: int = 0
     condition_dim: int = 0
+    prior_components: int = 1
     channels: int = 1
     sample_size: int = 1
 
@@ -119,12 +120,13 @@ def _projection(form: str):
     def build(dim: int, spec: CoreSpec):
         from .projection_cores import PROJECTION_FORMS
 
-        return PROJECTION_FORMS[form](dim, spec.rank)
+        return PROJECTION_FORMS[form](dim, spec.rank, spec.prior_components)
 
     return build
 
 
-_PROJECTION = dict(parameters="the factors, plus r² + r + 1 for the prior on the range", config=("core_rank",),
+_PROJECTION = dict(parameters="the factors, plus K·(r² + 2r + 1) + 1 for the prior on the range",
+                   config=("core_rank", "core_prior_components"),
                    conditionings=(None,), tasks=("project",), same_g=True)
 CORES.register("projection_orthogonal", _projection("orthogonal"), operator="`Q Qᵀ` (P² = P, rank r)",
                doc="An orthogonal projection: f(x) is the range point nearest to g(x), mapped back "

@@ -17,6 +17,7 @@ t = 0). Then ``g_x ≡ g_y`` only when ``role_x == role_y``.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple, Union
@@ -32,7 +33,7 @@ from .config_checks import CONFIG_RULES, check_model_config
 from .algebra import LinearizerAlgebraMixin, LinearizerSVDOutput  # noqa: F401  (re-exported)
 from .conditional_cores import CONDITIONINGS, GuidedCore
 from .conditioners import CONDITIONERS
-from .core_registry import CoreSpec, build_core_from_config, check_core_choice, check_core_networks
+from .core_registry import CoreSpec, build_core_from_config, check_core_choice, check_core_networks, core_size_free
 from .invertible import InvertibleNetwork
 
 SPACES = ("x", "y")
@@ -72,6 +73,7 @@ class LinearizerModel(LinearizerAlgebraMixin, ModelMixin, ConfigMixin):
         core_identity: learn the identity coefficient a(t) (``False``: a ≡ 0 as in the reference).
         core_time_embedding: time features of time-conditioned cores: ``"diffusion"`` (sin/cos of 1000·t) or
             ``"reference"`` (the paper code's sin/cos of t; see ``cores.TIME_EMBEDDINGS``).
+        core_prior_components: Gaussians K of a projection core's prior on its range (``models/projection_cores.py``).
         shared_g: one network for both g_x and g_y (run with ``role_x`` / ``role_y``).
         role_x / role_y: the role inputs of g_x and g_y.
         conditioning: ``None`` (unconditional, the default), ``"class"`` or ``"text"``: only the core sees the
@@ -107,6 +109,7 @@ class LinearizerModel(LinearizerAlgebraMixin, ModelMixin, ConfigMixin):
         core_embedding_dim: int = 128,
         core_identity: bool = True,
         core_time_embedding: str = "diffusion",
+        core_prior_components: int = 1,
         shared_g: bool = True,
         role_x: float = 1.0,
         role_y: float = 0.0,
@@ -127,6 +130,7 @@ class LinearizerModel(LinearizerAlgebraMixin, ModelMixin, ConfigMixin):
         dim = in_channels * sample_size * sample_size
         check_core_choice(core_type, conditioning, core_rank, dim)
         check_core_networks(core_type, shared_g, role_x, role_y)
+        size_free = core_size_free(core_type)  # a convolutional core: images of any size the networks can split
 
         def make_g():
             return InvertibleNetwork(
@@ -140,6 +144,7 @@ class LinearizerModel(LinearizerAlgebraMixin, ModelMixin, ConfigMixin):
                 clamp_value=clamp_value,
                 conv1x1=conv1x1,
                 squeeze=squeeze,
+                size_free=size_free,
             )
 
         if shared_g:
@@ -153,7 +158,8 @@ class LinearizerModel(LinearizerAlgebraMixin, ModelMixin, ConfigMixin):
         self.core = build_core_from_config(core_type, dim, CoreSpec(
             rank=core_rank, hidden_dim=core_hidden_dim, embedding_dim=core_embedding_dim, identity=core_identity,
             time_embedding=core_time_embedding, conditioning=conditioning, num_classes=num_classes,
-            condition_dim=condition_dim,
+            condition_dim=condition_dim, channels=in_channels, sample_size=sample_size,
+            prior_components=core_prior_components,
         ))
 
     # ------------------------------------------------------------------ shapes and spaces
@@ -185,10 +191,32 @@ class LinearizerModel(LinearizerAlgebraMixin, ModelMixin, ConfigMixin):
             raise ValueError("This model is unconditional: it has no condition to guide.")
         return GuidedCore(self.core, blend if blend is not None else [(1.0, condition)], negative, guidance)
 
+    @property
+    def size_free(self) -> bool:
+        """Whether the model takes images of any ``H × W`` that are multiples of :attr:`size_multiple` (its core
+        type declares ``size_free``: a convolution), not only ``sample_size × sample_size``."""
+        return core_size_free(self.config.core_type)
+
+    @property
+    def size_multiple(self) -> int:
+        """What H and W of a size-free model's images must be multiples of (the networks' and the core's
+        space-to-depth factors)."""
+        net = self.network("x")[0]
+        return math.lcm(2 if net.squeeze is not None else 1, int(getattr(self.core, "factor", 1)))
+
     def check_sample(self, x: Tensor, name: str = "input") -> None:
-        """Raise a ``ValueError`` naming the expected shape unless ``x`` is ``(N, C, H, W)``."""
+        """Raise a ``ValueError`` naming the expected shape unless ``x`` is ``(N, C, H, W)`` (a size-free model:
+        any H, W that are multiples of :attr:`size_multiple`)."""
         if not isinstance(x, Tensor):
             raise ValueError(f"Expected {name} to be a torch.Tensor, got {type(x).__name__}.")
+        if self.size_free:
+            c, m = self.config.in_channels, self.size_multiple
+            if x.ndim != 4 or x.shape[1] != c:
+                raise ValueError(f"Expected {name} of shape (N, {c}, H, W), got {tuple(x.shape)}.")
+            if x.shape[2] % m or x.shape[3] % m or x.shape[2] < m or x.shape[3] < m:
+                raise ValueError(f"This model takes {name} whose height and width are multiples of {m}; got "
+                                 f"{x.shape[2]}×{x.shape[3]}: pad or crop it.")
+            return
         if x.ndim != 4 or tuple(x.shape[1:]) != self.sample_shape:
             c, h, w = self.sample_shape
             raise ValueError(f"Expected {name} of shape (N, {c}, {h}, {w}) (C×H×W = {c}×{h}×{w}), got {tuple(x.shape)}.")
@@ -247,6 +275,8 @@ class LinearizerModel(LinearizerAlgebraMixin, ModelMixin, ConfigMixin):
         """``A_t z`` (``A(t, c) z`` for a conditional core) on image-shaped latents ``(N, C, H, W)`` (t: float or
         (N,) tensor; condition: ``(N,)`` class ids or ``(N, condition_dim)`` pooled text embeddings)."""
         self.check_sample(z, "latent")
+        if self.size_free:  # a convolutional core acts on image-shaped latents
+            return self.core(z, t, condition)
         if self.conditioning is None:
             if condition is not None:
                 raise ValueError("This model is unconditional: apply_core takes no condition.")

@@ -15,17 +15,18 @@ and handed to the operator algebra as ``IdentityPlusLowRank(0, U, W)``, so colla
 =========================  ==============================================  =========================================
 
 **The latent prior on P's range.** Generation is not ``f`` of pixel noise (pixel noise mapped through ``g``
-lands far from the latents of data). Every projection core also carries a Gaussian on its range and a small
-isotropic one off it — probabilistic PCA in the latent space of ``g``. With ``Q`` an orthonormal basis of
-``range(P)``, ``C`` lower-triangular (positive diagonal) and ``σ`` the off-range scale, a latent is
+lands far from the latents of data). Every projection core also carries a density on its range and a small
+isotropic one off it. With ``Q`` an orthonormal basis of ``range(P)``, ``y = Qᵀz`` the range coordinates and
+``σ`` the off-range scale, the range coordinates follow a mixture of ``K`` Gaussians (``K = 1``, zero mean:
+probabilistic PCA in the latent space of ``g``)::
 
-    z = Q C c + σ·e,   c ~ N(0, I_r),  e ~ N(0, I − QQᵀ)
+    p(z) = Σ_k π_k N(y; μ_k, C_k C_kᵀ) · N((I − QQᵀ) z; 0, σ²(I − QQᵀ))
 
-so ``log p(z) = −½‖C⁻¹ Qᵀz‖² − log|det C| − ½‖(I − QQᵀ) z‖²/σ² − (D − r)·log σ − (D/2)·log 2π``, a proper
-density on ``R^D``: with ``log|det J_g(x)|`` it is the exact likelihood of ``x`` (the ``projection_likelihood``
-objective). Generation draws ``ε ~ N(0, I_D)`` and decodes ``g⁻¹(G ε)`` with the *range sampler*
-``G = Q C Qᵀ`` (``G ε = Q C c``, ``c = Qᵀε``): every sample lies in ``range(P)``, so ``f`` leaves it where
-it is.
+with ``C_k`` lower-triangular (positive diagonal): a proper density on ``R^D``, so with ``log|det J_g(x)|`` it is
+the exact likelihood of ``x`` (the ``projection_likelihood`` objective). Generation maps ``ε ~ N(0, I_D)`` to
+``z = Q (μ_k + τ C_k Qᵀε)``, the component ``k`` drawn by inverting the mixture's cumulative weights at
+``Φ(vᵀε)`` for a fixed unit vector ``v`` off the range (independent of ``Qᵀε``): a deterministic function of
+``ε`` (``latents=`` reproduces a sample), and every sample lies in ``range(P)``, so ``f`` leaves it where it is.
 """
 
 from __future__ import annotations
@@ -71,16 +72,22 @@ class ProjectionCore(LinearCore):
     Args:
         dim: the latent dimension D.
         rank: r in ``1 … D − 1``.
+        components: K, the Gaussians of the prior on the range (1: probabilistic PCA).
     """
 
     time_dependent = False
     form = "projection"
 
-    def __init__(self, dim: int, rank: int):
+    def __init__(self, dim: int, rank: int, components: int = 1):
         super().__init__(dim)
         self.rank = check_projection_rank(rank, dim)
-        self.prior_tril = nn.Parameter(torch.zeros(rank, rank))  # strictly lower part of C
-        self.prior_log_diag = nn.Parameter(torch.zeros(rank))  # log of C's diagonal
+        if isinstance(components, bool) or not isinstance(components, int) or components < 1:
+            raise ValueError(f"A projection core's prior needs components K ≥ 1 (an int), got {components!r}.")
+        self.components = components
+        self.prior_means = nn.Parameter(torch.zeros(components, rank))  # μ_k
+        self.prior_tril = nn.Parameter(torch.zeros(components, rank, rank))  # strictly lower part of C_k
+        self.prior_log_diag = nn.Parameter(torch.zeros(components, rank))  # log of C_k's diagonal
+        self.prior_logits = nn.Parameter(torch.zeros(components))  # log π_k (up to a constant)
         self.log_noise = nn.Parameter(torch.tensor(math.log(0.1)))  # log σ off the range
 
     # ------------------------------------------------------------------ the projection
@@ -112,41 +119,80 @@ class ProjectionCore(LinearCore):
 
     # ------------------------------------------------------------------ the prior on the range
     def prior_scale(self) -> Tensor:
-        """``C`` ``(r, r)``: lower-triangular with diagonal ``exp(prior_log_diag)``."""
-        return torch.tril(self.prior_tril, -1) + torch.diag(self.prior_log_diag.exp())
+        """``C_k`` ``(K, r, r)``: lower-triangular with diagonal ``exp(prior_log_diag)``."""
+        return torch.tril(self.prior_tril, -1) + torch.diag_embed(self.prior_log_diag.exp())
 
-    def sampler(self, dtype: Optional[torch.dtype] = None, grad: bool = False) -> IdentityPlusLowRank:
-        """The range sampler ``G = Q C Qᵀ`` as an operator: ``g⁻¹(G ε)``, ``ε ~ N(0, I)``, is a sample, in ``range(P)``."""
-        Q, C = self.range_basis(), self.prior_scale().to(torch.promote_types(self.prior_tril.dtype, torch.float32))
-        Q, C = _keep(Q, grad), _keep(C, grad)
-        dtype = dtype or self.prior_tril.dtype
-        return IdentityPlusLowRank(0.0, (Q @ C.to(Q.dtype)).to(dtype), Q.to(dtype))
+    def _off_range_direction(self, Q: Tensor) -> Tensor:
+        """A fixed unit vector ``v ⟂ range(P)`` (a seeded random vector with its range part removed)."""
+        v = torch.randn(self.dim, generator=torch.Generator().manual_seed(0), dtype=torch.float64).to(Q)
+        v = v - Q @ (Q.T @ v)
+        return v / v.norm()
+
+    def sample(self, eps: Tensor, temperature: float = 1.0) -> Tensor:
+        """Latents ``z = Q (μ_k + τ C_k Qᵀε)`` of noise ``eps`` ``(N, D)`` (module docstring), in float64."""
+        self._check(eps, None)
+        with torch.no_grad():
+            eps = eps.double()
+            Q = self.range_basis().double()
+            weights = torch.softmax(self.prior_logits.double(), 0)
+            u = torch.special.ndtr(eps @ self._off_range_direction(Q))
+            k = torch.searchsorted(torch.cumsum(weights, 0)[:-1].contiguous(), u.contiguous(), right=True)
+            c = self.prior_means.double()[k] + float(temperature) * (
+                self.prior_scale().double()[k] @ (eps @ Q).unsqueeze(-1)).squeeze(-1)
+            return c @ Q.T
 
     def log_prior(self, z: Tensor) -> Tensor:
-        r"""``log p(z)`` per sample under ``N(0, Q C Cᵀ Qᵀ + σ²(I − QQᵀ))`` (``z``: ``(N, D)``), in float64."""
+        r"""``log p(z)`` per sample under the mixture on the range and ``N(0, σ²)`` off it (``z``: ``(N, D)``), float64."""
         self._check(z, None)
         z = z.double()
         Q, C = self.range_basis().double(), self.prior_scale().double()
         y = z @ Q
         off = z - y @ Q.T
-        white = torch.linalg.solve_triangular(C, y.T, upper=False).T
+        diff = (y[:, None, :] - self.prior_means.double()[None]).transpose(0, 1)  # (K, N, r)
+        white = torch.linalg.solve_triangular(C, diff.transpose(1, 2), upper=False)  # (K, r, N)
+        log_comp = (-0.5 * white.square().sum(1) - self.prior_log_diag.double().sum(1)[:, None]
+                    + torch.log_softmax(self.prior_logits.double(), 0)[:, None])
         log_sigma = self.log_noise.double()
         dim, r = self.dim, self.rank
-        return (-0.5 * white.square().sum(1) - self.prior_log_diag.double().sum()
+        return (torch.logsumexp(log_comp, 0) - 0.5 * r * LOG_2PI
                 - 0.5 * off.square().sum(1) * torch.exp(-2.0 * log_sigma) - (dim - r) * log_sigma
-                - 0.5 * dim * LOG_2PI)
+                - 0.5 * (dim - r) * LOG_2PI)
 
     @torch.no_grad()
-    def fit_prior(self, z: Tensor) -> None:
-        """Set ``C`` and ``σ`` to their maximum-likelihood values for latents ``z`` ``(N, D)`` with the range fixed:
-        ``C Cᵀ = cov(Qᵀz)`` (Cholesky, second moment about 0) and ``σ² = mean ‖(I − QQᵀ) z‖² / (D − r)``."""
+    def fit_prior(self, z: Tensor, iterations: int = 50, seed: int = 0) -> None:
+        """Maximum-likelihood ``σ²`` (``mean ‖(I − QQᵀ) z‖² / (D − r)``) and mixture on the range coordinates of
+        latents ``z`` ``(N, D)``, with the range fixed: one component is ``C Cᵀ = E[y yᵀ]`` (about 0); more are fitted
+        by EM (full covariances, ``1e-6·I`` added), started from ``K`` distinct latents chosen by ``seed``."""
         z = z.double()
         Q = self.range_basis().double()
         y = z @ Q
-        cov = y.T @ y / z.shape[0] + 1e-8 * torch.eye(self.rank, dtype=torch.float64)
-        C = torch.linalg.cholesky(cov)
+        n, K, r = y.shape[0], self.components, self.rank
+        if n < K:
+            raise ValueError(f"fit_prior needs at least as many latents as mixture components ({K}); got {n}.")
+        eye = 1e-6 * torch.eye(r, dtype=torch.float64)
+        if K == 1:
+            means, covs, weights = torch.zeros(1, r, dtype=torch.float64), (y.T @ y / n + eye)[None], torch.ones(1)
+        else:
+            means = y[torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:K]].clone()
+            covs = ((y - y.mean(0)).T @ (y - y.mean(0)) / n + eye).expand(K, r, r).clone()
+            weights = torch.full((K,), 1.0 / K, dtype=torch.float64)
+            for _ in range(iterations):
+                L = torch.linalg.cholesky(covs)
+                diff = (y[None] - means[:, None])  # (K, N, r)
+                white = torch.linalg.solve_triangular(L, diff.transpose(1, 2), upper=False)
+                log_r = (-0.5 * white.square().sum(1) - torch.diagonal(L, dim1=1, dim2=2).log().sum(1)[:, None]
+                         + weights.log()[:, None])
+                resp = torch.softmax(log_r, 0)  # (K, N)
+                mass = resp.sum(1).clamp_min(1e-12)
+                weights = mass / n
+                means = resp @ y / mass[:, None]
+                diff = y[None] - means[:, None]
+                covs = torch.einsum("kn,kni,knj->kij", resp, diff, diff) / mass[:, None, None] + eye
+        C = torch.linalg.cholesky(covs)
+        self.prior_means.copy_(means.to(self.prior_means.dtype))
         self.prior_tril.copy_(torch.tril(C, -1).to(self.prior_tril.dtype))
-        self.prior_log_diag.copy_(torch.diagonal(C).log().to(self.prior_log_diag.dtype))
+        self.prior_log_diag.copy_(torch.diagonal(C, dim1=1, dim2=2).log().to(self.prior_log_diag.dtype))
+        self.prior_logits.copy_(weights.clamp_min(1e-12).log().to(self.prior_logits.dtype))
         off = (z - y @ Q.T).square().sum(1).mean() / (self.dim - self.rank)
         self.log_noise.copy_((0.5 * off.clamp_min(1e-12).log()).to(self.log_noise.dtype))
 
@@ -166,8 +212,8 @@ class OrthogonalProjectionCore(ProjectionCore):
 
     form = "orthogonal"
 
-    def __init__(self, dim: int, rank: int):
-        super().__init__(dim, rank)
+    def __init__(self, dim: int, rank: int, components: int = 1):
+        super().__init__(dim, rank, components)
         self.weight = nn.Parameter(torch.linalg.qr(torch.randn(dim, self.rank)).Q)
 
     def factors(self):
@@ -183,8 +229,8 @@ class ObliqueProjectionCore(ProjectionCore):
 
     form = "oblique"
 
-    def __init__(self, dim: int, rank: int):
-        super().__init__(dim, rank)
+    def __init__(self, dim: int, rank: int, components: int = 1):
+        super().__init__(dim, rank, components)
         U = torch.linalg.qr(torch.randn(dim, self.rank)).Q
         self.U = nn.Parameter(U.clone())
         self.V = nn.Parameter(U + 0.01 * torch.randn(dim, self.rank))
@@ -205,8 +251,8 @@ class SpectralProjectionCore(ProjectionCore):
 
     form = "spectral"
 
-    def __init__(self, dim: int, rank: int):
-        super().__init__(dim, rank)
+    def __init__(self, dim: int, rank: int, components: int = 1):
+        super().__init__(dim, rank, components)
         self.basis = nn.Parameter(torch.linalg.qr(torch.randn(dim, dim)).Q)
         scores = torch.full((dim,), -1.0)
         scores[: self.rank] = 1.0

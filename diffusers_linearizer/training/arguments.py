@@ -30,6 +30,7 @@ MODEL_OPTIONS = {
     "core_rank": (int, "rank r (low-rank cores) or R (shared basis)"),
     "core_hidden_dim": (int, "MLP width of time-dependent cores"),
     "core_embedding_dim": (int, "sinusoidal time-embedding size of the core"),
+    "core_prior_components": (int, "Gaussians of a projection core's prior on its range"),
     "clamp_value": (finite_float, "bound of the couplings' log-scale"),
 }
 

@@ -7,7 +7,7 @@ r"""Objectives of projection models ``f(x) = g⁻¹(P g(x))`` (``core_type="proj
       bits/dim = (−log p_z(g(x̃)) − log|det J_g(x̃)| + D·log 256) / (D·ln 2)                 (projection_bpd)
 
   It pulls the latents of data onto ``range(P)`` (the off-range part costs ``‖(I − QQᵀ) z‖²/2σ²``) and shapes
-  them into the Gaussian the generator draws from, so ``g⁻¹(G ε)`` looks like data.
+  them into the density the generator draws from, so its samples look like data.
 * ``projection_reconstruction`` — ``‖f(x̃) − x̃‖²`` per pixel: the data are fixed points of ``f`` (IGN's
   reconstruction term; here idempotence itself needs no loss).
 * ``projection_denoising`` — ``‖f(c(x)) − x‖²`` per pixel for corruptions ``c`` drawn per sample

@@ -8,8 +8,8 @@ every input, ``f(f(x)) = f(x)`` up to round-off. The pipeline
   the model's own outputs: an out-of-distribution score);
 * **fills masked pixels** (``mask_image=...``, 1 = unknown): alternating projections
   ``x ← m ⊙ f(x) + (1 − m) ⊙ x_known``, then ``f`` once more, so the result is on the range;
-* **generates** (``image=None``): ``x = g⁻¹(G ε)`` with the core's range sampler ``G = Q C Qᵀ``
-  (``ε ~ N(0, τ²I)``), the Gaussian the model was trained to put the data's latents in. Pixel noise is
+* **generates** (``image=None``): ``x = g⁻¹(z)`` with ``z = Q (μ_k + τ C_k Qᵀε)``, ``ε ~ N(0, I)``, a draw of the
+  core's prior on its range (a Gaussian mixture fitted to the data's latents; ``core.sample``). Pixel noise is
   never passed through ``g``: its latents lie far from the data's, so ``f(noise)`` is not a sample.
 """
 
@@ -132,7 +132,7 @@ class LinearizerProjectionPipeline(ConditionalPipelineMixin, LinearizerLoadingMi
             batch_size: images to generate when ``image`` is ``None`` (ignored when ``latents`` are given).
             generator: a ``torch.Generator`` (or one per image) for the generation noise.
             latents: ``(N, C, H, W)`` noise ``ε`` to generate from (instead of ``τ·randn``); the output is
-                ``g⁻¹(G ε)``.
+                ``g⁻¹(core.sample(ε, τ))``.
             temperature: ``τ`` of the generation noise (default: the model's ``sampling_temperature``).
             mask_iterations: alternating projections for ``mask_image`` (each one ``f``), 0 … ; default 20.
             output_type: ``"pil"`` (default), ``"np"``, ``"pt"`` or ``"latent"`` (the latents ``P g(x)``).
@@ -183,15 +183,13 @@ class LinearizerProjectionPipeline(ConditionalPipelineMixin, LinearizerLoadingMi
                 raise ValueError(f"batch_size must be an int ≥ 1, got {batch_size!r}.")
             if isinstance(generator, list) and len(generator) != batch_size:
                 raise ValueError(f"Got {len(generator)} generators for batch_size={batch_size}; pass one per image.")
-            eps = tau * randn_tensor((batch_size, *shape), generator=generator, device=torch.device("cpu"),
-                                     dtype=torch.float32)
+            eps = randn_tensor((batch_size, *shape), generator=generator, device=torch.device("cpu"), dtype=torch.float32)
         else:
             self.linearizer.check_sample(latents, "latents")
             if not latents.is_floating_point() or not bool(torch.isfinite(latents).all()):
                 raise ValueError("latents must be a finite floating-point tensor (N, C, H, W).")
-            eps = tau * latents.float()
-        G = self.linearizer.core.sampler(dtype=torch.float64)
-        z = G.apply_images(eps.to(device)).to(dtype)
+            eps = latents.float()
+        z = self.linearizer.core.sample(eps.to(device).flatten(1), tau).to(dtype).view(eps.shape)
         x = self.linearizer.apply_g(z, "y", inverse=True)
         return x, z, torch.zeros(z.shape[0], dtype=torch.float64)
 
@@ -216,7 +214,7 @@ class LinearizerProjectionPipeline(ConditionalPipelineMixin, LinearizerLoadingMi
 An idempotent Linearizer `f(x) = g⁻¹(P g(x))` with a projection core `P² = P` (`{cfg.core_type}`, rank
 {cfg.core_rank}; {params:,} parameters), packaged for 🤗 diffusers with the `diffusers-linearizer` package:
 `f(f(x)) = f(x)` for every input. It projects images onto the model's range, fills masked pixels, and
-generates from the Gaussian on the range, `x = g⁻¹(G ε)`.
+generates from the prior on the range (a Gaussian mixture on P's range coordinates).
 
 * images: {c}×{h}×{w} (C×H×W), values in [0, 1]
 

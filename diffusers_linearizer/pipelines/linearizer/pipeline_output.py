@@ -69,10 +69,10 @@ class LinearizerProjectionPipelineOutput(BaseOutput):
     """What :class:`LinearizerProjectionPipeline` returns for ``N`` images.
 
     Args:
-        images: ``f(x)`` (projection, mask filling) or ``g⁻¹(G ε)`` (generation), per ``output_type``.
+        images: ``f(x)`` (projection, mask filling) or ``g⁻¹(z)``, ``z`` a draw of the prior on the range (generation), per ``output_type``.
         distances: ``(N,)`` float64, ``‖g(x) − P g(x)‖`` of each input image (0 for generated ones): how far the
             input is from the model's range — an out-of-distribution score.
-        latents: ``(N, C, H, W)`` the output's latents ``P g(x)`` (``G ε`` when generating), on ``range(P)``.
+        latents: ``(N, C, H, W)`` the output's latents ``P g(x)`` (the prior's draw when generating), on ``range(P)``.
     """
 
     images: Images
