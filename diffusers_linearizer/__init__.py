@@ -25,6 +25,7 @@ from .pipelines import (
     pipeline_class_for,
 )
 from .images import psnr
+from . import analysis  # noqa: F401  (the diagnostics: local_components, inverse_stability, typicality, fiber_report)
 from .atomic import replace_dir, write_json_atomic, write_text_atomic
 from diffusers import ModelMixin, SchedulerMixin  # noqa: F401  (diffusers' loader looks these up on the library named in model_index.json)
 

@@ -192,3 +192,23 @@ def test_rank_collapse_is_caught():
         model.core.U[:, 1:] = 0.0
     line, seen = rank_collapse_check(model.core, seen)
     assert "RANK COLLAPSE" in line and "product 4→1" in line
+
+
+# ---------------------------------------------------------------------------- the inversion pipeline's fields
+def test_inversion_output_carries_typicality():
+    stats = pytest.importorskip("scipy.stats")
+    from diffusers_linearizer import LinearizerInversionPipeline
+
+    model = tiny().float()
+    inv = LinearizerInversionPipeline(linearizer=model, scheduler=LinearizerScheduler())
+    inv.set_progress_bar_config(disable=True)
+    x = torch.rand(3, 1, 4, 4, generator=torch.Generator().manual_seed(5))
+    out = inv(x, num_inference_steps=8)
+    tau = model.config.sampling_temperature
+    s = (out.noise.double() / tau).flatten(1).square().sum(1)
+    assert torch.allclose(out.noise_p_value, torch.as_tensor(stats.chi2.sf(s.numpy(), 16)), rtol=1e-6, atol=1e-300)
+    assert torch.allclose(out.noise_chi2_z, (s - 16) / math.sqrt(32), rtol=1e-6)
+    assert out.typical.tolist() == (out.noise_p_value >= 1e-3).tolist()
+    assert out.bits_per_dim.shape == (3,) and bool(torch.isfinite(out.bits_per_dim).all())
+    assert len(inv(x, num_inference_steps=8, return_dict=False)) == 6
+    assert inv(x, num_inference_steps=8, typicality=False).typical is None
