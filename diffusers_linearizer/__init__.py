@@ -9,7 +9,7 @@ lives) import nothing from those layers.
 __version__ = "0.1.0"
 
 from .defaults import DEFAULT_MODEL_DIR, PACKAGED_MODELS
-from .operators import DenseOperator, IdentityPlusLowRank, SharedBasisOperator
+from .operators import CircularConvolution, DenseOperator, IdentityPlusLowRank, SharedBasisOperator
 from .models import LinearizerModel, LinearizerModelOutput
 from .schedulers import LinearizerScheduler
 from .schedulers.collapse_budget import collapse_limits
@@ -21,6 +21,8 @@ from .pipelines import (
     LinearizerClassPipeline,
     LinearizerProjectionPipeline,
     LinearizerProjectionPipelineOutput,
+    LinearizerStylePipelineOutput,
+    LinearizerStyleTransferPipeline,
     LinearizerTextPipeline,
     pipeline_class_for,
 )

@@ -30,6 +30,7 @@ from .cli_checks import (
 )
 from .cli_parser import build_parser  # noqa: F401  (the parser lives in its own module)
 from .cli_projection import cmd_project
+from .cli_style import cmd_style_data, cmd_stylize, cmd_unstylize
 from .cli_analysis import cmd_analyze
 from .defaults import DEFAULT_MODEL_DIR, PACKAGED_MODELS
 from .image_grid import make_grid
@@ -308,7 +309,8 @@ def cmd_demo(args) -> int:
 
 
 COMMANDS = {"generate": cmd_generate, "invert": cmd_invert, "interpolate": cmd_interpolate, "train": cmd_train,
-            "distill-data": cmd_distill_data, "project": cmd_project, "analyze": cmd_analyze,
+            "distill-data": cmd_distill_data, "project": cmd_project,
+            "stylize": cmd_stylize, "unstylize": cmd_unstylize, "style-data": cmd_style_data, "analyze": cmd_analyze,
             "demo": cmd_demo}
 
 #: the Python arguments that a command's flags set, to name the flag in an error that names the argument

@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
         "success, 2 for bad input (an argument, an input file, a model that does not fit the request; nothing is "
         "written), 1 when the work itself fails (a file system or memory error).",
     )
-    sub = parser.add_subparsers(dest="command", metavar="{generate,invert,interpolate,train,distill-data,project,analyze,demo}")
+    sub = parser.add_subparsers(dest="command", metavar="{generate,invert,interpolate,train,distill-data,project,stylize,unstylize,style-data,analyze,demo}")
     sub.required = True
 
     gen = sub.add_parser(
@@ -169,6 +169,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_projection import add_parser as add_project_parser
 
     add_project_parser(sub)
+
+    from .cli_style import add_parsers as add_style_parsers
+
+    add_style_parsers(sub)
 
     from .cli_analysis import add_parser as add_analyze_parser
 

@@ -13,9 +13,12 @@ CLASSES_MODEL_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fa
 #: the Fashion-MNIST 32×32 projection pipeline (``f ∘ f = f``; ``LinearizerProjectionPipeline``)
 PROJECTION_MODEL_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fashion_mnist_projection")
 
+#: the 26-style modular style-transfer pipeline (``LinearizerStyleTransferPipeline``, any image size)
+STYLES_MODEL_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "styles")
+
 #: name → folder of every packaged pipeline: ``LinearizerPipeline.from_pretrained(PACKAGED_MODELS[name])``
 PACKAGED_MODELS = {"fashion-mnist": DEFAULT_MODEL_DIR, "fashion-mnist-classes": CLASSES_MODEL_DIR,
-                   "fashion-mnist-projection": PROJECTION_MODEL_DIR}
+                   "fashion-mnist-projection": PROJECTION_MODEL_DIR, "styles": STYLES_MODEL_DIR}
 
 
 def packaged_default_available() -> bool:

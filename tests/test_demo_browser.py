@@ -195,6 +195,7 @@ def test_demo_in_a_browser(server, browser, tmp_path):
     type_number(d, "invert-steps", 100)
     click(d, "invert-button")  # the last good image is still loaded
     assert psnr_of(wait_text(d, "invert-status", r"Regeneration PSNR: ([0-9.]+|∞) dB")) > 60
+    wait_text(d, "invert-status", r"(Typical|Not typical): the recovered noise")  # analysis_view.typicality_note
     wait_image(d, "invert-noise")
     wait_image(d, "invert-regen")
     wait_text(d, "invert-stats", r"excess kurtosis")
@@ -226,4 +227,10 @@ def test_demo_in_a_browser(server, browser, tmp_path):
     wait_text(d, "edit-status", r"Moved by \+1\.00, \+0\.00")
     d.save_screenshot(os.path.join(shots, "demo_edit.png"))
     type_number(d, "edit-alpha-1", 0)  # … and back
+    assert psnr_of(wait_text(d, "edit-status", r"gives back the original, PSNR ([0-9.]+|∞) dB")) > 60
+    # the local directions at this image (diffusers_linearizer.analysis through demo/analysis_view.py)
+    d.find_element(By.ID, "edit-directions-set").find_element(
+        By.XPATH, ".//label[contains(., 'local directions at this image')]").click()
+    click(d, "edit-start")
+    wait_text(d, "edit-status", r"local directions\)")
     assert psnr_of(wait_text(d, "edit-status", r"gives back the original, PSNR ([0-9.]+|∞) dB")) > 60

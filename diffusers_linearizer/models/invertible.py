@@ -299,6 +299,8 @@ class InvertibleNetwork(nn.Module):
         squeeze: ``"auto"`` (squeeze iff C is odd), ``True`` or ``False``.
         time_embedding_dim: size of the conditioners' sinusoidal ctx embedding.
         conditioner_kwargs: extra keyword arguments for the conditioner factory.
+        size_free: take images of any H × W (even ones when squeezing), not only ``sample_size``²; only for
+            conditioners that do not depend on the size (``"conv"``).
     """
 
     def __init__(
@@ -315,6 +317,7 @@ class InvertibleNetwork(nn.Module):
         squeeze: Union[str, bool] = "auto",
         time_embedding_dim: int = 64,
         conditioner_kwargs: Optional[dict] = None,
+        size_free: bool = False,
     ):
         super().__init__()
         if squeeze not in ("auto", True, False):
@@ -328,7 +331,10 @@ class InvertibleNetwork(nn.Module):
             raise ValueError(f"odd channel count C = {in_channels} needs squeeze (squeeze='auto' or True).")
         if do_squeeze and sample_size % 2:
             raise ValueError(f"squeezing needs an even sample_size (H and W), got H = W = {sample_size}.")
-        self.in_channels, self.sample_size = in_channels, sample_size
+        if size_free and conditioner_type != "conv":
+            raise ValueError(f"Images of any size need the 'conv' conditioner; {conditioner_type!r} is built for "
+                             f"{sample_size}×{sample_size}.")
+        self.in_channels, self.sample_size, self.size_free = in_channels, sample_size, bool(size_free)
         self.squeeze = Squeeze2x2() if do_squeeze else None
         channels = in_channels * 4 if do_squeeze else in_channels
         size = sample_size // 2 if do_squeeze else sample_size
@@ -352,6 +358,10 @@ class InvertibleNetwork(nn.Module):
     def check_input(self, x: Tensor, name: str = "input") -> None:
         """``ValueError`` naming the expected shape unless ``x`` is a ``(N, C, H, W)`` tensor."""
         c, h, w = self.sample_shape
+        if self.size_free and isinstance(x, Tensor) and x.ndim == 4 and x.shape[1] == c:
+            if self.squeeze is not None and (x.shape[2] % 2 or x.shape[3] % 2):
+                raise ValueError(f"Expected {name} with an even height and width (the 2×2 squeeze), got {tuple(x.shape)}.")
+            return
         if not isinstance(x, Tensor) or x.ndim != 4 or tuple(x.shape[1:]) != (c, h, w):
             got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
             raise ValueError(f"Expected {name} of shape (N, {c}, {h}, {w}) (C×H×W = {c}×{h}×{w}), got {got}.")

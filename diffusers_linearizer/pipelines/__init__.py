@@ -7,6 +7,8 @@ from .linearizer import (
     LinearizerPipeline,
     LinearizerProjectionPipeline,
     LinearizerProjectionPipelineOutput,
+    LinearizerStylePipelineOutput,
+    LinearizerStyleTransferPipeline,
     LinearizerClassPipeline,
     LinearizerTextPipeline,
     pipeline_class_for,
@@ -22,4 +24,6 @@ __all__ = [
     "LinearizerInterpolationOutput",
     "LinearizerProjectionPipeline",
     "LinearizerProjectionPipelineOutput",
+    "LinearizerStyleTransferPipeline",
+    "LinearizerStylePipelineOutput",
 ]

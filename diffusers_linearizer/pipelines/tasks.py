@@ -27,6 +27,7 @@ __all__ = ["PIPELINES", "TASKS", "check_task", "model_tasks", "pipeline_class_fo
 TASKS = {
     "generate": "noise → images in one step (or stepped), guided for conditional models",
     "invert": "images → noise through B†, reconstructions, interpolations and edits",
+    "stylize": "images → g⁻¹(A g(x)) with A a blend of style operators, their strength, composition and inverse",
     "project": "images → f(x) = g⁻¹(P g(x)) with P² = P (projection, mask filling), and generation on P's range",
 }
 

@@ -51,6 +51,14 @@ def load_dataset(args):
         dataset, dataset.model_config = build_conditional_dataset(args)
         return dataset
     if args.teacher_pairs:
+        from .style_data import StylePairs, is_style_pairs
+
+        if is_style_pairs(args.teacher_pairs):  # (stylised, content, style id) crops of photos
+            dataset = StylePairs(args.teacher_pairs, max_samples=args.max_train_samples)
+            if dataset.resolution != args.resolution:
+                raise ValueError(f"{args.teacher_pairs} holds {dataset.resolution}×{dataset.resolution} crops; "
+                                 f"--resolution {args.resolution} asks for others.")
+            return dataset
         dataset = TeacherPairs(args.teacher_pairs, max_samples=args.max_train_samples)
         if dataset.resolution != args.resolution or dataset.channels != (args.channels or dataset.channels):
             raise ValueError(f"{args.teacher_pairs} holds {dataset.channels}×{dataset.resolution}×{dataset.resolution} "
@@ -150,7 +158,7 @@ def make_loader(args, dataset, pin_memory: bool = False):
     sampler = EpochShuffleSampler(len(dataset), seed=args.seed)
     loader = DataLoader(
         dataset, batch_size=args.train_batch_size, sampler=sampler, drop_last=True,
-        collate_fn=stack_pairs if args.teacher_pairs else stack_conditioned if args.conditioning else stack_images,
+        collate_fn=getattr(dataset, "collate_fn", None) or stack_pairs if args.teacher_pairs else stack_conditioned if args.conditioning else stack_images,
         num_workers=args.dataloader_num_workers, pin_memory=pin_memory,
     )
     return sampler, loader

@@ -221,7 +221,8 @@ class Trainer(CheckpointingMixin):
             images, condition = images
             condition = self.conditions(condition, rest[-1])
         elif isinstance(images, (tuple, list)):  # teacher pairs: the pair's noise replaces the drawn one
-            images, noise = images
+            images, noise, *ids = images  # style pairs: (stylised, content, style ids)
+            condition = ids[0].to(self.device) if ids else None
         if args.random_flip:
             images = torch.where(flip.view(-1, 1, 1, 1).to(images.device), images.flip(-1), images)
         noise, t, eps_y, eps_x = (v.to(self.device, non_blocking=True) for v in (noise, t, eps_y, eps_x))
