@@ -22,15 +22,32 @@ def _inputs(n=6, seed=0, dtype=torch.float64):
     return images, noise, t, eps_y, eps_x, uniform
 
 
+def _model_for(name):
+    """A tiny model whose core serves a task the objective ``name`` trains (the flow objectives: shared basis)."""
+    from diffusers_linearizer.models.core_registry import CORES
+
+    tasks = set(OBJECTIVES.entry(name).tasks)
+    entry = next(e for e in CORES.entries() if e.name == "shared_basis" or (set(e.tasks) & tasks and None in e.conditionings))
+    if not set(entry.tasks) & tasks:
+        entry = next(e for e in CORES.entries() if set(e.tasks) & tasks)
+    extra = dict(role_x=1.0, role_y=1.0) if entry.same_g else {}
+    if None not in entry.conditionings:  # a conditional-only core (a style core: one condition per style, odd kernel)
+        extra["core_rank"] = 3
+        extra.update(conditioning="class", num_classes=3) if "class" in entry.conditionings else extra.update(
+            conditioning="text", condition_dim=16)
+    return tiny_model(core_type=entry.name, **extra)
+
+
 @pytest.mark.parametrize("name", OBJECTIVES.names())
 def test_each_component_returns_exactly_its_declared_terms(name):
     torch.manual_seed(0)
-    model = tiny_model(core_type="shared_basis").double().eval()
+    model = _model_for(name).double().eval()
     perturb_all(model, 0.02)
     obj = tobj.LinearizerObjective(model, name, num_inference_steps=4)
     images, noise, t, eps_y, eps_x, uniform = _inputs()
     entry = OBJECTIVES.entry(name)
-    out = obj(images, noise, t, eps_y, eps_x, uniform=uniform if entry.needs_uniform else None)
+    condition = torch.zeros(6, dtype=torch.long) if model.conditioning == "class" else None  # a conditional-only core
+    out = obj(images, noise, t, eps_y, eps_x, uniform=uniform if entry.needs_uniform else None, condition=condition)
     assert set(out) - {"loss"} == set(entry.terms)
     assert (obj.scheduler is not None) == entry.one_step
     assert set(entry.weighted) <= set(entry.terms) and set(entry.weighted) <= set(weighted_terms())
@@ -39,10 +56,9 @@ def test_each_component_returns_exactly_its_declared_terms(name):
 
 
 def test_conditions_are_refused_by_objectives_that_do_not_declare_them():
-    model = tiny_model(core_type="shared_basis").double().eval()
     images, noise, t, eps_y, eps_x, uniform = _inputs()
     for name in OBJECTIVES.names(conditions=False):
-        obj = tobj.LinearizerObjective(model, name, num_inference_steps=4)
+        obj = tobj.LinearizerObjective(_model_for(name).double().eval(), name, num_inference_steps=4)
         with pytest.raises(ValueError, match="does not train conditional models"):
             obj(images, noise, t, eps_y, eps_x, uniform=uniform, condition=torch.zeros(6, dtype=torch.long))
 
