@@ -234,3 +234,18 @@ def test_demo_in_a_browser(server, browser, tmp_path):
     click(d, "edit-start")
     wait_text(d, "edit-status", r"local directions\)")
     assert psnr_of(wait_text(d, "edit-status", r"gives back the original, PSNR ([0-9.]+|∞) dB")) > 60
+
+    # 5. Project: generate on P's range, then project a noisy upload and apply f again
+    open_tab(d, "5. Project")
+    click(d, "project-generate")
+    moved = float(wait_text(d, "project-status", r"moves them by at most ([0-9]\.[0-9]e[+-][0-9]+)").group(1))
+    assert moved < 1e-3
+    wait_image(d, "project-samples")
+    upload(d, "project-upload", image_a)
+    wait_text(d, "project-status", r"Loaded a\.png")
+    click(d, "project-button")
+    again = wait_text(d, "project-status", r"f\(f\(x̃\)\) − f\(x̃\): at most ([0-9]\.[0-9]e[+-][0-9]+)")
+    assert float(again.group(1)) < 1e-3
+    wait_image(d, "project-output")
+    wait_image(d, "project-again")
+    d.save_screenshot(os.path.join(shots, "demo_project.png"))
