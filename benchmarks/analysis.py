@@ -206,7 +206,11 @@ def main():
             results["models"][name] = {"skipped": f"{type(err).__name__}: {err}"[:300]}
             continue
         tmp = tempfile.mkdtemp()
-        report = analyze(pipe, tmp)
+        try:
+            report = analyze(pipe, tmp)
+        except (ValueError, NotImplementedError) as err:  # a core the analysis cannot take (it says why)
+            results["models"][name] = {"skipped": f"analyze refused it: {err}"[:300]}
+            continue
         shutil.copy(os.path.join(tmp, "local_components.png"),
                     os.path.join(IMAGES, f"analysis_{name.replace('-', '_')}_local_components.png"))
         shutil.rmtree(tmp, ignore_errors=True)
@@ -319,8 +323,28 @@ def update(parts):
     path = os.path.join(DOCS, "analysis.json")
     with open(path, encoding="utf-8") as f:
         results = json.load(f)
+    torch.set_num_threads(1)
     if "local" in parts:
         results["local_components_3x64x64"] = local_64()
+    if "models" in parts:
+        for name, folder in PACKAGED_MODELS.items():
+            if not os.path.isfile(os.path.join(folder, "model_index.json")):
+                results["models"][name] = {"skipped": "not packaged in this checkout"}
+                continue
+            try:
+                pipe = Pipe(folder)
+            except Exception as err:
+                results["models"][name] = {"skipped": f"{type(err).__name__}: {err}"[:300]}
+                continue
+            tmp = tempfile.mkdtemp()
+            try:
+                results["models"][name] = analyze(pipe, tmp)
+            except (ValueError, NotImplementedError) as err:  # a core the analysis cannot take (it says why)
+                results["models"][name] = {"skipped": f"analyze refused it: {err}"[:300]}
+                continue
+            shutil.copy(os.path.join(tmp, "local_components.png"),
+                        os.path.join(IMAGES, f"analysis_{name.replace('-', '_')}_local_components.png"))
+            shutil.rmtree(tmp, ignore_errors=True)
     if "cli" in parts:
         results["cli_analyze_fashion_mnist"] = cli_timing()
         results["cli_analyze_fashion_mnist_1_thread"] = cli_timing(1)

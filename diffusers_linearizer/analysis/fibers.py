@@ -279,6 +279,7 @@ def rank_collapse_check(core, previous: Optional[Dict[str, int]] = None, ts: Seq
     """
     try:
         core, times, ops = _core_operators(core, ts, None)
+        core_factors(ops[0])  # an unfactored operator (dense, a convolution) raises here
     except ValueError:
         return "core ranks: not a factored core", dict(previous or {})
     seen = dict(previous or {})

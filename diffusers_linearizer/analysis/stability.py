@@ -8,7 +8,7 @@ inversion ``ε = g_y⁻¹(B† g_x(x))`` a perturbation ``δx`` of the image rea
 
 and ``‖B†‖₂ = 1/σ_min(B)``, ``cond(B) = σ_max/σ_min`` come from the operator's exact small SVD. Measured here:
 
-* round trips ``‖g⁻¹(g(x)) − x‖/‖x‖`` of ``g_x`` and of the one-step map (image → noise → image, through
+* round trips ``‖g⁻¹(g(x)) − x‖/‖x‖`` (``‖x‖`` floored at ``10⁻³·√D``) of ``g_x`` and of the one-step map (image → noise → image, through
   ``B B†``), in float32 and float64, per input family (:func:`ood_families`: data, Gaussian and uniform noise,
   constant, scaled and inverted images);
 * the local Lipschitz constants above by power iteration (:func:`~.local_components.spectral_norm`), and
@@ -66,8 +66,11 @@ def operator_stability(B) -> Dict[str, float]:
 
 
 def _rel(a: Tensor, b: Tensor) -> Tensor:
-    """``‖a − b‖/‖b‖`` per sample (float64; inf for non-finite ``a``)."""
-    err = (a.double() - b.double()).flatten(1).norm(dim=1) / b.double().flatten(1).norm(dim=1).clamp_min(1e-300)
+    """``‖a − b‖ / max(‖b‖, 10⁻³·√D)`` per sample (float64; inf for non-finite ``a``): relative, except that an
+    all-zero (or nearly zero) ``b`` is measured against an image of RMS value 10⁻³."""
+    b = b.double().flatten(1)
+    floor = 1e-3 * math.sqrt(b.shape[1])
+    err = (a.double().flatten(1) - b).norm(dim=1) / b.norm(dim=1).clamp_min(floor)
     return torch.where(torch.isfinite(err), err, torch.full_like(err, math.inf))
 
 
