@@ -106,7 +106,7 @@ def _run_style(args, inverse: bool) -> int:
         raise ValueError(f"--strength must be in [0, 1], got {args.strength}.")
     styles, weights = parse_style_spec(args.style)
     outputs = _outputs(args, "unstylized" if inverse else "stylized")
-    photos = load_image_files(list(args.images))  # readable, named if not
+    photos = [im.convert("RGB") for im in load_image_files(list(args.images))]  # readable (named if not), as RGB
     pipe = load_pipeline(args.model, "float32", cls=LinearizerStyleTransferPipeline)
     pipe.style_weights(styles, weights)  # a bad style is named before any image is processed
     pipe.to(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
