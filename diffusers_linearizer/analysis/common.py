@@ -60,6 +60,10 @@ def collapsed_operator(model, scheduler, num_inference_steps: int = 100, solver:
         if condition is None:
             raise ValueError(f"This model is {model.conditioning}-conditioned: pass the condition whose B(c, w) "
                              "to analyse (a class id or a pooled text embedding).")
+        if not hasattr(model.core, "mixed_operators"):
+            raise ValueError(f"The analysis needs a flow-matching core whose sampler run collapses into B (class- or "
+                             f"text-conditioned cores included); this model's core is {type(model.core).__name__}, "
+                             "which is not one.")
         core = model.guided_core(condition, None, max(float(guidance_scale) - 1.0, 0.0))
     elif condition is not None:
         raise ValueError("This model is unconditional: collapsed_operator takes no condition.")
