@@ -31,10 +31,17 @@ import torch
 
 from diffusers_linearizer import LinearizerModel, LinearizerScheduler
 from diffusers_linearizer.analysis import analyze, auroc, collapsed_operator, typicality
+from diffusers_linearizer.cli_analysis import fashion_mnist_test
 from diffusers_linearizer.defaults import PACKAGED_MODELS
 
 N_AUROC = 200
 WORDS = ("shirt", "Linearizer", "42", "hello", "OOD", "flow", "noise", "bag", "TEXT", "dress", "x=g⁻¹", "boot")
+
+
+def data_for(pipe) -> dict:
+    """The data arguments of :func:`analyze`: 8 Fashion-MNIST test images (with labels) for 1×32×32 models."""
+    images, labels, name = fashion_mnist_test(pipe.linearizer, 8)
+    return {} if images is None else dict(images=images, labels=labels, data_name=name)
 
 
 class Pipe:
@@ -207,7 +214,7 @@ def main():
             continue
         tmp = tempfile.mkdtemp()
         try:
-            report = analyze(pipe, tmp)
+            report = analyze(pipe, tmp, **data_for(pipe))
         except (ValueError, NotImplementedError) as err:  # a core the analysis cannot take (it says why)
             results["models"][name] = {"skipped": f"analyze refused it: {err}"[:300]}
             continue
@@ -338,7 +345,7 @@ def update(parts):
                 continue
             tmp = tempfile.mkdtemp()
             try:
-                results["models"][name] = analyze(pipe, tmp)
+                results["models"][name] = analyze(pipe, tmp, **data_for(pipe))
             except (ValueError, NotImplementedError) as err:  # a core the analysis cannot take (it says why)
                 results["models"][name] = {"skipped": f"analyze refused it: {err}"[:300]}
                 continue

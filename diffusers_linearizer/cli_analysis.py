@@ -44,6 +44,25 @@ def add_parser(sub) -> None:
                    help="torch CPU threads (on a busy machine 1 can be several times faster). Default: torch's.")
 
 
+def fashion_mnist_test(model, n: int):
+    """``(images, labels, name)``: the first ``n`` Fashion-MNIST test images when the dataset is installed and the
+    model takes 1×32×32 images, else ``(None, None, None)`` (the report then uses the model's own samples)."""
+    if tuple(model.sample_shape) != (1, 32, 32):
+        return None, None, None
+    import torch
+
+    from .training.data import FASHION_MNIST_DIR, FashionMNIST
+
+    if not os.path.isdir(FASHION_MNIST_DIR):
+        return None, None, None
+    try:
+        data = FashionMNIST(split="test", return_labels=True, max_samples=n)
+    except (OSError, ValueError):
+        return None, None, None
+    xs, ys = zip(*(data[i] for i in range(len(data))))
+    return torch.stack(xs), torch.as_tensor(ys), "Fashion-MNIST test images"
+
+
 def cmd_analyze(args) -> int:
     from .cli import load_pipeline
     from .cli_checks import check_device, check_output_folder
@@ -68,8 +87,10 @@ def cmd_analyze(args) -> int:
                                     "--class")[0]
     from .analysis import analyze
 
+    images, labels, name = fashion_mnist_test(model, args.num_images)
     report = analyze(pipe, args.output, num_inference_steps=args.steps, solver=args.solver, k=args.k,
-                     num_images=args.num_images, condition=condition, seed=args.seed)
+                     num_images=args.num_images, condition=condition, seed=args.seed, images=images, labels=labels,
+                     data_name=name)
     st = report["stability"]
     print(f"cond(B) = {st['operator']['cond']:.3g}, ‖B†‖ = {st['operator']['pinv_norm']:.3g}; exploding inverses: "
           f"{', '.join(st['exploding']) or 'none'}")

@@ -212,3 +212,17 @@ def test_inversion_output_carries_typicality():
     assert out.bits_per_dim.shape == (3,) and bool(torch.isfinite(out.bits_per_dim).all())
     assert len(inv(x, num_inference_steps=8, return_dict=False)) == 6
     assert inv(x, num_inference_steps=8, typicality=False).typical is None
+
+
+def test_the_analysis_layer_imports_no_layer_above_it():
+    """``analysis`` sits above models and schedulers and below pipelines (docs/design.md): no module of it imports
+    the pipelines, the training code, the command line or the demo."""
+    import ast
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[1] / "diffusers_linearizer" / "analysis"
+    for path in folder.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.level >= 2 and node.module:
+                assert node.module.split(".")[0] not in ("pipelines", "training", "cli", "cli_analysis", "demo"), \
+                    f"{path.name} imports {node.module}"

@@ -24,30 +24,18 @@ from .local_components import local_components
 from .stability import inverse_stability
 from .typicality import auroc, typicality
 
-__all__ = ["analyze", "data_images", "direction_pictures"]
+__all__ = ["analyze", "model_samples", "direction_pictures"]
 
 
-def data_images(model, n: int, seed: int = 0, B=None):
-    """``(images, labels, source)``: ``n`` Fashion-MNIST test images when the dataset is installed and the model
-    takes 1×32×32 images, else ``n`` of the model's own one-step samples (labels ``None``)."""
-    if tuple(model.sample_shape) == (1, 32, 32):
-        try:
-            from ..training.data import FASHION_MNIST_DIR, FashionMNIST
-
-            if os.path.isdir(FASHION_MNIST_DIR):
-                data = FashionMNIST(split="test", return_labels=True, max_samples=n)
-                xs, ys = zip(*(data[i] for i in range(len(data))))
-                return torch.stack(xs), torch.as_tensor(ys), "Fashion-MNIST test images"
-        except (OSError, ValueError, ImportError):
-            pass
-    if B is None:
-        raise ValueError("No data images for this model: pass images, or B to sample some.")
+def model_samples(model, B, n: int, seed: int = 0) -> torch.Tensor:
+    """``n`` of the model's own one-step samples ``g_x⁻¹(B g_y(τ·ε))`` (float32, on the CPU): the data of a report
+    when no images are given."""
     gen = torch.Generator().manual_seed(int(seed))
     tau = model.config.sampling_temperature
     eps = torch.randn((n, *model.sample_shape), generator=gen).to(device=model.device, dtype=model.dtype)
     with evaluating(model), torch.no_grad():
         x = model.apply_g(B.apply_images(model.apply_g(eps * tau, "y")), "x", inverse=True)
-    return x.float().cpu(), None, "the model's own one-step samples"
+    return x.float().cpu()
 
 
 def direction_pictures(directions: torch.Tensor) -> torch.Tensor:
@@ -74,8 +62,8 @@ def _f(x: float) -> str:
 
 def analyze(pipe, out_dir: Optional[str] = None, num_inference_steps: int = 100, solver: Optional[str] = None,
             k: int = 4, num_images: int = 8, condition=None, seed: int = 0, lipschitz_points: int = 1,
-            power_iterations: int = 5, iterations: int = 3, oversample: int = 2, images=None,
-            lipschitz_families=("data", "gaussian noise", "inverted")) -> Dict[str, Any]:
+            power_iterations: int = 5, iterations: int = 3, oversample: int = 2, images=None, labels=None,
+            data_name: str = "the images given", lipschitz_families=("data", "gaussian noise", "inverted")) -> Dict[str, Any]:
     """Run every analysis tool on ``pipe``'s model and (with ``out_dir``) write the report page.
 
     Args:
@@ -89,7 +77,9 @@ def analyze(pipe, out_dir: Optional[str] = None, num_inference_steps: int = 100,
         lipschitz_points / power_iterations / lipschitz_families: images per family, rounds and families of the
             Lipschitz power iterations (``None``: every family).
         iterations / oversample: rounds and extra vectors of the local-component subspace iterations.
-        images: ``(N, C, H, W)`` data images instead of Fashion-MNIST / the model's samples.
+        images / labels / data_name: ``(N, C, H, W)`` data images in ``[0, 1]`` (default: ``num_images`` of the
+            model's own samples), their class ids (class models: typicality under each image's class) and what
+            they are, for the page. (The command line passes Fashion-MNIST test images when installed.)
 
     Returns:
         The report as a dict (what ``report.json`` holds).
@@ -102,10 +92,11 @@ def analyze(pipe, out_dir: Optional[str] = None, num_inference_steps: int = 100,
         condition = 0 if model.conditioning == "class" else torch.zeros(model.config.condition_dim)
     B = _timed(costs, "collapse B", lambda: collapsed_operator(model, scheduler, num_inference_steps, solver, condition))
     if images is None:
-        images, labels, source = data_images(model, num_images, seed, B)
+        images, labels, source = model_samples(model, B, num_images, seed), None, "the model's own one-step samples"
     else:
         model.check_sample(images, "images")
-        labels, source = None, "the images given"
+        source = data_name
+        labels = None if labels is None else torch.as_tensor(labels)
     images = images.float()
     report: Dict[str, Any] = {"model": {k_: v for k_, v in model.config.items() if not k_.startswith("_")},
                               "num_inference_steps": num_inference_steps, "solver": solver or scheduler.config.solver,
