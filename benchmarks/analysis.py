@@ -321,7 +321,15 @@ def render(results) -> str:
               "* The χ² test looks at the norm of the recovered noise only; an outlier whose noise has the right norm "
               "but the wrong structure passes it.",
               "* Lipschitz constants are measured at one image per family (power iteration, a few rounds): they are "
-              "local lower bounds of the global constants, not bounds over the family.", ""]
+              "local lower bounds of the global constants, not bounds over the family.",
+              "* The flag depends on the model's calibration: test images called typical — " + ", ".join(
+                  f"`{name}` {rep['typicality']['data']['typical_fraction']:.0%} (median z "
+                  f"{rep['typicality']['data']['z_median']:.3g})" for name, rep in results["models"].items()
+                  if "typicality" in rep) + ". A model whose test images invert to noise larger than its sampling "
+              "noise (z > 0 above) flags part of its own data; its `sampling_temperature` would have to be calibrated.",
+              "* The local components come from 3 rounds of subspace iteration in the report (residuals in each table): "
+              "the top direction is accurate, the last ones only roughly; `local_components(..., iterations=, tol=)` "
+              "runs longer.", ""]
     return "\n".join(lines)
 
 
