@@ -9,6 +9,7 @@ from diffusers_linearizer import (
     LinearizerClassPipeline,
     LinearizerInversionPipeline,
     LinearizerPipeline,
+    LinearizerStyleTransferPipeline,
     LinearizerTextPipeline,
 )
 
@@ -18,6 +19,7 @@ CALLS = {
     "LinearizerTextPipeline.__call__": LinearizerTextPipeline.__call__,
     "LinearizerInversionPipeline.__call__": LinearizerInversionPipeline.__call__,
     "LinearizerInversionPipeline.interpolate": LinearizerInversionPipeline.interpolate,
+    "LinearizerStyleTransferPipeline.__call__": LinearizerStyleTransferPipeline.__call__,
 }
 
 
