@@ -107,10 +107,11 @@ def _sampler_inputs(gr, demo: LinearizerDemo, key: str):
     return steps, solver
 
 
-def build_app(demo: Optional[LinearizerDemo] = None, model: Optional[str] = None, projection=None):
+def build_app(demo: Optional[LinearizerDemo] = None, model: Optional[str] = None, projection=None, style=None):
     """The demo's ``gr.Blocks`` for ``demo`` (default: :func:`get_demo(model) <.callbacks.get_demo>`); the Project
     tab uses ``projection`` (a :class:`~.project_view.ProjectionDemo`; default: the packaged projection model)."""
     from .project_view import ProjectionDemo, add_project_tab
+    from .style_tab import StyleDemo, add_style_tab
 
     gr = import_gradio()
     projection = projection if projection is not None else ProjectionDemo()
@@ -215,6 +216,7 @@ def build_app(demo: Optional[LinearizerDemo] = None, model: Optional[str] = None
                 edit, [edit_record, *sliders], [edited, status])
 
         add_project_tab(gr, projection, examples, _guarded, _image, _image_slot, demo)
+        add_style_tab(gr, style if style is not None else StyleDemo(), _guarded, _image)
     blocks.queue(default_concurrency_limit=4)
     return blocks
 
