@@ -370,9 +370,16 @@ def update(parts):
 
 
 if __name__ == "__main__":
-    if "--page" in sys.argv:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="The analysis tools on the packaged models → docs/analysis.md.")
+    parser.add_argument("--page", action="store_true", help="Only re-render docs/analysis.md from docs/analysis.json.")
+    parser.add_argument("--update", default=None, metavar="PARTS",
+                        help="Re-measure only these comma-separated parts (models, local, cli) into the JSON.")
+    cli_args = parser.parse_args()
+    if cli_args.page:
         write_page()
-    elif "--update" in sys.argv:
-        update(sys.argv[sys.argv.index("--update") + 1].split(","))
+    elif cli_args.update:
+        update(cli_args.update.split(","))
     else:
         main()
