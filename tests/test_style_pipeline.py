@@ -154,8 +154,8 @@ def test_model_needs_one_network_and_other_pipelines_refuse_it():
         LinearizerModel(shared_g=False, **kw)
     with pytest.raises(ValueError, match="role_x equal to role_y"):
         LinearizerModel(role_x=1.0, role_y=0.0, **kw)
-    with pytest.raises(ValueError, match="odd"):
-        LinearizerModel(role_x=1.0, role_y=1.0, **{**kw, "core_rank": 4})
+    with pytest.raises(ValueError, match="kernel size"):
+        LinearizerModel(role_x=1.0, role_y=1.0, **{**kw, "core_rank": 0})
     model = LinearizerModel(role_x=1.0, role_y=1.0, **kw)
     assert model.size_free and model.size_multiple == 2
     with pytest.raises(ValueError, match="stylize.*LinearizerStyleTransferPipeline"):

@@ -140,9 +140,9 @@ CORES.register("projection_spectral", _projection("spectral"), operator="`M diag
 
 @CORES.register("style_conv", operator="`Pᵀ Conv(δ + Δ_s) P` (circular, 2×2 space-to-depth)",
                 parameters="S·(4C)²·k² (k = core_rank)", config=("core_rank",), conditionings=("class",),
-                uses_rank=False, tasks=("stylize",), same_g=True, size_free=True)
+                tasks=("stylize",), same_g=True, size_free=True)
 def _style_conv(dim: int, spec: CoreSpec):
-    """One circular convolution per style (a class id is a style) with k × k kernels, k = core_rank (odd)."""
+    """One circular convolution per style (a class id is a style) with k × k kernels, k = core_rank."""
     from .style_cores import StyleConvolutionCore
 
     return StyleConvolutionCore(spec.channels, spec.sample_size, spec.num_classes, kernel_size=spec.rank)

@@ -38,7 +38,7 @@ class StyleConvolutionCore(nn.Module):
         channels: the latent's channels ``C₀`` (the image's).
         sample_size: the training size (the default grid of :meth:`operator`).
         num_styles: ``S``.
-        kernel_size: ``k`` (odd).
+        kernel_size: ``k`` (its centre tap is ``k // 2``; an even ``k`` reaches one pixel further on one side).
         factor: the space-to-depth factor (H and W must be multiples of it).
     """
 
@@ -50,8 +50,8 @@ class StyleConvolutionCore(nn.Module):
         super().__init__()
         if num_styles < 1:
             raise ValueError(f"A style core needs at least one style (num_classes ≥ 1), got {num_styles}.")
-        if kernel_size < 1 or kernel_size % 2 == 0:
-            raise ValueError(f"The style core's kernel size (core_rank) must be a positive odd integer, got {kernel_size}.")
+        if kernel_size < 1:
+            raise ValueError(f"The style core's kernel size (core_rank) must be a positive integer, got {kernel_size}.")
         self.channels, self.sample_size, self.factor = int(channels), int(sample_size), int(factor)
         self.num_styles, self.kernel_size = int(num_styles), int(kernel_size)
         c = self.channels * self.factor ** 2
@@ -115,9 +115,10 @@ class StyleConvolutionCore(nn.Module):
             raise ValueError(f"{weights.shape[0]} style conditions for {n} latents.")
         k = self.kernels(weights).to(z.dtype)  # (N, C, C, k, k)
         y = F.pixel_unshuffle(z, self.factor)
-        c, pad = y.shape[1], self.kernel_size // 2
-        y = F.pad(y.reshape(1, n * c, *y.shape[2:]), (pad, pad, pad, pad), mode="circular") if pad else \
-            y.reshape(1, n * c, *y.shape[2:])
+        c, lo = y.shape[1], self.kernel_size // 2
+        hi = self.kernel_size - 1 - lo
+        y = y.reshape(1, n * c, *y.shape[2:])
+        y = F.pad(y, (lo, hi, lo, hi), mode="circular") if self.kernel_size > 1 else y
         y = F.conv2d(y, k.reshape(n * c, c, self.kernel_size, self.kernel_size), groups=n)
         return F.pixel_shuffle(y.reshape(n, c, *y.shape[2:]), self.factor)
 
