@@ -1,6 +1,6 @@
 """Measure a style Linearizer against its teacher on held-out photos at 256² and write ``docs/style.md``.
 
-    python -m benchmarks.style --model diffusers_linearizer/styles [--threads 2]
+    python benchmarks/style.py --model diffusers_linearizer/styles [--threads 2]
 
 Held-out photos (``benchmarks/style_photos.py``: scikit-image's astronaut, chelsea, coffee, rocket; scikit-learn's
 china, flower), each centre-cropped to a square and resized to 256². Measures, per style: PSNR and SSIM of our image
@@ -22,8 +22,9 @@ import time
 
 import numpy as np
 import torch
+from common import REPO
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = str(REPO)
 GOALS = dict(mean_psnr=24.0, min_psnr=20.0, cosine=0.9, blend_psnr=22.0, speed=1.0)
 BLENDS = ((0, 1), (3, 12), (7, 20))
 
@@ -81,7 +82,7 @@ def save_grid(rows, path: str) -> None:
 
 
 def measure(model_dir: str, threads: int) -> dict:
-    from benchmarks.style_photos import held_out_photos
+    from style_photos import held_out_photos
     from diffusers_linearizer import LinearizerStyleTransferPipeline
     from diffusers_linearizer.training.style_teacher import OnnxStyleTeacher
 

@@ -2,16 +2,15 @@
 
 Held out for measurement: scikit-image's astronaut, chelsea, coffee and rocket and scikit-learn's china and
 flower. Training: the natural photos of Debian's ``opencv-doc`` (its ``examples/data`` folder; logos, charts,
-text and calibration boards left out) and matplotlib's grace_hopper. ``python -m benchmarks.style_photos DIR``
+text and calibration boards left out) and matplotlib's grace_hopper. ``python benchmarks/style_photos.py DIR``
 writes ``DIR/train`` and ``DIR/test`` as PNG files.
 """
 
 from __future__ import annotations
 
 import os
-import sys
-
 import numpy as np
+from common import REPO  # noqa: F401  (the checkout's package on sys.path, as for every script)
 
 OPENCV_DATA = "/usr/share/doc/opencv-doc/examples/data"
 OPENCV_PHOTOS = (
@@ -66,7 +65,8 @@ def write_folders(root: str) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2 or sys.argv[1] in ("-h", "--help"):
-        print(__doc__)
-        raise SystemExit(0 if len(sys.argv) == 2 else 2)
-    write_folders(sys.argv[1])
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Write the style benchmark's photos as DIR/train and DIR/test.")
+    parser.add_argument("dir", help="the folder to write")
+    write_folders(parser.parse_args().dir)
