@@ -124,7 +124,8 @@ def train(params: int, seconds: float, output: str, batch_size: int = 64, seed: 
             print(f"step {step} ({time.monotonic() - start:.0f} s): loss {float(loss):.4f} {terms}", flush=True)
     os.makedirs(output, exist_ok=True)
     save_file({k: v.contiguous() for k, v in f.state_dict().items()}, os.path.join(output, "ign.safetensors"))
-    torch.save({"mean": source.mean, "amplitude": source.amplitude}, os.path.join(output, "source.pt"))
+    save_file({"mean": source.mean.contiguous(), "amplitude": source.amplitude.contiguous()},
+              os.path.join(output, "source.safetensors"))
     summary = dict(f.config, parameters=count_params(f), steps=done["steps"] + step,
                    seconds=round(done["seconds"] + time.monotonic() - start, 1),
                    batch_size=batch_size, last_terms=terms)
@@ -140,7 +141,7 @@ def load(output: str):
         cfg = json.load(fh)
     f = IGNNet(cfg["width"], cfg["latent"])
     f.load_state_dict(load_file(os.path.join(output, "ign.safetensors")))
-    stats = torch.load(os.path.join(output, "source.pt"), weights_only=True)
+    stats = load_file(os.path.join(output, "source.safetensors"))
     source = FourierSource.__new__(FourierSource)
     source.mean, source.amplitude = stats["mean"], stats["amplitude"]
     return f.eval(), source

@@ -249,3 +249,15 @@ def test_demo_in_a_browser(server, browser, tmp_path):
     wait_image(d, "project-output")
     wait_image(d, "project-again")
     d.save_screenshot(os.path.join(shots, "demo_project.png"))
+
+    # 6. Style: take the sample photo, stylise it, then the un-stylisation round trip
+    open_tab(d, "6. Style")
+    click(d, "style-sample")
+    wait_image(d, "style-photo")
+    click(d, "style-button")
+    wait_text(d, "style-status", r"Stylised with .* at strength 1\.00")
+    wait_image(d, "style-output")
+    click(d, "style-unstylize")
+    assert float(wait_text(d, "style-status", r"Round trip .*: ([0-9.]+) dB PSNR to the photo").group(1)) > 40
+    wait_image(d, "style-recovered")
+    d.save_screenshot(os.path.join(shots, "demo_style.png"))
