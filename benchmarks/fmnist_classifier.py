@@ -57,15 +57,19 @@ class FashionClassifier(nn.Module):
         return self.head(self.features(x))
 
 
-def load_classifier(path: str = WEIGHTS) -> FashionClassifier:
-    """The trained classifier (safetensors), in eval mode."""
+def load_weights(model: nn.Module, path: str, script: str) -> nn.Module:
+    """``model`` with the safetensors weights at ``path`` (made by ``benchmarks/SCRIPT``), in eval mode."""
     from safetensors.torch import load_file
 
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"No classifier weights at {path}; train them with: python benchmarks/fmnist_classifier.py")
-    model = FashionClassifier()
+        raise FileNotFoundError(f"No weights at {path}; train them with: python benchmarks/{script}")
     model.load_state_dict(load_file(path))
     return model.eval()
+
+
+def load_classifier(path: str = WEIGHTS) -> FashionClassifier:
+    """The trained classifier (safetensors), in eval mode."""
+    return load_weights(FashionClassifier(), path, "fmnist_classifier.py")
 
 
 @torch.no_grad()

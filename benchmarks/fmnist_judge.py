@@ -19,7 +19,7 @@ import os
 
 import torch
 from common import BENCH
-from fmnist_classifier import load_split
+from fmnist_classifier import accuracy, load_split, load_weights
 from torch import Tensor, nn
 
 from diffusers_linearizer import write_text_atomic
@@ -55,19 +55,7 @@ class FashionJudge(nn.Module):
 
 def load_judge(path: str = WEIGHTS) -> FashionJudge:
     """The trained judge (safetensors), in eval mode."""
-    from safetensors.torch import load_file
-
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"No judge weights at {path}; train them with: python benchmarks/fmnist_judge.py")
-    model = FashionJudge()
-    model.load_state_dict(load_file(path))
-    return model.eval()
-
-
-@torch.no_grad()
-def accuracy(model: nn.Module, images: Tensor, labels: Tensor) -> float:
-    logits = torch.cat([model(images[i:i + 1000]) for i in range(0, images.shape[0], 1000)])
-    return float((logits.argmax(1) == labels).double().mean())
+    return load_weights(FashionJudge(), path, "fmnist_judge.py")
 
 
 def train(root: str = FASHION_MNIST_DIR, epochs: int = 2, batch_size: int = 128, lr: float = 2e-3, seed: int = 1):

@@ -42,7 +42,7 @@ def render(r: Dict) -> str:
         f"{_e(max(v['ours_float64'] for v in idem.values()))} | {met(idem_ok)} |",
         f"| FD of generation ≤ ½ the IGN baseline's (judge features) | {gen[ours_key]['fd_judge']:.1f} vs "
         f"{gen[ign_key]['fd_judge']:.1f} | {met(fd_ok)} |",
-        f"| projection gain ≥ +3 dB on each corruption with ≥ 90 % of clean accuracy | "
+        "| projection gain ≥ +3 dB on each corruption with ≥ 90 % of clean accuracy | "
         + "; ".join(f"{k}: {v['ours']['psnr_gain_db']:+.1f} dB, {100 * v['ours']['accuracy_fraction_of_clean']:.0f} %"
                     for k, v in proj.items()) + f" | {met(gains_ok)} |",
         "",

@@ -22,7 +22,7 @@ from common import DOCS
 from fmnist_classifier import extract_features, frechet_distance, gaussian_stats, load_classifier, load_split
 
 from diffusers_linearizer import LinearizerProjectionPipeline, PACKAGED_MODELS, write_text_atomic
-from diffusers_linearizer.models.one_step import bits_per_dim, dequantize
+from diffusers_linearizer.models.one_step import dequantize
 from diffusers_linearizer.training.projection_objective import projection_likelihood_terms
 
 TEMPERATURES = (0.7, 0.8, 0.9, 1.0)

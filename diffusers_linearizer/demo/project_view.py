@@ -7,7 +7,6 @@ it; apply ``f`` again to see that nothing moves. The projection pipeline is load
 
 from __future__ import annotations
 
-import threading
 from typing import Optional
 
 import PIL.Image
@@ -16,6 +15,7 @@ import torch
 from ..images import binomial_blur, psnr
 from . import images as im
 from .images import DemoError
+from .lazy_pipeline import LazyPipeline
 from .inputs import as_float, as_int
 
 CORRUPTIONS = ("none", "Gaussian noise σ = 0.3", "30 % of pixels masked", "blur", "inverted (1 − x)")
@@ -39,28 +39,12 @@ def corrupt(x: torch.Tensor, kind: str, seed: int = 0):
     raise DemoError(f"Unknown corruption {kind!r}; choose one of: {', '.join(CORRUPTIONS)}.")
 
 
-class ProjectionDemo:
+class ProjectionDemo(LazyPipeline):
     """The Project tab's callbacks around a ``LinearizerProjectionPipeline`` (loaded on first use)."""
 
-    def __init__(self, model: Optional[str] = None, pipeline=None):
-        self.model_name = model or "fashion-mnist-projection"
-        self._pipe = pipeline
-        self._lock = threading.Lock()
-
-    @property
-    def pipe(self):
-        with self._lock:
-            if self._pipe is None:
-                from ..defaults import PACKAGED_MODELS
-                from ..pipelines import LinearizerProjectionPipeline
-
-                path = PACKAGED_MODELS.get(self.model_name, self.model_name)
-                try:
-                    self._pipe = LinearizerProjectionPipeline.from_pretrained(path)
-                except (OSError, ValueError) as err:
-                    raise DemoError(f"The projection model {self.model_name!r} could not be loaded: {err}") from None
-                self._pipe.set_progress_bar_config(disable=True)
-            return self._pipe
+    pipeline_class = "LinearizerProjectionPipeline"
+    default_model = "fashion-mnist-projection"
+    what = "projection model"
 
     def describe(self) -> str:
         cfg = self.pipe.linearizer.config

@@ -7,8 +7,6 @@ first use (the packaged ``styles`` model unless another is named), so the other 
 
 from __future__ import annotations
 
-import threading
-from typing import Optional
 
 import numpy as np
 import PIL.Image
@@ -16,6 +14,7 @@ import torch
 
 from ..images import psnr
 from .images import DemoError
+from .lazy_pipeline import LazyPipeline
 
 MAX_SIDE = 512
 
@@ -27,28 +26,12 @@ def sample_photo(size: int = 256) -> PIL.Image.Image:
     return PIL.Image.fromarray((np.clip(rgb, 0, 1) * 255).astype(np.uint8))
 
 
-class StyleDemo:
+class StyleDemo(LazyPipeline):
     """The Style tab's callbacks around a ``LinearizerStyleTransferPipeline`` (loaded on first use)."""
 
-    def __init__(self, model: Optional[str] = None, pipeline=None):
-        self.model_name = model or "styles"
-        self._pipe = pipeline
-        self._lock = threading.Lock()
-
-    @property
-    def pipe(self):
-        with self._lock:
-            if self._pipe is None:
-                from ..defaults import PACKAGED_MODELS
-                from ..pipelines import LinearizerStyleTransferPipeline
-
-                path = PACKAGED_MODELS.get(self.model_name, self.model_name)
-                try:
-                    self._pipe = LinearizerStyleTransferPipeline.from_pretrained(path)
-                except (OSError, ValueError) as err:
-                    raise DemoError(f"The style model {self.model_name!r} could not be loaded: {err}") from None
-                self._pipe.set_progress_bar_config(disable=True)
-            return self._pipe
+    pipeline_class = "LinearizerStyleTransferPipeline"
+    default_model = "styles"
+    what = "style model"
 
     def style_names(self):
         return list(self.pipe.id2style.values())
