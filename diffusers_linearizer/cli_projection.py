@@ -78,9 +78,9 @@ def cmd_project(args) -> int:
     if args.mask:
         mask = (images_to_tensor(load_image_files([args.mask], (1, *shape[1:]), args.resize), (1, *shape[1:])) > 0.5).float()
         x = torch.where(mask > 0.5, torch.zeros_like(x), x)  # the unknown pixels are not shown as they were
-    out = pipe(x, mask_image=mask, mask_iterations=args.mask_iterations, output_type="pt", check_range=False)
-    again = pipe(out.images, output_type="pt", check_range=False)
-    rows = torch.cat([x.clamp(0, 1), out.images.float().cpu(), again.images.float().cpu()])
+    out = pipe(x, mask_image=mask, mask_iterations=args.mask_iterations, output_type="pt", check_range=False, clamp=False)
+    again = pipe(out.images, output_type="pt", check_range=False, clamp=False)  # f of f(x) itself, not of a clamped copy
+    rows = torch.cat([x, out.images.float().cpu(), again.images.float().cpu()]).clamp(0, 1)
     save_image(make_grid(rows, len(args.images)), args.output)
     for path, d, moved in zip(args.images, out.distances.tolist(),
                               (again.images - out.images).flatten(1).abs().amax(1).tolist()):
