@@ -135,7 +135,7 @@ def main(argv=None) -> int:
     pipe = LinearizerProjectionPipeline.from_pretrained(args.model)
     pipe.set_progress_bar_config(disable=True)
     ours = lambda b: pipe.project(b.to(pipe.linearizer.dtype)).float()  # noqa: E731
-    pipe64 = LinearizerProjectionPipeline.from_pretrained(args.model, torch_dtype=torch.float64)
+    pipe64 = LinearizerProjectionPipeline.from_pretrained(args.model, dtype=torch.float64)
     ours64 = lambda b: pipe64.project(b.double())  # noqa: E731
     ign, source = ign_baseline.load(args.ign)
     theirs = lambda b: ign(b.float())  # noqa: E731
@@ -159,7 +159,8 @@ def main(argv=None) -> int:
     naive = batched(ours, torch.randn(eps.shape, generator=gen)).clamp(0, 1)
     ign_samples = batched(theirs, source.sample(n_gen, gen))
     generation = {f"ours, latent sampler, τ = {tau:g} (shipped)": generation_stats(ours_samples, classifier, judge, ref_c, ref_j, judge_feats),
-                  "ours, latent sampler, τ = 1": generation_stats(sample(1.0), classifier, judge, ref_c, ref_j, judge_feats),
+                  **({} if tau == 1.0 else {"ours, latent sampler, τ = 1": generation_stats(
+                      sample(1.0), classifier, judge, ref_c, ref_j, judge_feats)}),
                   "ours, f(pixel N(0, I)) (the naive path)": generation_stats(naive, classifier, judge, ref_c, ref_j, judge_feats),
                   "IGN, f(z) from its source": generation_stats(ign_samples, classifier, judge, ref_c, ref_j, judge_feats),
                   "test images (reference)": generation_stats(test[:n_gen], classifier, judge, ref_c, ref_j, judge_feats)}
@@ -184,7 +185,11 @@ def main(argv=None) -> int:
 
     result = {"hardware": hardware_and_load(), "seconds": round(time.monotonic() - t0, 1), "quick": args.quick,
               "counts": {"per_kind": n_kind, "generated": n_gen, "projected": n_proj, "drift_inputs": few.shape[0]},
-              "parameters": {"ours": count_params(pipe.linearizer), "ign": count_params(ign)},
+              "parameters": {"ours": count_params(pipe.linearizer), "ign": count_params(ign),
+                             "ours_prior": sum(p.numel() for n, p in pipe.linearizer.core.named_parameters() if n.startswith("prior_")),
+                             "ours_trained": count_params(pipe.linearizer) - sum(
+                                 p.numel() for n, p in pipe.linearizer.core.named_parameters() if n.startswith("prior_"))},
+              "components": int(pipe.linearizer.config.core_prior_components),
               "model": os.path.relpath(args.model, REPO), "ign": json.load(open(os.path.join(args.ign, "ign.json"))),
               "idempotence": idem, "drift": drifts, "temperature": tau, "generation": generation, "clean_accuracy": clean_acc, "projection": projection}
     print(json.dumps(result, indent=1))
