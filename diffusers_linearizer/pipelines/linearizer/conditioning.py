@@ -72,7 +72,7 @@ class ConditionalPipelineMixin:
         from . import pipeline_class_for  # the table of classes lives beside them
         from ..tasks import check_task, task_of
 
-        task = task_of(type(self)) or next((task_of(c) for c in type(self).__mro__ if task_of(c)), None)
+        task = next(filter(None, map(task_of, type(self).__mro__)), None)  # its own task, or its registered base's
         if task is not None:
             check_task(linearizer, task, type(self).__name__)
         kind = self.conditioning
