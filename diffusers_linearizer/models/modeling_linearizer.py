@@ -131,6 +131,7 @@ class LinearizerModel(LinearizerAlgebraMixin, ModelMixin, ConfigMixin):
         check_core_choice(core_type, conditioning, core_rank, dim)
         check_core_networks(core_type, shared_g, role_x, role_y)
         size_free = core_size_free(core_type)  # a convolutional core: images of any size the networks can split
+        self._size_free = size_free  # read on every call (also inside compiled graphs): a plain attribute
 
         def make_g():
             return InvertibleNetwork(
@@ -195,7 +196,7 @@ class LinearizerModel(LinearizerAlgebraMixin, ModelMixin, ConfigMixin):
     def size_free(self) -> bool:
         """Whether the model takes images of any ``H × W`` that are multiples of :attr:`size_multiple` (its core
         type declares ``size_free``: a convolution), not only ``sample_size × sample_size``."""
-        return core_size_free(self.config.core_type)
+        return self._size_free
 
     @property
     def size_multiple(self) -> int:
