@@ -117,7 +117,13 @@ def train(root: str = FASHION_MNIST_DIR, epochs: int = 3, batch_size: int = 128,
     images, labels = load_split("train", root)
     test_x, test_y = load_split("test", root)
     model = FashionClassifier()
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    return fit(model, torch.optim.Adam(model.parameters(), lr=lr), images, labels, test_x, test_y, epochs, batch_size, seed)
+
+
+def fit(model: nn.Module, optimizer, images: Tensor, labels: Tensor, test_x: Tensor, test_y: Tensor, epochs: int,
+        batch_size: int, seed: int) -> Tuple[nn.Module, float]:
+    """Cross-entropy training with random horizontal flips (Fashion-MNIST is mirror-symmetric enough), batches in
+    the order of ``EpochShuffleSampler(seed)``; returns ``(model in eval mode, test accuracy)``."""
     sampler = EpochShuffleSampler(images.shape[0], seed=seed)
     for epoch in range(epochs):
         sampler.set_epoch(epoch)
@@ -126,7 +132,7 @@ def train(root: str = FASHION_MNIST_DIR, epochs: int = 3, batch_size: int = 128,
         for i in range(0, order.numel() - batch_size + 1, batch_size):
             idx = order[i:i + batch_size]
             x = images[idx]
-            x = torch.where(torch.rand(x.shape[0], 1, 1, 1) < 0.5, x.flip(-1), x)  # flips: Fashion-MNIST is mirror-symmetric enough
+            x = torch.where(torch.rand(x.shape[0], 1, 1, 1) < 0.5, x.flip(-1), x)
             loss = nn.functional.cross_entropy(model(x), labels[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -19,11 +19,11 @@ import os
 
 import torch
 from common import BENCH
-from fmnist_classifier import accuracy, load_split, load_weights
+from fmnist_classifier import accuracy, fit, load_split, load_weights
 from torch import Tensor, nn
 
 from diffusers_linearizer import write_text_atomic
-from diffusers_linearizer.training.data import FASHION_MNIST_DIR, EpochShuffleSampler
+from diffusers_linearizer.training.data import FASHION_MNIST_DIR
 
 WEIGHTS = os.path.join(BENCH, "fmnist_judge.safetensors")
 FEATURES = 96
@@ -65,22 +65,7 @@ def train(root: str = FASHION_MNIST_DIR, epochs: int = 2, batch_size: int = 128,
     test_x, test_y = load_split("test", root)
     model = FashionJudge()
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    sampler = EpochShuffleSampler(images.shape[0], seed=seed)
-    for epoch in range(epochs):
-        sampler.set_epoch(epoch)
-        order = sampler.permutation()
-        model.train()
-        for i in range(0, order.numel() - batch_size + 1, batch_size):
-            idx = order[i:i + batch_size]
-            x = images[idx]
-            x = torch.where(torch.rand(x.shape[0], 1, 1, 1) < 0.5, x.flip(-1), x)
-            loss = nn.functional.cross_entropy(model(x), labels[idx])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        acc = accuracy(model.eval(), test_x, test_y)
-        print(f"epoch {epoch + 1}/{epochs}: last loss {loss.item():.4f}, test accuracy {acc:.4f}", flush=True)
-    return model.eval(), acc
+    return fit(model, optimizer, images, labels, test_x, test_y, epochs, batch_size, seed)
 
 
 def main(argv=None) -> int:
