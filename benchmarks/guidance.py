@@ -7,9 +7,10 @@ Measured on the packaged class-conditional Fashion-MNIST pipeline (``PACKAGED_MO
   euler / heun / rk4, in float32 and float64;
 * **cost** — seconds per batch of 64 for unguided and guided one-step generation (the collapse is cached, as in
   use), and for the stepped sampler without and with guidance (two core evaluations per stage);
-* **control** — the project's Fashion-MNIST classifier (``benchmarks/fmnist_classifier.py``) on samples of every
-  requested class: accuracy, and the Fréchet distance of its features to the test set (the protocol of
-  ``benchmarks/quality.py``: 5,000 samples), as curves over ``w``; the unconditional default beside;
+* **control** — samples of every requested class, measured by the protocol of ``benchmarks/evaluation.py``: the
+  share classified as the requested class and the Fréchet distance to the test set in the selection features
+  (the project's classifier) and in the reporting ones (the judge), precision and recall, as curves over ``w``
+  (5,000 samples each); the unconditional default beside;
 * **pictures** — one row per class, the same noise in every column, one column per ``w``.
 
     python benchmarks/guidance.py               # about 10 minutes on one CPU core
@@ -27,7 +28,8 @@ from typing import Dict, List, Optional
 
 import torch
 from common import DOCS, hardware_and_load, seeded_noise, timed
-from fmnist_classifier import accuracy, extract_features, frechet_distance, gaussian_stats, load_classifier, load_split
+from evaluation import Evaluator
+from fmnist_classifier import accuracy
 
 from diffusers_linearizer import PACKAGED_MODELS, LinearizerPipeline, write_text_atomic
 from diffusers_linearizer.image_grid import make_grid
@@ -83,7 +85,10 @@ def cost(batch: int = 64, repeats: int = 5) -> Dict:
 
 
 @torch.no_grad()
-def control(per_class: int, classifier, ref) -> Dict:
+def control(per_class: int, ev: Evaluator) -> Dict:
+    """Class accuracy and sample quality over ``w`` (the protocol of ``evaluation.py``): every number in the
+    selection features (``fd``, ``accuracy``) beside the reporting ones (``fd_report``, ``accuracy_report``,
+    ``precision``, ``recall``)."""
     pipe = load("fashion-mnist-classes")
     n = 10 * per_class
     eps, labels = seeded_noise(n, 13), torch.arange(n) % 10
@@ -91,24 +96,28 @@ def control(per_class: int, classifier, ref) -> Dict:
     for w in WS:
         images = torch.cat([pipe(latents=e, class_labels=lab.tolist(), guidance_scale=1.0 + w, num_inference_steps=T,
                                  output_type="pt").images for e, lab in zip(eps.split(500), labels.split(500))])
-        feats = extract_features(classifier, images)
-        per = [accuracy(classifier, images[labels == k], labels[labels == k]) for k in range(10)]
-        curve.append({"w": w, "guidance_scale": 1.0 + w, "accuracy": accuracy(classifier, images, labels),
-                      "accuracy_per_class": per, "fd": frechet_distance(*gaussian_stats(feats), *ref)})
+        per = [accuracy(ev.select, images[labels == k], labels[labels == k]) for k in range(10)]
+        quality, acc = ev.evaluate(images), ev.class_accuracy(images, labels)
+        curve.append({"w": w, "guidance_scale": 1.0 + w, "accuracy": acc["accuracy_select"],
+                      "accuracy_report": acc["accuracy_report"], "accuracy_per_class": per, "fd": quality["fd_select"],
+                      "fd_report": quality["fd_report"], "precision": quality["precision"], "recall": quality["recall"]})
     default = load("fashion-mnist")
     images = torch.cat([default(latents=e, num_inference_steps=T, output_type="pt").images for e in eps.split(500)])
-    logits = torch.cat([classifier(b) for b in images.split(1000)])
+    logits = torch.cat([ev.select(b) for b in images.split(1000)])
     share = torch.bincount(logits.argmax(1), minlength=10).double() / n
+    quality = ev.evaluate(images)
     out = {"curve": curve, "names": [pipe.id2label[k] for k in range(10)], "samples": n,
-           "unconditional_fd": frechet_distance(*gaussian_stats(extract_features(classifier, images)), *ref),
+           "unconditional_fd": quality["fd_select"], "unconditional_fd_report": quality["fd_report"],
+           "unconditional_precision": quality["precision"], "unconditional_recall": quality["recall"],
            "unconditional_class_shares": share.tolist()}
     tau = default.sampling_temperature
     if tau != 1.0:  # what pipe() draws for the unconditional default: τ·ε
         images = torch.cat([default(latents=e * tau, num_inference_steps=T, output_type="pt").images
                             for e in eps.split(500)])
+        quality = ev.evaluate(images)
         out["unconditional_sampling_temperature"] = tau
-        out["unconditional_fd_at_sampling_temperature"] = frechet_distance(
-            *gaussian_stats(extract_features(classifier, images)), *ref)
+        out["unconditional_fd_at_sampling_temperature"] = quality["fd_select"]
+        out["unconditional_fd_report_at_sampling_temperature"] = quality["fd_report"]
     return out
 
 
@@ -131,13 +140,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     start = time.perf_counter()
-    classifier = load_classifier()
-    test, _ = load_split("test")
-    ref = gaussian_stats(extract_features(classifier, test))
+    ev = Evaluator()
     result = {"date": datetime.date.today().isoformat(), "hardware": hardware_and_load(), "T": T}
     result["exactness"] = exactness(args.exactness_images)
     result["cost"] = cost()
-    result["control"] = control(args.per_class, classifier, ref)
+    result["control"] = control(args.per_class, ev)
     os.makedirs(os.path.join(DOCS, "images"), exist_ok=True)
     pictures(os.path.join(DOCS, "images", "guidance_classes.png"))
     result["seconds"] = time.perf_counter() - start

@@ -30,6 +30,7 @@ from typing import Callable, Dict, List
 import torch
 from common import DOCS, IMAGES, MODELS, REPO, count_params, hardware_and_load
 from fmnist_classifier import extract_features, frechet_distance, gaussian_stats, load_classifier, load_split
+from evaluation import precision_recall
 from fmnist_judge import load_judge
 
 import ign_baseline
@@ -93,19 +94,6 @@ def fill(f: Callable, x: torch.Tensor, mask: torch.Tensor, iterations: int = 20)
     for _ in range(iterations):
         est = torch.where(mask > 0.5, batched(f, est), x)
     return batched(f, est)
-
-
-def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3):
-    """Kynkäänniemi et al. (2019): a sample is precise if it falls in some real point's k-NN ball, a real point is
-    recalled if it falls in some sample's k-NN ball (features, Euclidean)."""
-    def radii(f):
-        d = torch.cdist(f, f)
-        return d.kthvalue(k + 1, dim=1).values
-    r_real, r_fake = radii(real), radii(fake)
-    d = torch.cdist(fake, real)
-    precision = float((d <= r_real[None, :]).any(1).double().mean())
-    recall = float((d.T <= r_fake[None, :]).any(1).double().mean())
-    return precision, recall
 
 
 def generation_stats(samples, classifier, judge, ref_c, ref_j, real_judge_feats) -> Dict:

@@ -6,7 +6,8 @@ after the other, with the same optimiser, learning rate, batch and EMA. Every ru
 way, in one process:
 
 * Fréchet distance (FD) of one-step samples (``--fd-samples``, seeded) to the 10,000 Fashion-MNIST test
-  images, in the features of the project's classifier (``benchmarks/fmnist_classifier.py``);
+  images in two feature extractors, precision and recall (the protocol of ``benchmarks/evaluation.py``: the
+  selection features choose the best run and the temperature, the reporting ones only report);
 * bits per dimension of 1,000 dequantised test images under the one-step generator (exact change of variables);
 * one-step vs stepped PSNR (64 images, the same noise, float32, no clamping) and inversion PSNR
   (``B⁻¹``/``B†`` of 1,000 test images, regenerated);
@@ -17,6 +18,7 @@ hardware) is reported on its own line, never folded into a ratio.
 
     python benchmarks/quality.py --budget 600 --fd-samples 5000          # train every run, then measure
     python benchmarks/quality.py --skip-training                          # measure existing runs again
+A run whose folder is gone keeps its row of the stored page (marked with the date it was measured on).
 Writes ``docs/quality.md``, ``docs/quality.json`` and ``docs/images/quality_*.png``.
 """
 
@@ -44,7 +46,8 @@ from common import (
     seeded_noise,
     trainer_state,
 )
-from fmnist_classifier import extract_features, frechet_distance, gaussian_stats, load_classifier, load_split
+from evaluation import Evaluator
+from fmnist_classifier import load_split
 
 from diffusers_linearizer import LinearizerInversionPipeline, LinearizerPipeline, write_text_atomic
 from diffusers_linearizer.image_grid import make_grid
@@ -103,8 +106,12 @@ def one_step(pipe, eps: torch.Tensor, temperature: Optional[float] = None, batch
     return torch.cat(out)
 
 
-def fd(classifier, images: torch.Tensor, ref) -> float:
-    return frechet_distance(*gaussian_stats(extract_features(classifier, images)), *ref)
+def quality(ev: Evaluator, images: torch.Tensor, suffix: str = "") -> Dict[str, float]:
+    """``fd`` (selection features: what every choice reads), ``fd_report``, ``precision``, ``recall``
+    (``evaluation.py``), each key with ``suffix``."""
+    q = ev.evaluate(images)
+    return {f"fd{suffix}": q["fd_select"], f"fd_report{suffix}": q["fd_report"], f"precision{suffix}": q["precision"],
+            f"recall{suffix}": q["recall"]}
 
 
 @torch.no_grad()
@@ -141,20 +148,20 @@ def load(path: str) -> LinearizerPipeline:
     return pipe
 
 
-def measure(name: str, path: str, classifier, ref, test, fd_eps, args, pairs: Optional[str] = None) -> Dict:
+def measure(name: str, path: str, ev: Evaluator, test, fd_eps, args, pairs: Optional[str] = None) -> Dict:
     """One row of the table; with ``pairs``, also how closely the model reproduces the teacher (:func:`teacher_fit`)."""
     t0 = time.perf_counter()
     pipe = load(path)
     images = one_step(pipe, fd_eps)
     tau = pipe.sampling_temperature
-    row = {"name": name, "path": os.path.relpath(path, REPO), "sampling_temperature": tau, "fd": fd(classifier, images, ref),
+    row = {"name": name, "path": os.path.relpath(path, REPO), "sampling_temperature": tau, **quality(ev, images),
            "bits_per_dim": bpd(pipe, test[: args.bpd_images]), "one_step_vs_stepped_db": exactness(pipe),
            "inversion_db": inversion(pipe, test[: args.inversion_images])}
     grid = os.path.join(IMAGES, f"quality_{name.replace('+', '_')}.png")
     make_grid(images[:64], nrow=8).resize((8 * 34 * 3, 8 * 34 * 3), 0).save(grid)
     row["grid"] = os.path.relpath(grid, DOCS)
     if tau != 1.0:
-        row["fd_at_temperature_1"] = fd(classifier, one_step(pipe, fd_eps, 1.0), ref)
+        row.update(quality(ev, one_step(pipe, fd_eps, 1.0), "_at_temperature_1"))
     if pairs is not None:
         row["teacher_fit"] = teacher_fit(pipe, pairs)
     row["seconds_to_measure"] = round(time.perf_counter() - t0, 1)
@@ -181,9 +188,9 @@ def teacher_fit(pipe, pairs: str, n: int = 1000) -> Dict:
             "noise_mse": noise_mse, "student_parameters": sum(p.numel() for p in pipe.linearizer.parameters())}
 
 
-def temperature_sweep(path: str, classifier, ref, fd_eps) -> List[Dict]:
+def temperature_sweep(path: str, ev: Evaluator, fd_eps) -> List[Dict]:
     pipe = load(path)
-    rows = [{"temperature": tau, "fd": fd(classifier, one_step(pipe, fd_eps, tau), ref)} for tau in TEMPERATURES]
+    rows = [{"temperature": tau, **quality(ev, one_step(pipe, fd_eps, tau))} for tau in TEMPERATURES]
     print(f"temperature sweep {path}: {rows}", flush=True)
     return rows
 
@@ -202,6 +209,13 @@ def _stored(key: str):
         with open(path, encoding="utf-8") as f:
             return json.load(f).get(key)
     return None
+
+
+def _stored_runs() -> Dict[str, Dict]:
+    """The rows of the stored page's runs, by name, each marked with the date it was measured on."""
+    stored = _stored("runs") or []
+    date = _stored("date")
+    return {row["name"]: dict(row, reused_from=row.get("reused_from", date)) for row in stored}
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -235,31 +249,37 @@ def main(argv: Optional[List[str]] = None) -> int:
         train_info[name] = read_metrics(out)
 
     pairs_check = check_pairs(args.pairs, args.check_pairs) if args.check_pairs else _stored("pairs_check")
-    classifier = load_classifier()
-    test, _ = load_split("test")
-    ref = gaussian_stats(extract_features(classifier, test))
+    test, labels = load_split("test")
+    ev = Evaluator(test, labels)
     fd_eps = seeded_noise(args.fd_samples, 2026)
     teacher_images = torch.from_numpy(read_pairs_file(args.pairs)[0][: args.fd_samples]).float()[:, None] / 255.0
     train_images, _ = load_split("train")
     rows = {
-        "teacher (50 Euler steps, stored pairs)": {"fd": fd(classifier, teacher_images, ref)},
-        "Fashion-MNIST train images (floor)": {"fd": fd(classifier, train_images[: args.fd_samples], ref)},
+        "teacher (50 Euler steps, stored pairs)": quality(ev, teacher_images),
+        "Fashion-MNIST train images (floor)": quality(ev, train_images[: args.fd_samples]),
     }
-    measured = [measure("start", args.start, classifier, ref, test, fd_eps, args)]
+    measured = [measure("start", args.start, ev, test, fd_eps, args)]
+    stored = _stored_runs()
     for name in args.runs:
-        row = measure(name, os.path.join(args.runs_dir, name.replace("+", "_")), classifier, ref, test, fd_eps, args)
+        out = os.path.join(args.runs_dir, name.replace("+", "_"))
+        if not os.path.isdir(out) and name in stored:  # the run's weights were not kept: its stored row, marked
+            measured.append(stored[name])
+            continue
+        row = measure(name, out, ev, test, fd_eps, args)
         row.update(train_info.get(name, {}), objective=RUNS[name][0])
         measured.append(row)
     shipped = None
     if args.shipped and os.path.isdir(args.shipped):
-        shipped = measure("shipped", args.shipped, classifier, ref, test, fd_eps, args, pairs=args.pairs)
+        shipped = measure("shipped", args.shipped, ev, test, fd_eps, args, pairs=args.pairs)
         if args.shipped_training:
             with open(args.shipped_training, encoding="utf-8") as f:
                 shipped["training"] = json.load(f).get("packaged_default", {})
     best = min((r for r in measured if r["name"] != "start"), key=lambda r: r["fd"])
-    sweeps = {best["name"]: temperature_sweep(os.path.join(REPO, best["path"]), classifier, ref, fd_eps)}
+    best_path = os.path.join(REPO, best["path"])
+    sweeps = {best["name"]: temperature_sweep(best_path, ev, fd_eps)} if os.path.isdir(best_path) else {
+        best["name"]: (_stored("temperature") or {}).get(best["name"], [])}
     if shipped is not None:
-        sweeps["shipped"] = temperature_sweep(args.shipped, classifier, ref, fd_eps)
+        sweeps["shipped"] = temperature_sweep(args.shipped, ev, fd_eps)
     result = {
         "date": datetime.date.today().isoformat(), "hardware": hardware_and_load(), "budget_seconds": args.budget,
         "fd_samples": args.fd_samples, "references": rows, "runs": measured, "shipped": shipped, "best": best["name"],

@@ -36,7 +36,8 @@ from typing import Dict, List
 import torch
 from baseline import sample as baseline_sample
 from common import DOCS, IMAGES, MODELS, TRAINING_RUNS, hardware_and_load
-from fmnist_classifier import accuracy, extract_features, frechet_distance, gaussian_stats, load_classifier, load_split
+from evaluation import Evaluator
+from fmnist_classifier import accuracy, load_classifier, load_split
 
 from diffusers_linearizer import DEFAULT_MODEL_DIR, LinearizerInversionPipeline, LinearizerPipeline, psnr, write_text_atomic
 from diffusers_linearizer.image_grid import make_grid
@@ -187,15 +188,17 @@ def packaged_training() -> Dict:
         return json.load(f).get("packaged_default", {})
 
 
-def fd_table(classifier, test_feats, rows_spec, n: int) -> List[Dict]:
-    mu_t, s_t = gaussian_stats(test_feats)
+def fd_table(ev: Evaluator, rows_spec, n: int) -> List[Dict]:
+    """One row per spec: ``fd`` (the selection features, what choices read), ``fd_report``, precision and recall
+    (``evaluation.py``), seconds and images/s of making the ``n`` images."""
     rows = []
     for spec in rows_spec:
         images, seconds = timed_call(spec["fn"], n)
-        mu, s = gaussian_stats(extract_features(classifier, images))
-        fd = frechet_distance(mu, s, mu_t, s_t)
-        rows.append({k: v for k, v in spec.items() if k != "fn"} | {"fd": fd, "seconds": seconds, "images_per_s": n / seconds})
-        print(f"FD {spec['name']}: {fd:.3f} ({n / seconds:.1f} images/s)", flush=True)
+        q = ev.evaluate(images)
+        rows.append({k: v for k, v in spec.items() if k != "fn"} | {
+            "fd": q["fd_select"], "fd_report": q["fd_report"], "precision": q["precision"], "recall": q["recall"],
+            "seconds": seconds, "images_per_s": n / seconds})
+        print(f"FD {spec['name']}: {q['fd_select']:.3f} / {q['fd_report']:.3f} ({n / seconds:.1f} images/s)", flush=True)
     return rows
 
 
@@ -293,7 +296,6 @@ def main(argv=None) -> int:
             results["pictures"] = pictures(pipe32, baseline, test, args.seed)
 
         # Fréchet distance against the whole test set; the training set gives the floor of this metric
-        test_feats = extract_features(classifier, test)
         train = load_split("train")[0][:args.fd_samples]
         n_ours, n_base = runs["linearizer"]["steps"], runs["baseline"]["steps"]
         n_equal = runs["linearizer"]["equal_steps_checkpoint"]
@@ -311,7 +313,7 @@ def main(argv=None) -> int:
         ]
         if args.verify and not args.verify_all:
             specs = [spec for spec in specs if not spec["name"].startswith("baseline 50")]
-        results["fd"] = fd_table(classifier, test_feats, [s for s in specs if s["name"] not in reused], args.fd_samples)
+        results["fd"] = fd_table(Evaluator(test, test_labels), [s for s in specs if s["name"] not in reused], args.fd_samples)
         results["fd"] += [reused[s["name"]] for s in specs if s["name"] in reused]
     if args.verify:
         return verify(stored, results)

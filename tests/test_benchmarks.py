@@ -213,7 +213,7 @@ def test_pairs_check_counts_level_differences():
 # ---------------------------------------------------------------------- the scripts' layout
 SCRIPTS = sorted(BENCH.glob("*.py"))
 MODULES = {path.stem for path in SCRIPTS}
-LIBRARIES = {"common", "gpu_training", "guidance_page", "projection_page", "results_page"}  # imported by the scripts, never run
+LIBRARIES = {"common", "evaluation", "gpu_training", "guidance_page", "projection_page", "results_page"}  # imported by the scripts, never run
 
 
 def _tree(path: Path) -> ast.Module:

@@ -3,7 +3,6 @@ untrained-default warning and error exits."""
 
 import json
 import os
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -44,16 +43,21 @@ def test_help_explains_every_flag(command, capsys):
     assert "UNTRAINED" in text and "repo id" in text and "float64" in text
 
 
-def test_console_script_help():
+def test_console_script_help(monkeypatch, capsys):
     """`diffusers-linearizer` is declared as `diffusers_linearizer.cli:main`; the module runs as a program."""
+    import runpy
     import sys
 
     text = (REPO_ROOT / "pyproject.toml").read_text()
     assert 'diffusers-linearizer = "diffusers_linearizer.cli:main"' in text
-    res = subprocess.run([sys.executable, "-m", "diffusers_linearizer.cli", "--help"], capture_output=True, text=True,
-                         env=_env(), timeout=120)
-    assert res.returncode == 0, res.stderr
-    assert all(command in res.stdout for command in ("generate", "invert", "interpolate", "train", "demo"))
+    # `python -m diffusers_linearizer.cli --help`, run as __main__ in this process (runpy is what -m uses)
+    monkeypatch.setattr(sys, "argv", ["diffusers_linearizer.cli", "--help"])
+    monkeypatch.delitem(sys.modules, "diffusers_linearizer.cli")  # as in a fresh `-m` run (restored afterwards)
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_module("diffusers_linearizer.cli", run_name="__main__")
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert all(command in out for command in ("generate", "invert", "interpolate", "train", "demo"))
 
 
 def test_installed_console_script_is_the_cli():

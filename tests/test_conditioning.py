@@ -262,7 +262,8 @@ def test_guidance_page_states_unmet_goals_plainly():
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     from guidance_page import render
 
-    curve = [{"w": w, "guidance_scale": 1 + w, "accuracy": a, "accuracy_per_class": [a] * 10, "fd": fd}
+    curve = [{"w": w, "guidance_scale": 1 + w, "accuracy": a, "accuracy_per_class": [a] * 10, "fd": fd,
+              "accuracy_report": a - 0.1, "fd_report": fd / 10, "precision": 0.5, "recall": 0.25}
              for w, a, fd in ((0.0, 0.7, 300.0), (2.0, 0.85, 350.0))]
     page = render({
         "date": "d", "hardware": "h", "T": 100, "seconds": 60.0,
@@ -272,9 +273,12 @@ def test_guidance_page_states_unmet_goals_plainly():
                  "stepped_unguided": 2.0, "stepped_guided": 3.0, "ratio_one_step": 1.05, "ratio_stepped": 1.5,
                  "rank_guided": 64, "rank_unguided": 64, "collapse_seconds": 0.1},
         "control": {"curve": curve, "names": [str(k) for k in range(10)], "samples": 5000, "unconditional_fd": 320.0,
-                    "unconditional_class_shares": [0.1] * 10}})
+                    "unconditional_fd_report": 32.0, "unconditional_class_shares": [0.1] * 10}})
     assert "≥ 60 dB: met" in page and "≥ 120 dB: **not met**" in page
     assert "85.0 % (w = 2, FD 350.00): **not met**" in page and "70.0 % (w = 0)" in page
+    # the reporting columns beside the selection ones, and the judge's verdict at the w nearest the default guidance_scale
+    assert "| 2 | 3 | 85.0 % | 75.0 % | 350.00 | 35.00 | 0.50 | 0.25 |" in page
+    assert "puts 75.0 % of the samples in the requested class (goal ≥ 90 %: **not met**) at FD (report) 35.00" in page
 
 
 def test_a_callback_may_change_the_guidance_scale_between_steps_as_in_diffusers():

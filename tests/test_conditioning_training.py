@@ -1,21 +1,21 @@
 """Conditional training end to end (class folders, captions with a tiny CLIP text model), condition dropout,
-and the command line's ``generate --class``; the trainer runs in subprocesses on 8×8 images."""
+and the command line's ``generate --class``; the trainer and the command line run in this process
+(their ``cli_main``/``main``, what ``python -m`` calls) on 8×8 images."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 
 from diffusers_linearizer import LinearizerPipeline
+from diffusers_linearizer.cli import main as cli
 from diffusers_linearizer.training.conditions import drop_conditions
+from diffusers_linearizer.training.train import cli_main as train_cli
 
 from .test_conditioning import _tiny_text
-from .test_training import REPO, _env, _run
 
 TINY = ["--resolution", "8", "--channels", "1", "--num_blocks", "2", "--conditioner_channels", "8",
         "--conditioner_layers", "1", "--core_type", "shared_basis", "--core_rank", "4", "--core_hidden_dim", "16",
@@ -38,24 +38,24 @@ def _images(root, folders):
 
 
 def _train(data, out, *extra):
-    return _run([sys.executable, "-m", "diffusers_linearizer.training.train", "--train_data_dir", str(data),
-                 "--output_dir", str(out), *TINY, *extra])
+    """``python -m diffusers_linearizer.training.train`` in this process (its ``cli_main``): the exit status."""
+    return train_cli(["--train_data_dir", str(data), "--output_dir", str(out), *TINY, *extra])
 
 
-def test_class_folders_train_a_class_conditional_pipeline_and_generate_by_name(tmp_path):
+def test_class_folders_train_a_class_conditional_pipeline_and_generate_by_name(tmp_path, capsys):
     _images(tmp_path / "data", ["boots", "bags"])
-    _train(tmp_path / "data", tmp_path / "out", "--conditioning", "class")
+    assert _train(tmp_path / "data", tmp_path / "out", "--conditioning", "class") == 0
     assert (tmp_path / "out" / "samples").is_dir()
     pipe = LinearizerPipeline.from_pretrained(tmp_path / "out")
     assert pipe.id2label == {0: "bags", 1: "boots"} and pipe.linearizer.conditioning == "class"
-    cmd = [sys.executable, "-m", "diffusers_linearizer.cli", "generate", "--model", str(tmp_path / "out"), "--steps", "4",
-           "-n", "2", "--class", "boots", "--guidance-scale", "2", "--output", str(tmp_path / "g.png"), "--no-progress"]
-    ok = subprocess.run(cmd, env=_env(), capture_output=True, text=True, cwd=str(REPO), timeout=120)
-    assert ok.returncode == 0, ok.stderr[-2000:]
+    cmd = ["generate", "--model", str(tmp_path / "out"), "--steps", "4", "-n", "2", "--class", "boots",
+           "--guidance-scale", "2", "--output", str(tmp_path / "g.png"), "--no-progress"]
+    assert cli(cmd) == 0, capsys.readouterr().err[-2000:]
     assert (tmp_path / "g.png").is_file()
-    bad = subprocess.run(cmd[:-7] + ["--class", "hats", "--output", str(tmp_path / "h.png")], env=_env(),
-                         capture_output=True, text=True, cwd=str(REPO), timeout=120)
-    assert bad.returncode != 0 and "'hats'" in bad.stderr and "'bags'" in bad.stderr
+    capsys.readouterr()
+    assert cli(cmd[:-7] + ["--class", "hats", "--output", str(tmp_path / "h.png")]) != 0
+    err = capsys.readouterr().err
+    assert "'hats'" in err and "'bags'" in err
     assert not (tmp_path / "h.png").exists()
 
 
@@ -68,8 +68,8 @@ def test_captions_train_a_text_conditional_pipeline_with_its_text_encoder(tmp_pa
     tokenizer, encoder = _tiny_text()
     tokenizer.save_pretrained(tmp_path / "clip" / "tokenizer")
     encoder.save_pretrained(tmp_path / "clip" / "text_encoder")
-    _train(tmp_path / "data", tmp_path / "out", "--conditioning", "text", "--caption_column", "caption",
-           "--text_encoder", str(tmp_path / "clip"))
+    assert _train(tmp_path / "data", tmp_path / "out", "--conditioning", "text", "--caption_column", "caption",
+                  "--text_encoder", str(tmp_path / "clip")) == 0
     pipe = LinearizerPipeline.from_pretrained(tmp_path / "out")
     assert pipe.linearizer.config.condition_dim == 16 and pipe.tokenizer is not None
     images = pipe(prompt=["a red cat", "blue dog"], num_inference_steps=4, output_type="pt").images
@@ -81,19 +81,15 @@ def test_captions_train_a_text_conditional_pipeline_with_its_text_encoder(tmp_pa
     (["--conditioning", "class", "--objective", "likelihood"], "fast or reference"),
     (["--conditioning", "class", "--condition_dropout", "1.0"], "condition_dropout"),
 ])
-def test_conditional_training_errors(tmp_path, extra, match):
-    proc = subprocess.run([sys.executable, "-m", "diffusers_linearizer.training.train", "--train_data_dir",
-                           str(tmp_path), "--output_dir", str(tmp_path / "o"), *TINY, *extra],
-                          env=_env(), capture_output=True, text=True, cwd=str(REPO), timeout=120)
-    assert proc.returncode != 0 and match in proc.stderr
+def test_conditional_training_errors(tmp_path, capsys, extra, match):
+    assert _train(tmp_path, tmp_path / "o", *extra) != 0
+    assert match in capsys.readouterr().err and not (tmp_path / "o").exists()
 
 
-def test_loose_images_in_a_class_folder_are_refused(tmp_path):
+def test_loose_images_in_a_class_folder_are_refused(tmp_path, capsys):
     _images(tmp_path / "data", None)
-    proc = subprocess.run([sys.executable, "-m", "diffusers_linearizer.training.train", "--train_data_dir",
-                           str(tmp_path / "data"), "--output_dir", str(tmp_path / "o"), *TINY, "--conditioning", "class"],
-                          env=_env(), capture_output=True, text=True, cwd=str(REPO), timeout=120)
-    assert proc.returncode != 0 and "one sub-folder per class" in proc.stderr
+    assert _train(tmp_path / "data", tmp_path / "o", "--conditioning", "class") != 0
+    assert "one sub-folder per class" in capsys.readouterr().err
 
 
 def test_condition_dropout_replaces_by_the_null_condition():
