@@ -28,6 +28,7 @@ from __future__ import annotations
 from typing import Dict, Optional
 
 import torch
+from common import BENCH  # noqa: F401  (common first: it puts the checkout's package on the path)
 from fmnist_classifier import accuracy, extract_features, frechet_distance, gaussian_stats, load_classifier, load_split
 from fmnist_judge import load_judge
 from torch import Tensor

@@ -282,3 +282,27 @@ def test_a_training_runs_checkpoints_and_their_trainer_state(tmp_path):
     assert quality.read_metrics(str(tmp_path)) == {"steps": 50, "train_seconds": 10.0}
     with pytest.raises(ValueError, match="trainer_state.json"):
         common.trainer_state(str(tmp_path / "checkpoints" / "checkpoint-75"))
+
+
+def test_precision_recall_against_a_brute_force_count():
+    """``evaluation.precision_recall`` against loops over the points: a sample is precise when some real point's
+    k-NN ball (its k-th nearest *other* real point) holds it; a real point is recalled likewise by the samples."""
+    evaluation = pytest.importorskip("evaluation")
+    gen = torch.Generator().manual_seed(5)
+    real = torch.randn(30, 3, generator=gen, dtype=torch.float64)
+    fake = 0.5 * torch.randn(20, 3, generator=gen, dtype=torch.float64) + 1.2  # narrow and shifted
+
+    def covered(points, balls, k):
+        hits = 0
+        for p in points:
+            for i, c in enumerate(balls):
+                others = sorted(float((c - o).norm()) for j, o in enumerate(balls) if j != i)
+                if float((p - c).norm()) <= others[k - 1]:
+                    hits += 1
+                    break
+        return hits / len(points)
+
+    precision, recall = evaluation.precision_recall(real, fake, k=3)
+    assert precision == pytest.approx(covered(fake, real, 3)) and recall == pytest.approx(covered(real, fake, 3))
+    assert 0 < precision < 1 and 0 < recall < 1  # the case is not trivial
+    assert evaluation.precision_recall(real, real.clone(), k=3) == (1.0, 1.0)
