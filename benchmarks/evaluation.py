@@ -101,6 +101,13 @@ class Evaluator:
                 "fd_report": frechet_distance(*gaussian_stats(feats), *self.ref_report),
                 "precision": precision, "recall": recall}
 
+    def row(self, images: Tensor, suffix: str = "") -> Dict[str, float]:
+        """:meth:`evaluate` under the keys the pages store: ``fd`` (the selection FD, what every choice reads),
+        ``fd_report``, ``precision``, ``recall``, each with ``suffix``."""
+        q = self.evaluate(images)
+        return {f"fd{suffix}": q["fd_select"], f"fd_report{suffix}": q["fd_report"], f"precision{suffix}": q["precision"],
+                f"recall{suffix}": q["recall"]}
+
     def class_accuracy(self, images: Tensor, labels: Tensor) -> Dict[str, float]:
         """The share of ``images`` each extractor classifies as its requested ``labels``."""
         images = self._prepare(images)

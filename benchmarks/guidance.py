@@ -97,27 +97,23 @@ def control(per_class: int, ev: Evaluator) -> Dict:
         images = torch.cat([pipe(latents=e, class_labels=lab.tolist(), guidance_scale=1.0 + w, num_inference_steps=T,
                                  output_type="pt").images for e, lab in zip(eps.split(500), labels.split(500))])
         per = [accuracy(ev.select, images[labels == k], labels[labels == k]) for k in range(10)]
-        quality, acc = ev.evaluate(images), ev.class_accuracy(images, labels)
+        acc = ev.class_accuracy(images, labels)
         curve.append({"w": w, "guidance_scale": 1.0 + w, "accuracy": acc["accuracy_select"],
-                      "accuracy_report": acc["accuracy_report"], "accuracy_per_class": per, "fd": quality["fd_select"],
-                      "fd_report": quality["fd_report"], "precision": quality["precision"], "recall": quality["recall"]})
+                      "accuracy_report": acc["accuracy_report"], "accuracy_per_class": per, **ev.row(images)})
     default = load("fashion-mnist")
     images = torch.cat([default(latents=e, num_inference_steps=T, output_type="pt").images for e in eps.split(500)])
     logits = torch.cat([ev.select(b) for b in images.split(1000)])
     share = torch.bincount(logits.argmax(1), minlength=10).double() / n
-    quality = ev.evaluate(images)
     out = {"curve": curve, "names": [pipe.id2label[k] for k in range(10)], "samples": n,
-           "unconditional_fd": quality["fd_select"], "unconditional_fd_report": quality["fd_report"],
-           "unconditional_precision": quality["precision"], "unconditional_recall": quality["recall"],
-           "unconditional_class_shares": share.tolist()}
+           **{f"unconditional_{k}": v for k, v in ev.row(images).items()}, "unconditional_class_shares": share.tolist()}
     tau = default.sampling_temperature
     if tau != 1.0:  # what pipe() draws for the unconditional default: τ·ε
         images = torch.cat([default(latents=e * tau, num_inference_steps=T, output_type="pt").images
                             for e in eps.split(500)])
-        quality = ev.evaluate(images)
+        q = ev.row(images)
         out["unconditional_sampling_temperature"] = tau
-        out["unconditional_fd_at_sampling_temperature"] = quality["fd_select"]
-        out["unconditional_fd_report_at_sampling_temperature"] = quality["fd_report"]
+        out["unconditional_fd_at_sampling_temperature"] = q["fd"]
+        out["unconditional_fd_report_at_sampling_temperature"] = q["fd_report"]
     return out
 
 

@@ -8,7 +8,7 @@ directions of the recovered noise and an isotropic Gaussian off them (the prior 
 of the noise is unchanged (one operator apply, exact inversion). ``(r, K)`` is chosen by FD (select) on
 training-image statistics; every row is reported in both extractors.
 
-    python benchmarks/noise_prior.py            # about 10 minutes on one CPU thread
+    python benchmarks/noise_prior.py            # about 5 minutes on one CPU thread
 """
 
 from __future__ import annotations

@@ -106,14 +106,6 @@ def one_step(pipe, eps: torch.Tensor, temperature: Optional[float] = None, batch
     return torch.cat(out)
 
 
-def quality(ev: Evaluator, images: torch.Tensor, suffix: str = "") -> Dict[str, float]:
-    """``fd`` (selection features: what every choice reads), ``fd_report``, ``precision``, ``recall``
-    (``evaluation.py``), each key with ``suffix``."""
-    q = ev.evaluate(images)
-    return {f"fd{suffix}": q["fd_select"], f"fd_report{suffix}": q["fd_report"], f"precision{suffix}": q["precision"],
-            f"recall{suffix}": q["recall"]}
-
-
 @torch.no_grad()
 def bpd(pipe, test: torch.Tensor, seed: int = 0) -> float:
     model = pipe.linearizer.eval()
@@ -154,14 +146,14 @@ def measure(name: str, path: str, ev: Evaluator, test, fd_eps, args, pairs: Opti
     pipe = load(path)
     images = one_step(pipe, fd_eps)
     tau = pipe.sampling_temperature
-    row = {"name": name, "path": os.path.relpath(path, REPO), "sampling_temperature": tau, **quality(ev, images),
+    row = {"name": name, "path": os.path.relpath(path, REPO), "sampling_temperature": tau, **ev.row(images),
            "bits_per_dim": bpd(pipe, test[: args.bpd_images]), "one_step_vs_stepped_db": exactness(pipe),
            "inversion_db": inversion(pipe, test[: args.inversion_images])}
     grid = os.path.join(IMAGES, f"quality_{name.replace('+', '_')}.png")
     make_grid(images[:64], nrow=8).resize((8 * 34 * 3, 8 * 34 * 3), 0).save(grid)
     row["grid"] = os.path.relpath(grid, DOCS)
     if tau != 1.0:
-        row.update(quality(ev, one_step(pipe, fd_eps, 1.0), "_at_temperature_1"))
+        row.update(ev.row(one_step(pipe, fd_eps, 1.0), "_at_temperature_1"))
     if pairs is not None:
         row["teacher_fit"] = teacher_fit(pipe, pairs)
     row["seconds_to_measure"] = round(time.perf_counter() - t0, 1)
@@ -190,7 +182,7 @@ def teacher_fit(pipe, pairs: str, n: int = 1000) -> Dict:
 
 def temperature_sweep(path: str, ev: Evaluator, fd_eps) -> List[Dict]:
     pipe = load(path)
-    rows = [{"temperature": tau, **quality(ev, one_step(pipe, fd_eps, tau))} for tau in TEMPERATURES]
+    rows = [{"temperature": tau, **ev.row(one_step(pipe, fd_eps, tau))} for tau in TEMPERATURES]
     print(f"temperature sweep {path}: {rows}", flush=True)
     return rows
 
@@ -255,8 +247,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     teacher_images = torch.from_numpy(read_pairs_file(args.pairs)[0][: args.fd_samples]).float()[:, None] / 255.0
     train_images, _ = load_split("train")
     rows = {
-        "teacher (50 Euler steps, stored pairs)": quality(ev, teacher_images),
-        "Fashion-MNIST train images (floor)": quality(ev, train_images[: args.fd_samples]),
+        "teacher (50 Euler steps, stored pairs)": ev.row(teacher_images),
+        "Fashion-MNIST train images (floor)": ev.row(train_images[: args.fd_samples]),
     }
     measured = [measure("start", args.start, ev, test, fd_eps, args)]
     stored = _stored_runs()

@@ -194,11 +194,9 @@ def fd_table(ev: Evaluator, rows_spec, n: int) -> List[Dict]:
     rows = []
     for spec in rows_spec:
         images, seconds = timed_call(spec["fn"], n)
-        q = ev.evaluate(images)
-        rows.append({k: v for k, v in spec.items() if k != "fn"} | {
-            "fd": q["fd_select"], "fd_report": q["fd_report"], "precision": q["precision"], "recall": q["recall"],
-            "seconds": seconds, "images_per_s": n / seconds})
-        print(f"FD {spec['name']}: {q['fd_select']:.3f} / {q['fd_report']:.3f} ({n / seconds:.1f} images/s)", flush=True)
+        q = ev.row(images)
+        rows.append({k: v for k, v in spec.items() if k != "fn"} | q | {"seconds": seconds, "images_per_s": n / seconds})
+        print(f"FD {spec['name']}: {q['fd']:.3f} / {q['fd_report']:.3f} ({n / seconds:.1f} images/s)", flush=True)
     return rows
 
 
