@@ -107,11 +107,13 @@ def control(per_class: int, ev: Evaluator) -> Dict:
     out = {"curve": curve, "names": [pipe.id2label[k] for k in range(10)], "samples": n,
            **{f"unconditional_{k}": v for k, v in ev.row(images).items()}, "unconditional_class_shares": share.tolist()}
     tau = default.sampling_temperature
-    if tau != 1.0:  # what pipe() draws for the unconditional default: τ·ε
-        images = torch.cat([default(latents=e * tau, num_inference_steps=T, output_type="pt").images
+    prior = default.linearizer.noise_prior is not None
+    if tau != 1.0 or prior:  # what pipe() draws for the unconditional default: its noise prior, or τ·ε
+        images = torch.cat([default(latents=default.noise_from(e), num_inference_steps=T, output_type="pt").images
                             for e in eps.split(500)])
         q = ev.row(images)
         out["unconditional_sampling_temperature"] = tau
+        out["unconditional_noise_prior"] = prior
         out["unconditional_fd_at_sampling_temperature"] = q["fd"]
         out["unconditional_fd_report_at_sampling_temperature"] = q["fd_report"]
     return out

@@ -1,14 +1,18 @@
-"""A fitted noise prior for the packaged default, judged by the protocol of ``evaluation.py`` → ``docs/noise_prior.md``.
+"""Fitted noise priors for the two packaged models, chosen and judged by the protocol of ``evaluation.py`` →
+``docs/noise_prior.md`` (``--ship``: and written into the packaged models).
 
-The packaged default samples ``x = g_x⁻¹(B g_y(τ·ε))`` with ``ε ~ N(0, I)``. Inverting training images through the
-same map (``B†``, exact) gives the noise that would make them; if the model were perfect that noise would be
-N(0, I). This script fits a richer distribution to it — a mixture of ``K`` Gaussians on the top-``r`` principal
-directions of the recovered noise and an isotropic Gaussian off them (the prior of the projection cores,
-``ProjectionCore.fit_prior``, EM in float64) — and samples the same one-step map from it. Everything downstream
-of the noise is unchanged (one operator apply, exact inversion). ``(r, K)`` is chosen by FD (select) on
-training-image statistics; every row is reported in both extractors.
+The packaged models sample ``x = g_x⁻¹(B g_y(z))``. Inverting training images through the same map (``B†``,
+exact) gives the noise that makes them; for a perfect model it would be N(0, I). A
+:class:`~diffusers_linearizer.models.noise_prior.NoisePrior` (a Gaussian mixture on the top-``r`` principal
+directions of that noise, isotropic off them; per class for the class model, each image inverted under its
+class at the default guidance scale) is fitted to it (``training/noise_prior.py``). Everything downstream of
+the noise is unchanged (one operator apply, exact inversion). Each candidate ``(r, K, τ)`` is scored by FD
+(select) of its samples against held-out *training* images; the lowest is the chosen one. Every row is
+reported in both extractors; the class rows also by class accuracy in both.
 
-    python benchmarks/noise_prior.py            # about 5 minutes on one CPU thread
+    python benchmarks/noise_prior.py            # about 30 minutes on one CPU thread
+    python benchmarks/noise_prior.py --ship     # the same, then write each chosen prior into its packaged model
+                                                # when the reporting extractor calls it better than today's noise
 """
 
 from __future__ import annotations
@@ -23,118 +27,151 @@ from typing import Dict, List, Optional
 
 import torch
 from common import DOCS, IMAGES, hardware_and_load, seeded_noise
-from evaluation import PROTOCOL, Evaluator
+from evaluation import Evaluator
 from fmnist_classifier import load_split
+from noise_prior_page import render
 
-from diffusers_linearizer import DEFAULT_MODEL_DIR, LinearizerInversionPipeline, LinearizerPipeline, write_text_atomic
+from diffusers_linearizer import PACKAGED_MODELS, LinearizerPipeline, replace_dir, write_text_atomic
 from diffusers_linearizer.image_grid import make_grid
-from diffusers_linearizer.models.projection_cores import OrthogonalProjectionCore
+from diffusers_linearizer.training.noise_prior import recovered_noise
+from diffusers_linearizer.models.noise_prior import NoisePrior
 
 T = 100
-CONFIGS = ((64, 20), (128, 20))  # (r, K)
+UNCONDITIONAL = ((128, 20), (128, 50), (128, 100), (256, 50))  # (r, K)
+CLASS = ((256, 2),)  # (r, K per class)
+TEMPERATURES = (0.9, 1.0, 1.1, 1.2, 1.3)  # extended in steps of 0.1 while its last point is the best
+MAX_TEMPERATURE = 2.0
 
 
-@torch.no_grad()
-def recovered_noise(pipe: LinearizerPipeline, images: torch.Tensor) -> torch.Tensor:
-    inv = LinearizerInversionPipeline(**pipe.components)
-    inv.set_progress_bar_config(disable=True)
-    return torch.cat([inv(b, num_inference_steps=T, output_type="pt").noise.flatten(1) for b in images.split(500)]).double()
+def draw(pipe, eps: torch.Tensor, labels: Optional[torch.Tensor], temperature: float, prior: Optional[NoisePrior]):
+    """The noise ``pipe()`` would draw from ``ε`` = ``eps``: the prior's ``z(ε, class, τ)``, or ``τ·ε``."""
+    if prior is None:
+        return temperature * eps
+    return prior.sample(eps, labels, temperature).float()
 
 
-@torch.no_grad()
-def fitted_sampler(noise: torch.Tensor, rank: int, components: int, iterations: int):
-    """``eps ↦ Q(μ_k + C_k Qᵀε) + σ(I − QQᵀ)ε``, fitted to ``noise`` ``(N, D)``."""
-    prior = OrthogonalProjectionCore(noise.shape[1], rank, components).double()
-    prior.fit_range(noise)
-    prior.fit_prior(noise, iterations=iterations)
-    Q, sigma = prior.range_basis().double(), float(prior.log_noise.exp())
-
-    def sample(eps: torch.Tensor) -> torch.Tensor:
-        flat = eps.flatten(1).double()
-        return (prior.sample(flat) + sigma * (flat - (flat @ Q) @ Q.T)).float().view_as(eps)
-
-    return sample
+def images_of(pipe, eps, labels, temperature, prior) -> torch.Tensor:
+    out = []
+    for i in range(0, eps.shape[0], 500):
+        lab = None if labels is None else labels[i:i + 500]
+        extra = {} if lab is None else {"class_labels": lab.tolist()}
+        out.append(pipe(latents=draw(pipe, eps[i:i + 500], lab, temperature, prior), num_inference_steps=T,
+                        output_type="pt", **extra).images)
+    return torch.cat(out)
 
 
-def one_step(pipe, noise: torch.Tensor) -> torch.Tensor:
-    return torch.cat([pipe(latents=b, num_inference_steps=T, output_type="pt").images for b in noise.split(500)])
+def nearest_distance(images: torch.Tensor, reference: torch.Tensor) -> float:
+    """Median pixel L2 distance from each image to its nearest ``reference`` image (memorisation check)."""
+    a, b = images.flatten(1).double(), reference.flatten(1).double()
+    return float(torch.cat([torch.cdist(x, b).min(1).values for x in a.split(500)]).median())
+
+
+def study(name: str, pipe, configs, fit_x, fit_y, eps, labels, ev: Evaluator, held: Evaluator, iterations: int,
+          test_x) -> Dict:
+    """Every ``(r, K, τ)`` of one model: fitted, chosen by held-out training FD (select), reported in both."""
+    classes = pipe.linearizer.noise_groups
+    start = time.perf_counter()
+    noise = recovered_noise(pipe, fit_x, fit_y if classes > 1 else None, num_inference_steps=T)
+    fit_seconds = time.perf_counter() - start
+    base_tau = pipe.sampling_temperature
+    rows: List[Dict] = []
+
+    def measure(row, images):
+        row.update(fd_select_train=held.fd_select(images), **ev.evaluate(images))
+        if classes > 1:
+            row.update(ev.class_accuracy(images, labels))
+        rows.append(row)
+        print(name, json.dumps(row), flush=True)
+        return images
+
+    for tau in sorted({1.0, base_tau}):
+        measure({"name": f"N(0, I), τ = {tau:g}", "temperature": tau, "prior": None},
+                images_of(pipe, eps, labels, tau, None))
+    priors = {}
+    for rank, k in configs:
+        prior = NoisePrior(pipe.linearizer.latent_dim, rank, k * classes, classes)
+        prior.fit(noise, fit_y if classes > 1 else None, iterations=iterations)
+        priors[(rank, k)] = prior
+        grid = list(TEMPERATURES)
+        while grid:  # the grid, then steps of 0.1 beyond it while its last point is this prior's best
+            tau = round(grid.pop(0), 2)
+            measure({"name": f"mixture r = {rank}, K = {k}{' per class' if classes > 1 else ''}, τ = {tau:g}",
+                     "rank": rank, "components": k, "temperature": tau, "prior": [rank, k]},
+                    images_of(pipe, eps, labels, tau, prior))
+            mine = [r for r in rows if r["prior"] == [rank, k]]
+            if not grid and min(mine, key=lambda r: r["fd_select_train"]) is mine[-1] and tau < MAX_TEMPERATURE:
+                grid.append(tau + 0.1)
+    fitted = [r for r in rows if r["prior"] is not None]
+    chosen = min(fitted, key=lambda r: r["fd_select_train"])
+    prior = priors[tuple(chosen["prior"])]
+    chosen_images = images_of(pipe, eps, labels, chosen["temperature"], prior)
+    base_images = images_of(pipe, eps, labels, base_tau, None)
+    memo = {"chosen": nearest_distance(chosen_images[:1000], fit_x),
+            "shipped_noise": nearest_distance(base_images[:1000], fit_x),
+            "test_images": nearest_distance(test_x[:1000], fit_x)}
+    order = torch.argsort(labels[:80], stable=True) if labels is not None else torch.arange(64)
+    for tag, imgs in (("chosen", chosen_images), ("base", base_images)):
+        make_grid(imgs[order], nrow=8).resize((8 * 34 * 3, (len(order) // 8) * 34 * 3), 0).save(
+            os.path.join(IMAGES, f"noise_prior_{name}_{tag}.png"))
+    return {"name": name, "rows": rows, "chosen": chosen["name"], "base_temperature": base_tau,
+            "fit_images": int(fit_x.shape[0]), "fit_seconds": fit_seconds, "noise_std": float(noise.std()),
+            "nearest_distance": memo, "_prior": prior, "_tau": chosen["temperature"]}
+
+
+def ship(pipe, prior: NoisePrior, tau: float, folder: str, note: str) -> None:
+    """Write ``pipe`` with ``prior`` sampled at ``noise_prior_temperature = tau`` into ``folder`` (atomically; the
+    plain-noise ``sampling_temperature`` is kept)."""
+    from huggingface_hub import ModelCard
+
+    pipe.linearizer.set_noise_prior(prior, temperature=tau)
+    card = os.path.join(folder, "README.md")
+    metrics = ModelCard.load(card).data.to_dict().get("linearizer_metrics", {}) if os.path.isfile(card) else {}
+    metrics.update(noise_prior_temperature=tau, noise_prior=note)
+    replace_dir(lambda d: pipe.save_pretrained(d, metrics=metrics), folder)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--fit-images", type=int, default=10000, help="Training images the prior is fitted to.")
+    parser.add_argument("--fit-images", type=int, default=20000, help="Training images each prior is fitted to.")
     parser.add_argument("--samples", type=int, default=2000, help="One-step samples per row.")
     parser.add_argument("--iterations", type=int, default=30, help="EM iterations.")
+    parser.add_argument("--only", choices=("fashion-mnist", "fashion-mnist-classes"), help="One model only.")
+    parser.add_argument("--ship", action="store_true", help="Write the chosen priors into the packaged models.")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     start = time.perf_counter()
-    pipe = LinearizerPipeline.from_pretrained(DEFAULT_MODEL_DIR)
-    pipe.set_progress_bar_config(disable=True)
-    train, labels = load_split("train")
+    train, train_labels = load_split("train")
+    test, _ = load_split("test")
     ev = Evaluator()
-    select_on_train = Evaluator(train[-10000:], labels[-10000:])  # choices read training images, never the test set
-    noise = recovered_noise(pipe, train[: args.fit_images])
+    held = Evaluator(train[-10000:], train_labels[-10000:])  # choices read held-out training images, never the test set
+    fit_x, fit_y = train[: args.fit_images], train_labels[: args.fit_images]
     eps = seeded_noise(args.samples, 2026)
-    tau = pipe.sampling_temperature
-    rows: List[Dict] = [{"name": "N(0, I), τ = 1", **ev.evaluate(one_step(pipe, eps))},
-                        {"name": f"N(0, I), τ = {tau:g} (shipped)", **ev.evaluate(one_step(pipe, tau * eps))}]
-    for rank, k in CONFIGS:
-        images = one_step(pipe, fitted_sampler(noise, rank, k, args.iterations)(eps))
-        rows.append({"name": f"fitted mixture, r = {rank}, K = {k}", "rank": rank, "components": k,
-                     "fd_select_train": select_on_train.fd_select(images), **ev.evaluate(images)})
-        print(json.dumps(rows[-1]), flush=True)
-        make_grid(images[:64], nrow=8).resize((8 * 34 * 3, 8 * 34 * 3), 0).save(
-            os.path.join(IMAGES, f"noise_prior_r{rank}_k{k}.png"))
-    make_grid(one_step(pipe, tau * eps[:64]), nrow=8).resize((8 * 34 * 3, 8 * 34 * 3), 0).save(
-        os.path.join(IMAGES, "noise_prior_shipped.png"))
+    studies = []
+    for name, configs in (("fashion-mnist", UNCONDITIONAL), ("fashion-mnist-classes", CLASS)):
+        if args.only not in (None, name):
+            continue
+        pipe = LinearizerPipeline.from_pretrained(PACKAGED_MODELS[name])
+        pipe.set_progress_bar_config(disable=True)
+        if pipe.linearizer.noise_prior is not None:
+            raise SystemExit(f"{name} already carries a noise prior; this study starts from the model without one.")
+        labels = torch.arange(args.samples) % 10 if name == "fashion-mnist-classes" else None
+        studies.append(study(name, pipe, configs, fit_x, fit_y, eps, labels, ev, held, args.iterations, test))
+        s = studies[-1]
+        base = next(r for r in s["rows"] if r["prior"] is None and r["temperature"] == s["base_temperature"])
+        chosen = next(r for r in s["rows"] if r["name"] == s["chosen"])
+        # the issue's rule: ship what the judge calls better (a class model: no fewer samples in their class either)
+        s["ship"] = chosen["fd_report"] < base["fd_report"] and \
+            chosen.get("accuracy_report", 1.0) >= base.get("accuracy_report", 1.0)
+        if args.ship and s["ship"]:
+            ship(pipe, s["_prior"], s["_tau"], PACKAGED_MODELS[name],
+                 f"{s['chosen']}, fitted to the recovered noise of {s['fit_images']:,} training images "
+                 "(benchmarks/noise_prior.py)")
     result = {"date": datetime.date.today().isoformat(), "hardware": hardware_and_load(), "args": vars(args),
-              "recovered_noise_std": float(noise.std()), "rows": rows, "seconds": time.perf_counter() - start}
+              "studies": [{k: v for k, v in s.items() if not k.startswith("_")} for s in studies],
+              "seconds": time.perf_counter() - start}
     write_text_atomic(os.path.join(DOCS, "noise_prior.json"), json.dumps(result, indent=2) + "\n")
     write_text_atomic(os.path.join(DOCS, "noise_prior.md"), render(result))
     return 0
-
-
-def render(r: Dict) -> str:
-    fitted = [row for row in r["rows"] if "rank" in row]
-    chosen = min(fitted, key=lambda row: row["fd_select_train"])
-    shipped = r["rows"][1]
-    lines = [
-        "# A fitted noise prior for the packaged default",
-        "",
-        f"Written by `benchmarks/noise_prior.py` on {r['date']} ({r['hardware']}, {r['seconds'] / 60:.0f} min). The "
-        f"noise recovered from {r['args']['fit_images']:,} training images through the exact inverse of the one-step "
-        f"map has standard deviation {r['recovered_noise_std']:.2f} (N(0, I) would have 1). A mixture of K Gaussians on "
-        "its top-r principal directions, isotropic off them (EM, float64), replaces N(0, I); the one-step map is "
-        "unchanged. `(r, K)` is chosen by FD (select) against training images.",
-        "",
-        PROTOCOL,
-        "",
-        "| noise | FD (select) | FD (report) | precision | recall |",
-        "|---|---:|---:|---:|---:|",
-    ]
-    for row in r["rows"]:
-        lines.append(f"| {row['name']} | {row['fd_select']:.1f} | {row['fd_report']:.2f} | {row['precision']:.2f} | "
-                     f"{row['recall']:.2f} |")
-    better_report = chosen["fd_report"] < shipped["fd_report"]
-    better_select = chosen["fd_select"] < shipped["fd_select"]
-    lines += [
-        "",
-        f"Chosen: r = {chosen['rank']}, K = {chosen['components']}. Against the shipped temperature, the reporting "
-        f"extractor calls it {'better' if better_report else 'no better'} ({chosen['fd_report']:.2f} vs "
-        f"{shipped['fd_report']:.2f}) and the selection extractor {'better' if better_select else 'no better'} "
-        f"({chosen['fd_select']:.1f} vs {shipped['fd_select']:.1f}). "
-        + ("The two extractors disagree, so the packaged default keeps its temperature: a choice the selection "
-           "features do not support is not made because the reporting ones would reward it."
-           if better_report != better_select else ""),
-        "",
-        f"Shipped (τ = {r['rows'][1]['name'].split('τ = ')[1].split(' ')[0]}):  ",
-        "![shipped](images/noise_prior_shipped.png)",
-        "",
-        f"Fitted mixture r = {chosen['rank']}, K = {chosen['components']}:  ",
-        f"![mixture](images/noise_prior_r{chosen['rank']}_k{chosen['components']}.png)",
-        "",
-    ]
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":

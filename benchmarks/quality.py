@@ -97,12 +97,13 @@ def read_metrics(run_dir: str) -> Dict:
 
 
 @torch.no_grad()
-def one_step(pipe, eps: torch.Tensor, temperature: Optional[float] = None, batch: int = 500) -> torch.Tensor:
-    """One-step images of ``temperature·eps`` (the pipeline's initial noise scaled by τ; by default the model's
-    own τ, as ``pipe()`` draws it), clamped to [0, 1]."""
-    temperature = pipe.sampling_temperature if temperature is None else temperature
-    out = [pipe(b.shape[0], num_inference_steps=T, latents=b * temperature, output_type="pt").images
-           for b in eps.split(batch)]
+def one_step(pipe, eps: torch.Tensor, temperature: Optional[float] = None, batch: int = 500,
+             noise_prior: bool = True) -> torch.Tensor:
+    """One-step images of the noise ``pipe()`` makes of ``eps`` at ``temperature`` (``pipe.noise_from``: the
+    model's fitted noise prior, else — or with ``noise_prior=False`` — ``τ·ε``; by default the model's own τ),
+    clamped to [0, 1]."""
+    out = [pipe(b.shape[0], num_inference_steps=T, latents=pipe.noise_from(b, temperature, noise_prior=noise_prior),
+                output_type="pt").images for b in eps.split(batch)]
     return torch.cat(out)
 
 
@@ -146,14 +147,19 @@ def measure(name: str, path: str, ev: Evaluator, test, fd_eps, args, pairs: Opti
     pipe = load(path)
     images = one_step(pipe, fd_eps)
     tau = pipe.sampling_temperature
+    prior = pipe.linearizer.noise_prior
     row = {"name": name, "path": os.path.relpath(path, REPO), "sampling_temperature": tau, **ev.row(images),
            "bits_per_dim": bpd(pipe, test[: args.bpd_images]), "one_step_vs_stepped_db": exactness(pipe),
            "inversion_db": inversion(pipe, test[: args.inversion_images])}
     grid = os.path.join(IMAGES, f"quality_{name.replace('+', '_')}.png")
     make_grid(images[:64], nrow=8).resize((8 * 34 * 3, 8 * 34 * 3), 0).save(grid)
     row["grid"] = os.path.relpath(grid, DOCS)
-    if tau != 1.0:
-        row.update(ev.row(one_step(pipe, fd_eps, 1.0), "_at_temperature_1"))
+    if tau != 1.0 or prior is not None:  # plain N(0, I) noise
+        row.update(ev.row(one_step(pipe, fd_eps, 1.0, noise_prior=False), "_at_temperature_1"))
+    if prior is not None:  # the noise prior beside the plain noise at the model's sampling_temperature
+        row["noise_prior"] = {"rank": prior.rank, "components": prior.components,
+                              "temperature": pipe.noise_prior_temperature}
+        row.update(ev.row(one_step(pipe, fd_eps, noise_prior=False), "_plain"))
     if pairs is not None:
         row["teacher_fit"] = teacher_fit(pipe, pairs)
     row["seconds_to_measure"] = round(time.perf_counter() - t0, 1)
@@ -169,7 +175,7 @@ def teacher_fit(pipe, pairs: str, n: int = 1000) -> Dict:
 
     data = TeacherPairs(pairs, shape=tuple(pipe.linearizer.sample_shape), max_samples=n)
     teacher = data.images.float() / 255.0
-    student = one_step(pipe, data.noise, 1.0)
+    student = one_step(pipe, data.noise, 1.0, noise_prior=False)
     inv = LinearizerInversionPipeline(**pipe.components)
     inv.set_progress_bar_config(disable=True)
     recovered = torch.cat([inv(b, num_inference_steps=T).noise for b in teacher.split(250)])
@@ -182,7 +188,7 @@ def teacher_fit(pipe, pairs: str, n: int = 1000) -> Dict:
 
 def temperature_sweep(path: str, ev: Evaluator, fd_eps) -> List[Dict]:
     pipe = load(path)
-    rows = [{"temperature": tau, **ev.row(one_step(pipe, fd_eps, tau))} for tau in TEMPERATURES]
+    rows = [{"temperature": tau, **ev.row(one_step(pipe, fd_eps, tau, noise_prior=False))} for tau in TEMPERATURES]
     print(f"temperature sweep {path}: {rows}", flush=True)
     return rows
 

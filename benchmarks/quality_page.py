@@ -143,7 +143,16 @@ def render(r: Dict) -> str:
         fd = shipped["fd"]
         tau = shipped.get("sampling_temperature", 1.0)
         fd1 = shipped.get("fd_at_temperature_1", fd)
-        if tau == 1.0:
+        prior = shipped.get("noise_prior")
+        if prior:
+            plain = shipped["fd_plain"]
+            goal = (f"* Packaged default's one-step FD ≤ {FD_GOAL:.0f}: **{fd:.1f}** as `pipe()` samples it, from its "
+                    f"fitted noise prior (a mixture of {prior['components']} Gaussians on {prior['rank']} principal "
+                    f"directions at τ = {prior['temperature']:g}, `docs/noise_prior.md`) — "
+                    + ("met" if fd <= FD_GOAL else "**not met**")
+                    + f". With plain noise at its `sampling_temperature` τ = {tau:g} (`noise_prior=False`): {plain:.1f}; "
+                    f"with N(0, I) (τ = 1): {fd1:.1f} — " + ("met." if fd1 <= FD_GOAL else "**not met** at τ = 1."))
+        elif tau == 1.0:
             sweep = r["temperature"].get("shipped", [])
             best = min(sweep, key=lambda row: row["fd"]) if sweep else None
             goal = (f"* Packaged default's one-step FD ≤ {FD_GOAL:.0f} (at the default temperature τ = 1): **{fd:.1f}** — "
@@ -162,8 +171,11 @@ def render(r: Dict) -> str:
             goal,
             f"* Distilled student ≤ 3× its teacher's 50-step FD ({3 * teacher:.1f}): **{fd:.1f}** "
             f"({fd / teacher:.1f}× the teacher) — " + ("met." if fd <= 3 * teacher else "**not met**."),
-            f"* In the reporting features (which chose nothing): FD {_report(shipped).split(' | ')[0]} at τ = {tau:g}"
-            + (f", {_report(shipped, '_at_temperature_1').split(' | ')[0]} at τ = 1" if tau != 1.0 else "")
+            f"* In the reporting features (which chose nothing): FD {_report(shipped).split(' | ')[0]} "
+            + ("from the noise prior" if prior else f"at τ = {tau:g}")
+            + (f", {_report(shipped, '_plain').split(' | ')[0]} with plain noise at τ = {tau:g} (ratio "
+               f"{shipped['fd_report'] / shipped['fd_report_plain']:.2f})" if prior else "")
+            + (f", {_report(shipped, '_at_temperature_1').split(' | ')[0]} at τ = 1" if tau != 1.0 or prior else "")
             + f"; the teacher {_ref(r, 'teacher (50 Euler steps, stored pairs)')}.",
             f"* One-step vs stepped ≥ 60 dB (float32): {shipped['one_step_vs_stepped_db']:.1f} dB; inversion ≥ 60 dB: "
             f"{shipped['inversion_db']['min']:.1f} dB (worst of 1,000 test images).",
@@ -173,8 +185,9 @@ def render(r: Dict) -> str:
             lines += _teacher_fit_lines(shipped["teacher_fit"])
         if "training" in shipped:
             lines += _training_lines(shipped["training"])
-    lines += ["## Temperature", "", "FD (select / report) of one-step samples with the noise scaled by τ before `g_y` "
-              "(exact: B(τ·ε) = τ·B ε).", "",
+    lines += ["## Temperature", "", "FD (select / report) of one-step samples with plain noise scaled by τ before `g_y` "
+              "(exact: B(τ·ε) = τ·B ε; `noise_prior=False`; the noise prior's own temperatures are in "
+              "`docs/noise_prior.md`).", "",
               "| model | " + " | ".join(f"τ = {row['temperature']}" for row in next(iter(r["temperature"].values()))) + " |",
               "|---|" + "---:|" * len(next(iter(r["temperature"].values())))]
     for name, rows in r["temperature"].items():

@@ -57,12 +57,11 @@ def noise_batch(n: int, seed: int, start: int) -> torch.Tensor:
 def generate(pipe, n: int, seed: int, one_step: bool = True, solver: str = "euler", steps: int = T,
              batch: int = 64, clamp: bool = True) -> torch.Tensor:
     """``n`` images (N, 1, 32, 32) of our pipeline, in batches of ``batch``, from the noise ``pipe()`` would
-    draw: ``τ·ε`` with the model's ``sampling_temperature`` τ (1 unless the model was calibrated)."""
+    draw (``pipe.noise_from``: its fitted noise prior, or ``τ·ε`` with its ``sampling_temperature``)."""
     out = []
-    tau = pipe.sampling_temperature
     for start in range(0, n, batch):
         m = min(batch, n - start)
-        z = (noise_batch(m, seed, start) * tau).to(pipe.linearizer.dtype)
+        z = pipe.noise_from(noise_batch(m, seed, start)).to(pipe.linearizer.dtype)
         out.append(pipe(m, num_inference_steps=steps, solver=solver, one_step=one_step, latents=z,
                         output_type="pt", clamp=clamp).images.cpu())
     return torch.cat(out)

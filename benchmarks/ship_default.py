@@ -63,8 +63,10 @@ def calibrate(pipe, grid: Sequence[float] = GRID, samples: int = 5000, reference
         images = []
         for start in range(0, samples, 500):
             b = eps[start:start + 500]
-            condition = {} if kind is None else {"class_labels": [i % pipe.num_classes for i in range(start, start + len(b))]}
-            images.append(pipe(latents=b * tau, num_inference_steps=T, output_type="pt", **condition).images)
+            ids = [i % pipe.num_classes for i in range(start, start + len(b))] if kind == "class" else None
+            condition = {} if ids is None else {"class_labels": ids}
+            images.append(pipe(latents=pipe.noise_from(b, tau, ids), num_inference_steps=T, output_type="pt",
+                               **condition).images)
         feats = gaussian_stats(extract_features(classifier, torch.cat(images)))
         rows.append({"temperature": tau, "fd_train": frechet_distance(*feats, *ref)})
         print(json.dumps(rows[-1]), flush=True)

@@ -175,6 +175,7 @@ def cmd_generate(args) -> int:
         images = pipe(
             batch_size=len(batch), num_inference_steps=args.steps, solver=args.solver, one_step=not args.multi_step,
             generator=gens, temperature=args.temperature, output_type="pt", clamp=False,
+            **({"noise_prior": False} if args.plain_noise else {}),
             **{k: v(batch) if callable(v) else v for k, v in condition.items()},
         ).images
         results.extend(zip(batch, images.float().cpu()))

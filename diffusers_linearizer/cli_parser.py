@@ -90,9 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--temperature",
         type=TEMPERATURE,
         default=None,
-        help="Sampling temperature τ > 0: the noise is τ·ε with ε ~ N(0, I) (below 1: smoother, more typical "
-        "images; above 1: more varied ones). Default: the model's sampling_temperature (1 unless calibrated).",
+        help="Sampling temperature τ > 0: the noise is τ·ε with ε ~ N(0, I), or the model's fitted noise prior with "
+        "its deviations scaled by τ (below 1: smoother, more typical images; above 1: more varied ones). Default: the "
+        "model's noise_prior_temperature or sampling_temperature (1 unless calibrated).",
     )
+    gen.add_argument("--plain-noise", action="store_true",
+                     help="Sample τ·N(0, I) even when the model carries a fitted noise prior (docs/noise_prior.md).")
     gen.add_argument(
         "--multi-step",
         action="store_true",

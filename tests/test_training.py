@@ -541,7 +541,10 @@ def test_trainer_methods_one_step_at_a_time(image_dir, tmp_path):
 def test_training_starts_uncalibrated_from_a_calibrated_model(tmp_path):
     from diffusers_linearizer.training.setup import build_model
 
+    from diffusers_linearizer.models.noise_prior import NoisePrior
+
     calibrated = tiny_model(sampling_temperature=1.3)
+    calibrated.set_noise_prior(NoisePrior(calibrated.latent_dim, 3, 2), temperature=0.9)
     calibrated.save_pretrained(tmp_path / "m")
     config = {k: v for k, v in calibrated.config.items() if not k.startswith("_")}
     (tmp_path / "config.json").write_text(json.dumps(config))
@@ -550,5 +553,6 @@ def test_training_starts_uncalibrated_from_a_calibrated_model(tmp_path):
         vars(args).update(options)
         model = build_model(args, calibrated.sample_shape[0])
         assert model.config.sampling_temperature == 1.0  # the calibration belonged to the old weights
+        assert model.noise_prior is None and model.config.noise_prior_rank == 0  # and so did the noise prior
         vars(args).update(pretrained_model=None, model_config=None)
     assert calibrated.config.sampling_temperature == 1.3

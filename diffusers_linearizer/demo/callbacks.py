@@ -74,7 +74,8 @@ class LinearizerDemo:
         self.model.eval()
         self.sample_shape = tuple(self.model.sample_shape)
         self.default_solver = pipe.scheduler.config.get("solver") or SOLVERS[0]
-        self.default_temperature = pipe.sampling_temperature
+        self.default_temperature = pipe.noise_prior_temperature if pipe.linearizer.noise_prior is not None \
+            else pipe.sampling_temperature  # what pipe() samples at
         self.features = pipeline_features(pipe)
         if work_dir is None:
             work_dir = tempfile.mkdtemp(prefix="linearizer-demo-")

@@ -73,6 +73,9 @@ CONFIG_RULES: Dict[str, Tuple[Callable[[Any], bool], str]] = {
     "condition_dim": _integer(0),
     "id2label": _LABELS,
     "sampling_temperature": (lambda v: _is_number(v) and v > 0, "a finite number > 0"),
+    "noise_prior_rank": _integer(0),
+    "noise_prior_components": _integer(0),
+    "noise_prior_temperature": (lambda v: _is_number(v) and v > 0, "a finite number > 0"),
 }
 
 

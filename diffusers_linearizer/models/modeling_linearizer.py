@@ -35,6 +35,7 @@ from .conditional_cores import CONDITIONINGS, GuidedCore
 from .conditioners import CONDITIONERS
 from .core_registry import CoreSpec, build_core_from_config, check_core_choice, check_core_networks, core_size_free
 from .invertible import InvertibleNetwork
+from .noise_prior import NoisePrior
 
 SPACES = ("x", "y")
 
@@ -86,9 +87,16 @@ class LinearizerModel(LinearizerAlgebraMixin, ModelMixin, ConfigMixin):
         sampling_temperature: the noise scale τ the pipelines sample at when no ``temperature`` is given
             (noise ``τ·ε``, ``ε ~ N(0, I)``): a calibration of a trained model, as a VAE's ``scaling_factor`` is;
             1 means plain ``N(0, I)``. Training, likelihoods and inversion do not use it.
+        noise_prior_rank / noise_prior_components: the fitted noise prior (``models/noise_prior.py``) the
+            pipelines sample from in place of ``τ·N(0, I)``: its subspace rank r and mixture size K (a class model's
+            K splits evenly over its classes); ``0`` / ``0`` (the default): none. Set by :meth:`set_noise_prior`.
+        noise_prior_temperature: the τ the pipelines sample the noise prior at when no ``temperature`` is given
+            (it scales the prior's deviations from its component means; ``sampling_temperature`` stays the τ of
+            plain ``N(0, I)`` noise, ``noise_prior=False``).
     """
 
     _supports_gradient_checkpointing = False
+    _keep_in_fp32_modules = ["noise_prior"]  # a density's factors, read in float64
 
     @register_to_config
     def __init__(
@@ -118,6 +126,9 @@ class LinearizerModel(LinearizerAlgebraMixin, ModelMixin, ConfigMixin):
         condition_dim: int = 0,
         id2label: Optional[Dict[str, str]] = None,
         sampling_temperature: float = 1.0,
+        noise_prior_rank: int = 0,
+        noise_prior_components: int = 0,
+        noise_prior_temperature: float = 1.0,
     ):
         super().__init__()
         check_model_config({key: value for key, value in locals().items() if key in CONFIG_RULES})
@@ -162,6 +173,38 @@ class LinearizerModel(LinearizerAlgebraMixin, ModelMixin, ConfigMixin):
             condition_dim=condition_dim, channels=in_channels, sample_size=sample_size,
             prior_components=core_prior_components,
         ))
+        self.noise_prior = self._build_noise_prior(noise_prior_rank, noise_prior_components)
+
+    # ------------------------------------------------------------------ the fitted noise prior
+    def _build_noise_prior(self, rank: int, components: int) -> Optional[NoisePrior]:
+        if (rank == 0) != (components == 0):
+            raise ValueError(f"noise_prior_rank and noise_prior_components are both 0 (no prior) or both ≥ 1; got "
+                             f"{rank} and {components}.")
+        if rank == 0:
+            return None
+        return NoisePrior(self.latent_dim, rank, components, self.noise_groups)
+
+    @property
+    def noise_groups(self) -> int:
+        """Rows of a noise prior's mixture weights for this model: its classes (class models), else 1."""
+        return self.config.num_classes if self.config.conditioning == "class" else 1
+
+    def set_noise_prior(self, prior: Optional[NoisePrior], temperature: float = 1.0) -> None:
+        """Attach a fitted :class:`~diffusers_linearizer.models.noise_prior.NoisePrior` sampled at ``temperature``
+        (``None`` removes it); the config records its size and temperature, so ``save_pretrained`` /
+        ``from_pretrained`` carry it."""
+        check_model_config({"noise_prior_temperature": temperature})
+        if prior is not None:
+            if not isinstance(prior, NoisePrior):
+                raise ValueError(f"Expected a NoisePrior or None, got {type(prior).__name__}.")
+            if prior.dim != self.latent_dim or prior.groups != self.noise_groups:
+                raise ValueError(f"This model needs a noise prior of dim {self.latent_dim} with {self.noise_groups} "
+                                 f"group(s); got dim {prior.dim} with {prior.groups}.")
+            prior = prior.to(device=self.device, dtype=torch.float32)
+        self.noise_prior = prior
+        self.register_to_config(noise_prior_rank=prior.rank if prior is not None else 0,
+                                noise_prior_components=prior.components if prior is not None else 0,
+                                noise_prior_temperature=float(temperature) if prior is not None else 1.0)
 
     # ------------------------------------------------------------------ shapes and spaces
     @property

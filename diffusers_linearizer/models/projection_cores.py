@@ -32,13 +32,14 @@ the exact likelihood of ``x`` (the ``projection_likelihood`` objective). Generat
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple
+from typing import Tuple
 
 import torch
 from torch import Tensor, nn
 
 from ..operators import IdentityPlusLowRank
 from .cores import LinearCore, _keep
+from .noise_prior import fit_gaussian_mixture, mixture_log_density
 
 __all__ = ["PROJECTION_FORMS", "ProjectionCore", "OrthogonalProjectionCore", "ObliqueProjectionCore",
            "SpectralProjectionCore", "check_projection_rank", "straight_through_mask"]
@@ -145,18 +146,14 @@ class ProjectionCore(LinearCore):
         r"""``log p(z)`` per sample under the mixture on the range and ``N(0, σ²)`` off it (``z``: ``(N, D)``), float64."""
         self._check(z, None)
         z = z.double()
-        Q, C = self.range_basis().double(), self.prior_scale().double()
+        Q = self.range_basis().double()
         y = z @ Q
         off = z - y @ Q.T
-        diff = (y[:, None, :] - self.prior_means.double()[None]).transpose(0, 1)  # (K, N, r)
-        white = torch.linalg.solve_triangular(C, diff.transpose(1, 2), upper=False)  # (K, r, N)
-        log_comp = (-0.5 * white.square().sum(1) - self.prior_log_diag.double().sum(1)[:, None]
-                    + torch.log_softmax(self.prior_logits.double(), 0)[:, None])
+        inside = mixture_log_density(y, self.prior_means.double(), self.prior_scale().double(),
+                                     torch.log_softmax(self.prior_logits.double(), 0))
         log_sigma = self.log_noise.double()
-        dim, r = self.dim, self.rank
-        return (torch.logsumexp(log_comp, 0) - 0.5 * r * LOG_2PI
-                - 0.5 * off.square().sum(1) * torch.exp(-2.0 * log_sigma) - (dim - r) * log_sigma
-                - 0.5 * (dim - r) * LOG_2PI)
+        rest = self.dim - self.rank
+        return inside - 0.5 * off.square().sum(1) * torch.exp(-2.0 * log_sigma) - rest * log_sigma - 0.5 * rest * LOG_2PI
 
     @torch.no_grad()
     def fit_prior(self, z: Tensor, iterations: int = 50, seed: int = 0) -> None:
@@ -166,28 +163,10 @@ class ProjectionCore(LinearCore):
         z = z.double()
         Q = self.range_basis().double()
         y = z @ Q
-        n, K, r = y.shape[0], self.components, self.rank
-        if n < K:
-            raise ValueError(f"fit_prior needs at least as many latents as mixture components ({K}); got {n}.")
-        eye = 1e-6 * torch.eye(r, dtype=torch.float64)
-        if K == 1:
-            means, covs, weights = torch.zeros(1, r, dtype=torch.float64), (y.T @ y / n + eye)[None], torch.ones(1)
-        else:
-            means = y[torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:K]].clone()
-            covs = ((y - y.mean(0)).T @ (y - y.mean(0)) / n + eye).expand(K, r, r).clone()
-            weights = torch.full((K,), 1.0 / K, dtype=torch.float64)
-            for _ in range(iterations):
-                L = torch.linalg.cholesky(covs)
-                diff = (y[None] - means[:, None])  # (K, N, r)
-                white = torch.linalg.solve_triangular(L, diff.transpose(1, 2), upper=False)
-                log_r = (-0.5 * white.square().sum(1) - torch.diagonal(L, dim1=1, dim2=2).log().sum(1)[:, None]
-                         + weights.log()[:, None])
-                resp = torch.softmax(log_r, 0)  # (K, N)
-                mass = resp.sum(1).clamp_min(1e-12)
-                weights = mass / n
-                means = resp @ y / mass[:, None]
-                diff = y[None] - means[:, None]
-                covs = torch.einsum("kn,kni,knj->kij", resp, diff, diff) / mass[:, None, None] + eye
+        if y.shape[0] < self.components:
+            raise ValueError(f"fit_prior needs at least as many latents as mixture components ({self.components}); "
+                             f"got {y.shape[0]}.")
+        means, covs, weights = fit_gaussian_mixture(y, self.components, iterations, seed)
         C = torch.linalg.cholesky(covs)
         self.prior_means.copy_(means.to(self.prior_means.dtype))
         self.prior_tril.copy_(torch.tril(C, -1).to(self.prior_tril.dtype))

@@ -90,6 +90,11 @@ def linearizer_model_card(pipeline, metrics: Optional[Dict[str, Any]] = None, re
 
 def _generation_text(pipeline, model_config, scheduler_config, name, params, condition, uses_condition, c, h, w) -> str:
     """The card's introduction and usage for the flow pipelines (generation and inversion)."""
+    rank, k = model_config.get("noise_prior_rank") or 0, model_config.get("noise_prior_components") or 0
+    noise = (f"a fitted noise prior (a mixture of {k} Gaussians on {rank} principal directions of the noise of "
+             f"inverted training images, τ = {model_config.get('noise_prior_temperature', 1.0):g}); "
+             f"`pipe(..., noise_prior=False)` samples τ·N(0, I) at τ = {model_config.get('sampling_temperature', 1.0):g}"
+             if rank else f"τ·N(0, I), τ = {model_config.get('sampling_temperature', 1.0):g}")
     return f"""
 # Linearizer ({type(pipeline).__name__})
 
@@ -102,6 +107,7 @@ steps collapse into one structured operator `B`, so generation is one step,
 * images: {c}×{h}×{w} (C×H×W), values in [0, 1]
 * core: `{model_config.get("core_type")}`, rank {model_config.get("core_rank")}; {params:,} parameters
 * sampler: `{scheduler_config.get("solver")}`, timestep spacing `{scheduler_config.get("timestep_spacing")}`
+* noise: {noise}
 
 ## Usage
 

@@ -75,10 +75,14 @@ def build_model(args, in_channels: int, condition_config: Optional[Dict[str, Any
     (``condition_config``; ``--init_weights`` copies matching tensors in), or a pretrained one.
 
     Either way its ``sampling_temperature`` is 1: a calibrated temperature belongs to the weights it was chosen
-    for, and training changes them (calibrate the result again with ``benchmarks/ship_default.py``)."""
+    for, and training changes them (calibrate the result again with ``benchmarks/ship_default.py``). A fitted
+    noise prior is dropped for the same reason: it describes the noise of these weights' inverse (fit it again
+    with ``training/noise_prior.py``)."""
     model = _build_model(args, in_channels, condition_config)
     if model.config.sampling_temperature != 1.0:
         model.register_to_config(sampling_temperature=1.0)
+    if getattr(model, "noise_prior", None) is not None:
+        model.set_noise_prior(None)
     return model
 
 

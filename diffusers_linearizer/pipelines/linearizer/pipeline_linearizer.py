@@ -106,6 +106,11 @@ class LinearizerPipeline(FastSamplingMixin, LinearizerPipelineMixin, DiffusionPi
         return float(self.linearizer.config.sampling_temperature)
 
     @property
+    def noise_prior_temperature(self) -> float:
+        """The ``τ`` of a call without ``temperature`` on a model with a fitted noise prior."""
+        return float(getattr(self.linearizer.config, "noise_prior_temperature", 1.0))
+
+    @property
     def num_timesteps(self) -> int:
         """Steps of the last call, as ``callback_on_step_end`` saw them (1 for a one-step run)."""
         return getattr(self, "_num_timesteps", 0)
@@ -148,10 +153,11 @@ class LinearizerPipeline(FastSamplingMixin, LinearizerPipelineMixin, DiffusionPi
             )
         return int(batch_size)
 
-    def _check_temperature(self, temperature, latents) -> float:
-        """``temperature``, or without one the model's ``sampling_temperature`` (1 for given ``latents``)."""
+    def _check_temperature(self, temperature, latents) -> Optional[float]:
+        """``temperature`` checked; without one ``None`` (the noise's own default, :meth:`noise_from`), 1 for
+        given ``latents``."""
         if temperature is None:
-            return 1.0 if latents is not None else self.sampling_temperature
+            return 1.0 if latents is not None else None
         temperature = check_temperature(temperature)
         if latents is not None and temperature != 1.0:
             raise ValueError(
@@ -178,11 +184,13 @@ class LinearizerPipeline(FastSamplingMixin, LinearizerPipelineMixin, DiffusionPi
 
     # -------------------------------------------------------------- noise and the two ways to run
     def prepare_noise(self, batch_size: int, generator=None, latents: Optional[torch.Tensor] = None,
-                      device=None, dtype=None, temperature: float = 1.0) -> torch.Tensor:
+                      device=None, dtype=None, temperature: Optional[float] = None, noise_prior: bool = True,
+                      groups: Optional[Sequence[int]] = None) -> torch.Tensor:
         """The initial noise ``(batch_size, C, H, W)``: ``latents`` as given, else ``τ·ε`` with ``ε`` from
-        ``randn_tensor``.
+        ``randn_tensor`` — or, when the model has a fitted noise prior and ``noise_prior`` is true, the prior's
+        deterministic draw ``z(ε, group, τ)`` (``models/noise_prior.py``; ``groups``: each image's class id).
 
-        ``ε`` is always drawn in float32 (then scaled by ``temperature`` and cast to ``dtype``), so a seed
+        ``ε`` is always drawn in float32 (the prior maps it in float64), then cast to ``dtype``, so a seed
         gives the same image whatever dtype the model runs in. A list of generators gives image ``i`` the
         noise of ``generator[i]``.
         """
@@ -192,9 +200,22 @@ class LinearizerPipeline(FastSamplingMixin, LinearizerPipelineMixin, DiffusionPi
         if latents is not None:
             return latents.to(device=device, dtype=dtype)
         noise = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
-        if temperature != 1.0:
-            noise = noise * temperature
-        return noise.to(device=device, dtype=dtype)
+        return self.noise_from(noise, temperature, groups, noise_prior).to(device=device, dtype=dtype)
+
+    def noise_from(self, eps: torch.Tensor, temperature: Optional[float] = None, groups: Optional[Sequence[int]] = None,
+                   noise_prior: bool = True) -> torch.Tensor:
+        """The noise a call makes of standard-normal ``eps`` ``(N, C, H, W)``: with the model's fitted noise prior
+        (and ``noise_prior``) its draw ``z(ε, group, τ)`` — ``groups`` the images' class ids for a class model —
+        else ``τ·ε``; ``τ`` defaults to the model's ``noise_prior_temperature`` or ``sampling_temperature``
+        respectively. Float32 on ``eps``'s device; pass the result as ``latents=`` to reproduce what a
+        ``generator`` would draw."""
+        prior = getattr(self.linearizer, "noise_prior", None) if noise_prior else None
+        default = self.sampling_temperature if prior is None else self.noise_prior_temperature
+        tau = default if temperature is None else check_temperature(temperature)
+        if prior is None:
+            return eps.float() * tau if tau != 1.0 else eps.float()
+        ids = None if prior.groups == 1 else torch.as_tensor(list(groups) if groups is not None else [], device=eps.device)
+        return prior.sample(eps.to(prior.basis.device), ids, tau).float().to(eps.device)
 
     def _callback(self, callback, i, timestep, tensor_inputs, latents, noise):
         """Call ``callback(pipe, i, timestep, kwargs)`` and return the latents it hands back (or ours)."""
@@ -245,7 +266,7 @@ class LinearizerPipeline(FastSamplingMixin, LinearizerPipelineMixin, DiffusionPi
 
     def _generate(self, batch_size, num_inference_steps, solver, one_step, generator, latents, temperature, output_type,
                   return_dict, callback_on_step_end, callback_on_step_end_tensor_inputs, clamp,
-                  cond_args: Optional[Dict] = None, guidance_scale: Optional[float] = None):
+                  cond_args: Optional[Dict] = None, guidance_scale: Optional[float] = None, noise_prior: bool = True):
         """The body of every generation ``__call__`` (the subclasses add ``cond_args`` and ``guidance_scale``):
         every check first, then noise → ``g_y`` → ``B`` (or stepping) → ``g_x⁻¹``."""
         from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
@@ -253,7 +274,7 @@ class LinearizerPipeline(FastSamplingMixin, LinearizerPipelineMixin, DiffusionPi
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
         cond_args = cond_args or {}
-        check_flags(one_step=one_step, return_dict=return_dict, clamp=clamp)
+        check_flags(one_step=one_step, return_dict=return_dict, clamp=clamp, noise_prior=noise_prior)
         self._check_components()
         self.check_model_kind()
         w = self.resolve_guidance(guidance_scale)
@@ -272,7 +293,9 @@ class LinearizerPipeline(FastSamplingMixin, LinearizerPipelineMixin, DiffusionPi
         self._onload()
         if self.conditioning != "class":
             conditions = self.prepare_conditions(cond_args, batch_size, w, device)
-        noise = self.prepare_noise(batch_size, generator, latents, device=device, temperature=temperature)
+        groups = conditions[0] if self.conditioning == "class" else None
+        noise = self.prepare_noise(batch_size, generator, latents, device=device, temperature=temperature,
+                                   noise_prior=noise_prior, groups=groups)
         z = self.run_g(noise, "y")
         if one_step:
             z = self.apply_collapsed(z, conditions, w, T, solver)
@@ -311,6 +334,7 @@ class LinearizerPipeline(FastSamplingMixin, LinearizerPipelineMixin, DiffusionPi
         callback_on_step_end: Optional[Callable] = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
         clamp: bool = True,
+        noise_prior: bool = True,
     ) -> Union[ImagePipelineOutput, Tuple]:
         r"""Generate images.
 
@@ -326,7 +350,8 @@ class LinearizerPipeline(FastSamplingMixin, LinearizerPipelineMixin, DiffusionPi
             latents: the initial noise ``(batch_size, C, H, W)`` instead of drawing it, used as given.
             temperature: ``τ > 0``; the drawn noise is ``τ·ε`` with ``ε ~ N(0, I)`` (``τ < 1``: more typical,
                 smoother images; ``τ > 1``: more varied ones). Default (``None``): the model's
-                ``sampling_temperature`` (``pipe.linearizer.config``; 1 unless the model was calibrated). ``B`` is
+                ``sampling_temperature`` (``pipe.linearizer.config``; 1 unless the model was calibrated), or with a
+                fitted noise prior its ``noise_prior_temperature``, scaling the prior's deviations. ``B`` is
                 linear, so one-step and stepped runs agree for every ``τ``. It does not apply to ``latents`` (pass
                 ``latents * τ`` instead; giving both with ``τ ≠ 1`` is an error).
             output_type: ``"pil"``, ``"np"`` (``(N, H, W, C)`` float32), ``"pt"`` (``(N, C, H, W)``), or
@@ -340,6 +365,10 @@ class LinearizerPipeline(FastSamplingMixin, LinearizerPipelineMixin, DiffusionPi
                 (``"latents"``, ``"noise"``).
             clamp: clamp ``"pt"``/``"np"`` images to the data range ``[0, 1]`` (``False`` returns the raw
                 ``g_x⁻¹`` output, e.g. to invert it exactly); PIL images are always clamped.
+            noise_prior: when the model carries a fitted noise prior (``pipe.linearizer.noise_prior``, see
+                ``models/noise_prior.py``), draw the noise from it — a deterministic function of the same ``ε``,
+                ``τ`` scaling its deviations from the component means — instead of ``τ·N(0, I)``. ``False``: plain
+                ``τ·N(0, I)``. A model without a prior always samples ``τ·N(0, I)``. ``latents`` are used as given.
 
         Examples:
 
@@ -349,4 +378,5 @@ class LinearizerPipeline(FastSamplingMixin, LinearizerPipelineMixin, DiffusionPi
             ``return_dict=False``.
         """
         return self._generate(batch_size, num_inference_steps, solver, one_step, generator, latents, temperature,
-                              output_type, return_dict, callback_on_step_end, callback_on_step_end_tensor_inputs, clamp)
+                              output_type, return_dict, callback_on_step_end, callback_on_step_end_tensor_inputs, clamp,
+                              noise_prior=noise_prior)

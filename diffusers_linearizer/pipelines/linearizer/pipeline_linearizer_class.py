@@ -55,6 +55,7 @@ class LinearizerClassPipeline(ClassConditionMixin, LinearizerPipeline):
         latents: Optional[torch.Tensor] = None, temperature: Optional[float] = None, output_type: str = "pil",
         return_dict: bool = True, callback_on_step_end: Optional[Callable] = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",), clamp: bool = True,
+        noise_prior: bool = True,
     ) -> Union[ImagePipelineOutput, Tuple]:
         r"""Generate images of the given classes.
 
@@ -68,7 +69,7 @@ class LinearizerClassPipeline(ClassConditionMixin, LinearizerPipeline):
             negative_class_labels: the class(es) ``c⁻`` to steer away from (default the learned null class ∅);
                 needs guidance.
             batch_size, num_inference_steps, solver, one_step, generator, latents, temperature, output_type,
-                return_dict, callback_on_step_end, callback_on_step_end_tensor_inputs, clamp: as in
+                return_dict, callback_on_step_end, callback_on_step_end_tensor_inputs, clamp, noise_prior: as in
                 :meth:`LinearizerPipeline.__call__`.
 
         Examples:
@@ -81,4 +82,5 @@ class LinearizerClassPipeline(ClassConditionMixin, LinearizerPipeline):
         cond_args = dict(class_labels=class_labels, negative_class_labels=negative_class_labels)
         return self._generate(batch_size, num_inference_steps, solver, one_step, generator, latents, temperature,
                               output_type, return_dict, callback_on_step_end, callback_on_step_end_tensor_inputs,
-                              clamp, cond_args=cond_args, guidance_scale=guidance_scale)
+                              clamp, cond_args=cond_args, guidance_scale=guidance_scale,
+                              noise_prior=noise_prior)

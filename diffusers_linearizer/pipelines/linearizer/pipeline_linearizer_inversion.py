@@ -43,7 +43,7 @@ EXAMPLE_DOC_STRING = '''
         >>> inv = LinearizerInversionPipeline(**pipe.components)  # shares the cached B and B†
         >>> x = pipe(batch_size=2, output_type="pt", clamp=False, generator=torch.Generator().manual_seed(0)).images
         >>> out = inv(x, check_range=False)  # the model's raw outputs reach a little past [0, 1]
-        >>> noise = pipe.sampling_temperature * torch.randn(2, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+        >>> noise = pipe.noise_from(torch.randn(2, 1, 32, 32, generator=torch.Generator().manual_seed(0)))
         >>> bool((out.noise - noise).abs().max() < 1e-3)  # the noise that generated them
         True
 

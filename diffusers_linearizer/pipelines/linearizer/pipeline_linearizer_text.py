@@ -67,6 +67,7 @@ class LinearizerTextPipeline(TextConditionMixin, LinearizerPipeline):
         latents: Optional[torch.Tensor] = None, temperature: Optional[float] = None, output_type: str = "pil",
         return_dict: bool = True, callback_on_step_end: Optional[Callable] = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",), clamp: bool = True,
+        noise_prior: bool = True,
     ) -> Union[ImagePipelineOutput, Tuple]:
         r"""Generate images of the given prompts.
 
@@ -79,7 +80,7 @@ class LinearizerTextPipeline(TextConditionMixin, LinearizerPipeline):
             prompt_embeds / negative_prompt_embeds: pooled text embeddings ``(N, condition_dim)`` instead of
                 ``prompt`` / ``negative_prompt`` (see :meth:`encode_prompt`).
             batch_size, num_inference_steps, solver, one_step, generator, latents, temperature, output_type,
-                return_dict, callback_on_step_end, callback_on_step_end_tensor_inputs, clamp: as in
+                return_dict, callback_on_step_end, callback_on_step_end_tensor_inputs, clamp, noise_prior: as in
                 :meth:`LinearizerPipeline.__call__`.
 
         Examples:
@@ -93,4 +94,5 @@ class LinearizerTextPipeline(TextConditionMixin, LinearizerPipeline):
                          negative_prompt_embeds=negative_prompt_embeds)
         return self._generate(batch_size, num_inference_steps, solver, one_step, generator, latents, temperature,
                               output_type, return_dict, callback_on_step_end, callback_on_step_end_tensor_inputs,
-                              clamp, cond_args=cond_args, guidance_scale=guidance_scale)
+                              clamp, cond_args=cond_args, guidance_scale=guidance_scale,
+                              noise_prior=noise_prior)
