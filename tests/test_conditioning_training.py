@@ -78,7 +78,8 @@ def test_captions_train_a_text_conditional_pipeline_with_its_text_encoder(tmp_pa
 
 @pytest.mark.parametrize("extra, match", [
     (["--conditioning", "text"], "needs --text_encoder"),
-    (["--conditioning", "class", "--objective", "likelihood"], "fast or reference"),
+    (["--conditioning", "class", "--objective", "projection_likelihood"], "the objectives that take conditions"),
+    (["--conditioning", "text", "--objective", "likelihood", "--text_encoder", "x"], "one collapse per prompt"),
     (["--conditioning", "class", "--condition_dropout", "1.0"], "condition_dropout"),
 ])
 def test_conditional_training_errors(tmp_path, capsys, extra, match):
@@ -96,3 +97,46 @@ def test_condition_dropout_replaces_by_the_null_condition():
     drop = torch.tensor([True, False, True])
     assert drop_conditions(torch.tensor([4, 5, 6]), drop, 10).tolist() == [10, 5, 10]
     assert drop_conditions(["a", "b", "c"], drop, None) == ["", "b", ""]
+
+
+def test_class_likelihood_is_the_change_of_variables_of_each_class_s_map():
+    """``log p(x | c)`` of the objective against an independent computation: the pipeline's cached ``B(c)``
+    inverted image by image, and ``log|det ∂ε/∂x|`` from the autograd Jacobian of that whole map (float64)."""
+    import math
+
+    from diffusers_linearizer import LinearizerClassPipeline, LinearizerScheduler
+    from diffusers_linearizer.training.likelihood import class_likelihood_terms
+
+    from .utils import perturb_all, tiny_model
+
+    torch.manual_seed(0)
+    model = tiny_model(core_type="shared_basis", conditioning="class", num_classes=3).double().eval()
+    perturb_all(model, 0.05, seed=1)
+    scheduler = LinearizerScheduler()
+    images = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    uniform = torch.rand(images.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    labels = torch.tensor([2, 0, 2])
+    got = class_likelihood_terms(model, scheduler, 6, "euler", images, uniform, labels)["likelihood_bpd"]
+    pipe = LinearizerClassPipeline(linearizer=model, scheduler=LinearizerScheduler())
+    x = ((images * 255).round() + uniform) / 256
+    bpd = []
+    for i, c in enumerate(labels.tolist()):
+        B = pipe.collapsed_operator(6, "euler", core=pipe.guided_view(c, None, 0.0))
+
+        def to_noise(v):
+            z = model.apply_g(v.view(1, 1, 8, 8), "x")
+            return model.apply_g(B.apply_images(z, inverse=True), "y", inverse=True).flatten()
+
+        eps = to_noise(x[i])
+        jac = torch.autograd.functional.jacobian(to_noise, x[i])
+        logp = -0.5 * eps.square().sum() - 32 * math.log(2 * math.pi) + torch.linalg.slogdet(jac.view(64, 64))[1]
+        bpd.append((-logp + 64 * math.log(256)) / (64 * math.log(2)))
+    assert abs(float(got.detach()) - float(torch.stack(bpd).mean().detach())) < 1e-4  # float32 result of float64 algebra
+
+
+def test_class_models_train_for_likelihood(tmp_path):
+    _images(tmp_path / "data", ["cat", "dog"])
+    assert _train(tmp_path / "data", tmp_path / "out", "--conditioning", "class", "--objective", "likelihood") == 0
+    pipe = LinearizerPipeline.from_pretrained(tmp_path / "out")
+    images = pipe(class_labels=["dog", "cat"], num_inference_steps=4, output_type="pt").images
+    assert images.shape == (2, 1, 8, 8) and bool(torch.isfinite(images).all())

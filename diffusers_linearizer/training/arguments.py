@@ -215,6 +215,10 @@ def check_args(args: argparse.Namespace) -> None:
     if args.conditioning and (args.teacher_pairs or unconditional):
         raise ValueError(f"--conditioning trains with --objective {' or '.join(OBJECTIVES.names(conditions=True))} "
                          "(the objectives that take conditions; no teacher pairs).")
+    if "likelihood" in mix:
+        from .likelihood import check_likelihood_conditioning
+
+        check_likelihood_conditioning(args.conditioning)
     if args.conditioning == "text" and not args.text_encoder:
         raise ValueError("--conditioning text needs --text_encoder DIR (a CLIP-style text model and its tokenizer).")
     if args.text_encoder and args.conditioning != "text":

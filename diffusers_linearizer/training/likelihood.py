@@ -10,6 +10,11 @@ Unlike the flow-matching terms, which fit the best *linear* predictor of the cle
 means and covariances of ``g_x(data)``), this asks the distribution of ``B g_y(ε)`` itself to match that
 of ``g_x(data)``. ``B`` must be invertible: the identity coefficient of the core must not vanish, which
 :func:`check_likelihood_model` verifies before training starts.
+
+A class-conditioned model is trained for ``log p(x | c)``: each image through the collapse ``B(c)`` of its own
+class's core ``A(t, c)`` (unguided, ``w = 0``; an image whose label was dropped for classifier-free guidance
+trains the null class's ``B(∅)``, the unconditional model), one collapse per class in the batch. A
+text-conditioned model is refused: every prompt would need its own collapse.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import torch
 from torch import Tensor
 
 from ..models.one_step import bits_per_dim, dequantize, log_likelihood
+from .one_step import collapsed_operator
 
 
 def likelihood_terms(model, B, images: Tensor, uniform: Tensor) -> Dict[str, Tensor]:
@@ -29,13 +35,42 @@ def likelihood_terms(model, B, images: Tensor, uniform: Tensor) -> Dict[str, Ten
     return {"likelihood_bpd": bits_per_dim(logp, x[0].numel()).mean().float()}
 
 
+def class_likelihood_terms(model, scheduler, num_inference_steps: int, solver: str, images: Tensor, uniform: Tensor,
+                           labels: Tensor) -> Dict[str, Tensor]:
+    """``{"likelihood_bpd": mean bits/dim}`` of ``log p(x | c)``, each image under its own class's ``B(c)``."""
+    x = dequantize(images, uniform)
+    total = x.new_zeros((), dtype=torch.float64)
+    for c in labels.unique().tolist():
+        index = (labels == c).nonzero().squeeze(1)
+        B = collapsed_operator(model, scheduler, num_inference_steps, solver, core=model.guided_core(int(c)))
+        logp, _ = log_likelihood(model, B, x[index])
+        total = total + bits_per_dim(logp, x[0].numel()).sum()
+    return {"likelihood_bpd": (total / x.shape[0]).float()}
+
+
 def likelihood_component(objective, inputs) -> Dict[str, Tensor]:
-    """The ``likelihood`` objective's term for a batch (``inputs.uniform``: the dequantisation noise)."""
-    return likelihood_terms(objective.model, inputs.B, inputs.images, inputs.uniform)
+    """The ``likelihood`` objective's term for a batch (``inputs.uniform``: the dequantisation noise;
+    ``inputs.condition``: a class model's labels)."""
+    if inputs.condition is None:
+        return likelihood_terms(objective.model, inputs.B, inputs.images, inputs.uniform)
+    return class_likelihood_terms(objective.model, objective.scheduler, objective.num_inference_steps,
+                                  objective.solver, inputs.images, inputs.uniform, inputs.condition)
+
+
+def check_likelihood_conditioning(conditioning) -> None:
+    """``ValueError`` for a text-conditioned model (module docstring); the one rule, read by the argument checks too."""
+    if conditioning == "text":
+        raise ValueError("The likelihood objective trains unconditional and class-conditioned models; a text model "
+                         "would need one collapse per prompt. Train it with fast or reference.")
 
 
 def check_likelihood_model(model, scheduler, num_inference_steps: int, solver: str) -> None:
-    """``ValueError`` (naming the identity coefficient) unless the collapsed ``B`` of ``model`` is invertible."""
+    """``ValueError`` (naming the identity coefficient) unless the collapsed ``B`` of ``model`` is invertible — for
+    a class model, ``B(c)`` of every class and of the null class; a text model is refused (module docstring)."""
+    check_likelihood_conditioning(model.conditioning)
+    views = [(None, "")] if model.conditioning is None else \
+        [(model.guided_core(c), f" for class {c}") for c in range(model.config.num_classes + 1)]
     with torch.no_grad():
-        B = scheduler.collapse(model.core, num_inference_steps, solver=solver, cache=False)
-    B.check_invertible(f"The collapsed operator B ({solver}, T = {num_inference_steps}) of this model")
+        for view, which in views:
+            B = scheduler.collapse(model.core if view is None else view, num_inference_steps, solver=solver, cache=False)
+            B.check_invertible(f"The collapsed operator B ({solver}, T = {num_inference_steps}) of this model{which}")

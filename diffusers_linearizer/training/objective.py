@@ -274,7 +274,7 @@ class LinearizerObjective(nn.Module):
         if uniform is None and mix_needs(self.mix, "needs_uniform"):
             raise ValueError("The likelihood objective needs `uniform` (dequantisation noise U(0, 1)).")
         inputs = StepInputs(images, noise, t, eps_y, eps_x, offset, uniform, condition)
-        if self.scheduler is not None:
+        if self.scheduler is not None and condition is None:  # a conditional model's B(c) is per condition
             from .one_step import collapsed_operator
 
             inputs.B = collapsed_operator(self.model, self.scheduler, self.num_inference_steps, self.solver)

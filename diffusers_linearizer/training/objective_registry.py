@@ -73,8 +73,8 @@ OBJECTIVES.register(
 )
 OBJECTIVES.register(
     "likelihood", "diffusers_linearizer.training.likelihood:likelihood_component", terms=("likelihood_bpd",),
-    needs_uniform=True, one_step=True,
-    doc="Exact maximum likelihood (bits/dim) of the one-step generator.",
+    needs_uniform=True, one_step=True, conditions=True,
+    doc="Exact maximum likelihood (bits/dim) of the one-step generator (a class model: log p(x | c) through B(c)).",
 )
 
 OBJECTIVES.register(

@@ -14,6 +14,8 @@ from ..models.one_step import LOG_2PI, bits_per_dim, dequantize, generate, inver
 __all__ = ["collapsed_operator", "generate", "invert", "log_likelihood", "dequantize", "bits_per_dim"]
 
 
-def collapsed_operator(model, scheduler, num_inference_steps: int, solver: str, dtype=torch.float64):
-    """``B`` for ``model``'s core, attached to the graph when gradients are enabled (``cache=False``)."""
-    return scheduler.collapse(model.core, num_inference_steps, solver=solver, dtype=dtype, cache=False)
+def collapsed_operator(model, scheduler, num_inference_steps: int, solver: str, dtype=torch.float64, core=None):
+    """``B`` for ``model``'s core (or the view ``core`` of it, e.g. one class's ``model.guided_core(c)``), attached
+    to the graph when gradients are enabled (``cache=False``)."""
+    return scheduler.collapse(model.core if core is None else core, num_inference_steps, solver=solver, dtype=dtype,
+                              cache=False)
