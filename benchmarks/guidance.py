@@ -106,8 +106,8 @@ def control(per_class: int, ev: Evaluator) -> Dict:
     share = torch.bincount(logits.argmax(1), minlength=10).double() / n
     out = {"curve": curve, "names": [pipe.id2label[k] for k in range(10)], "samples": n,
            **{f"unconditional_{k}": v for k, v in ev.row(images).items()}, "unconditional_class_shares": share.tolist()}
-    tau = default.sampling_temperature
     prior = default.linearizer.noise_prior is not None
+    tau = default.noise_prior_temperature if prior else default.sampling_temperature
     if tau != 1.0 or prior:  # what pipe() draws for the unconditional default: its noise prior, or τ·ε
         images = torch.cat([default(latents=default.noise_from(e), num_inference_steps=T, output_type="pt").images
                             for e in eps.split(500)])

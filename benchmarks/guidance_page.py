@@ -88,8 +88,9 @@ def render(r: Dict) -> str:
         "The unconditional default (`fashion-mnist`) on the same noise has FD (select / report) "
         f"**{ctl['unconditional_fd']:.2f} / {ctl['unconditional_fd_report']:.2f}**"
         + (" (as `pipe()` samples it by default — "
-           + ("its fitted noise prior (`docs/noise_prior.md`) at " if ctl.get("unconditional_noise_prior") else "")
-           + f"its calibrated `sampling_temperature` τ = {ctl['unconditional_sampling_temperature']:g}: "
+           + ("its fitted noise prior (`docs/noise_prior.md`) at " if ctl.get("unconditional_noise_prior") else
+              "its calibrated `sampling_temperature` ")
+           + f"τ = {ctl['unconditional_sampling_temperature']:g}: "
            f"{ctl['unconditional_fd_at_sampling_temperature']:.2f} / "
            f"{ctl['unconditional_fd_report_at_sampling_temperature']:.2f}; the class model was not "
            "calibrated and samples at τ = 1 here)" if "unconditional_sampling_temperature" in ctl else "") + ".",

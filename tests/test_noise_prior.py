@@ -23,7 +23,9 @@ def random_prior(dim=6, rank=3, components=4, groups=2, seed=0) -> NoisePrior:
         p.basis.copy_(torch.linalg.qr(torch.randn(dim, rank, generator=g)).Q)
         p.means.copy_(3 * torch.randn(components, rank, generator=g))
         tril = torch.tril(0.3 * torch.randn(components, rank, rank, generator=g), -1)
-        p.scale_tril.copy_(tril + torch.diag_embed(torch.rand(components, rank, generator=g) + 0.5))
+        full = tril + torch.diag_embed(torch.rand(components, rank, generator=g) + 0.5)
+        rows, cols = torch.tril_indices(rank, rank)
+        p.scale_packed.copy_(full[:, rows, cols])
         logw = torch.full((groups, components), -1e4)
         per = components // groups
         for k in range(groups):
@@ -36,7 +38,7 @@ def random_prior(dim=6, rank=3, components=4, groups=2, seed=0) -> NoisePrior:
 def dense_components(p: NoisePrior):
     """Each component as a dense D-dimensional Gaussian: mean Q μ_k, covariance Q C Cᵀ Qᵀ + σ²(I − QQᵀ)."""
     Q = p.basis.double()
-    C = p.scale_tril.double()
+    C = p.scale_tril()
     sigma2 = float(p.log_sigma.exp()) ** 2
     rest = torch.eye(p.dim, dtype=torch.float64) - Q @ Q.T
     means = p.means.double() @ Q.T
@@ -133,7 +135,7 @@ def _with_prior(pipe, groups=1, seed=0, temperature=1.0):
     prior = random_prior(dim=pipe.linearizer.latent_dim, rank=5, components=2 * groups, groups=groups, seed=seed)
     with torch.no_grad():
         prior.means.mul_(0.1)
-        prior.scale_tril.mul_(0.3)
+        prior.scale_packed.mul_(0.3)
     pipe.linearizer.set_noise_prior(prior, temperature=temperature)
     return prior
 

@@ -90,7 +90,8 @@ def pick_component(u: Tensor, weights: Tensor) -> Tuple[Tensor, Tensor]:
 
 
 class NoisePrior(nn.Module):
-    """The mixture prior of the module docstring, as buffers saved with a model (safetensors).
+    """The mixture prior of the module docstring, as buffers saved with a model (safetensors; each ``C_k`` as its
+    packed lower triangle, :meth:`scale_tril`).
 
     Args:
         dim: the noise dimension D = C·H·W.
@@ -109,9 +110,17 @@ class NoisePrior(nn.Module):
         self.dim, self.rank, self.components, self.groups = dim, rank, components, groups
         self.register_buffer("basis", torch.eye(dim, rank))  # Q (orthonormal columns)
         self.register_buffer("means", torch.zeros(components, rank))  # μ_k
-        self.register_buffer("scale_tril", torch.eye(rank).expand(components, rank, rank).clone())  # C_k
+        rows, cols = torch.tril_indices(rank, rank)
+        self.register_buffer("scale_packed", (rows == cols).float().expand(components, -1).clone())  # C_k's lower triangle
         self.register_buffer("log_weights", torch.full((groups, components), -math.log(components)))  # log π_{g,k}
         self.register_buffer("log_sigma", torch.zeros(()))  # log σ
+
+    def scale_tril(self) -> Tensor:
+        """``C_k`` ``(K, r, r)`` in float64, unpacked from the stored lower triangles (row by row: half the size)."""
+        rows, cols = torch.tril_indices(self.rank, self.rank, device=self.scale_packed.device)
+        out = torch.zeros(self.components, self.rank, self.rank, dtype=torch.float64, device=self.scale_packed.device)
+        out[:, rows, cols] = self.scale_packed.double()
+        return out
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, rank={self.rank}, components={self.components}, groups={self.groups}"
@@ -151,7 +160,7 @@ class NoisePrior(nn.Module):
         along_v = flat @ v
         k, u = pick_component(torch.special.ndtr(along_v), weights)
         coords = flat @ Q
-        inside = self.means.double()[k] + temperature * (self.scale_tril.double()[k] @ coords[:, :, None]).squeeze(-1)
+        inside = self.means.double()[k] + temperature * (self.scale_tril()[k] @ coords[:, :, None]).squeeze(-1)
         off = flat - coords @ Q.T + (torch.special.ndtri(u) - along_v)[:, None] * v[None]
         return (inside @ Q.T + temperature * self.log_sigma.double().exp() * off).view(eps.shape)
 
@@ -160,7 +169,7 @@ class NoisePrior(nn.Module):
         flat = self._flat(z, "z")
         Q = self.basis.double()
         coords = flat @ Q
-        terms = mixture_log_density(coords, self.means.double(), self.scale_tril.double(),
+        terms = mixture_log_density(coords, self.means.double(), self.scale_tril(),
                                     torch.zeros(self.components, dtype=torch.float64), total=False)  # (K, N)
         log_w = torch.log_softmax(self.log_weights.double(), 1)[self._groups(group, flat.shape[0], flat.device)]
         inside = torch.logsumexp(terms + log_w.T, 0)
@@ -191,7 +200,8 @@ class NoisePrior(nn.Module):
             trils.append(torch.linalg.cholesky(cov))
             log_w[g, g * per:(g + 1) * per] = w.clamp_min(1e-300).log()
         off = (flat - coords @ Q.T).square().sum(1).mean() / (self.dim - self.rank)
-        for name, value in (("basis", Q), ("means", torch.cat(means)), ("scale_tril", torch.cat(trils)),
+        rows, cols = torch.tril_indices(self.rank, self.rank)
+        for name, value in (("basis", Q), ("means", torch.cat(means)), ("scale_packed", torch.cat(trils)[:, rows, cols]),
                             ("log_weights", log_w.clamp_min(-1e4)), ("log_sigma", 0.5 * off.clamp_min(1e-24).log())):
             buf = getattr(self, name)
             buf.copy_(value.to(device=buf.device, dtype=buf.dtype))
