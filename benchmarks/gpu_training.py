@@ -96,20 +96,23 @@ TRAIN_VARIANTS = {
     "fast + compile + bf16": ["--device_inputs", "on", "--compile", "--mixed_precision", "bf16"],
     "fast + compile + tf32": ["--device_inputs", "on", "--compile", "--allow_tf32"],
     "fast + compile, CUDA graphs": ["--device_inputs", "on", "--compile", "--compile_mode", "reduce-overhead"],
+    "fast + cudnn.benchmark + channels_last": ["--device_inputs", "on", "--cudnn_benchmark", "--channels_last"],
+    "fast + compile, CUDA graphs + cudnn.benchmark + channels_last": [
+        "--device_inputs", "on", "--compile", "--compile_mode", "reduce-overhead", "--cudnn_benchmark", "--channels_last"],
 }
 
 
 @contextlib.contextmanager
 def precision_flags(strict: bool = False):
-    """Restores torch's TF32 switches on exit (``--allow_tf32`` sets them for the process); with ``strict``,
-    float32 matrix products and convolutions in full float32 (no TF32) inside."""
-    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    """Restores torch's TF32 and cuDNN-autotuner switches on exit (``--allow_tf32`` and ``--cudnn_benchmark`` set them
+    for the process); with ``strict``, float32 matrix products and convolutions in full float32 (no TF32) inside."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark
     if strict:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     try:
         yield
     finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark = saved
 
 
 def profile_steps(trainer, device, steps: int = 3, top: int = 4) -> Dict:

@@ -23,7 +23,7 @@ import argparse
 import json
 import os
 import sys
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 from common import TRAINING_RUNS
@@ -44,12 +44,13 @@ T = 100
 
 @torch.no_grad()
 def calibrate(pipe, grid: Sequence[float] = GRID, samples: int = 5000, references: int = 10000,
-              seed: int = 31) -> List[Dict]:
+              seed: int = 31, train: Optional[torch.Tensor] = None) -> List[Dict]:
     """FD to ``references`` training images of ``samples`` one-step samples of ``pipe`` at every ``τ`` of ``grid``,
     and beyond it while the best ``τ`` is the last one tried (a class-conditional pipeline: the classes in turn,
-    at its default guidance)."""
+    at its default guidance; ``train``: the training images, default the Fashion-MNIST split)."""
     classifier = load_classifier()
-    train, _ = load_split("train")
+    if train is None:
+        train, _ = load_split("train")
     g = torch.Generator().manual_seed(seed)
     ref = gaussian_stats(extract_features(classifier, train[torch.randperm(len(train), generator=g)[:references]]))
     eps = torch.randn((samples, *pipe.linearizer.sample_shape), generator=g)

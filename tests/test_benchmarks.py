@@ -306,3 +306,47 @@ def test_precision_recall_against_a_brute_force_count():
     assert precision == pytest.approx(covered(fake, real, 3)) and recall == pytest.approx(covered(real, fake, 3))
     assert 0 < precision < 1 and 0 < recall < 1  # the case is not trivial
     assert evaluation.precision_recall(real, real.clone(), k=3) == (1.0, 1.0)
+
+
+def _write_idx(path, array):
+    """A gzip idx file of a uint8 array (the Fashion-MNIST format)."""
+    import gzip
+    import struct
+
+    with gzip.open(path, "wb") as f:
+        f.write(bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes())
+
+
+def test_gpu_training_script_quick_mode_writes_what_comes_back(tmp_path):
+    """``benchmarks/train_gpu.py --quick`` on a CPU, on a made-up Fashion-MNIST folder: the speed part measures the
+    trainer with and without ``--cudnn_benchmark --channels_last``, the candidate trains, the evaluation runs, and the
+    files a device run brings back are written: the page, its JSON, the grid and a model that loads with the
+    candidate's layout and is exact (one-step vs stepped)."""
+    import json
+
+    import numpy as np
+
+    train_gpu = pytest.importorskip("train_gpu")
+    from diffusers_linearizer import LinearizerModel
+
+    data, out = tmp_path / "data", tmp_path / "out"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 300), ("t10k", 200)):
+        _write_idx(data / f"{split}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
+        _write_idx(data / f"{split}-labels-idx1-ubyte.gz", rng.integers(0, 10, n, dtype=np.uint8))
+    code = train_gpu.main(["--quick", "--data-dir", str(data), "--out", str(out), "--candidate", "three_scales",
+                           "--train-seconds", "4"])
+    result = json.loads((out / "train_gpu.json").read_text())
+    assert code == 0 and result["errors"] == []
+    speed = result["speed"]
+    assert speed["plain"] > 0 and speed["fast + cudnn.benchmark + channels_last"] > 0
+    assert set(speed["ratios"]) == {"fast + cudnn.benchmark + channels_last"}
+    assert [p["objective"] for p in result["train"]["phases"]] == ["likelihood"] and result["train"]["phases"][0]["steps"] > 0
+    q = result["evaluation"]
+    assert q["fd"] > 0 and q["fd_report"] > 0 and 0 <= q["precision"] <= 1 and q["one_step_vs_stepped_db"] > 60
+    model = LinearizerModel.from_pretrained(out / "linearizer")
+    assert model.config.num_scales == 3 and model.config.noise_prior_rank == 0
+    assert (out / "train_gpu.png").is_file() and "three_scales" in (out / "train_gpu.md").read_text()
+    assert sorted(p.name for p in out.rglob("*") if p.is_file()) == sorted(
+        ["train_gpu.json", "train_gpu.md", "train_gpu.png", "config.json", "diffusion_pytorch_model.safetensors"])

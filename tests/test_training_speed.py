@@ -158,3 +158,52 @@ def test_fused_optimizer_and_compile_options(image_dir, tmp_path):  # noqa: F811
     assert all(torch.isfinite(torch.tensor(v)) for v in logs.values())
     auto = ttrain.parse_args(["--output_dir", str(tmp_path / "x")])
     assert (auto.device_inputs, auto.fused_optimizer, auto.compile) == ("auto", "auto", False)
+
+
+def test_channels_last_and_cudnn_benchmark_options(image_dir, tmp_path, monkeypatch):  # noqa: F811
+    """--channels_last stores the convolution weights in NHWC order (the activations follow), --cudnn_benchmark sets
+    cuDNN's autotuner; the first step's loss is the plain run's (same initial weights, same batch) up to the other
+    kernels' float32 rounding, and the saved folder loads with the same values. (Later steps are not compared:
+    Adam divides by the gradients' size, so rounding-level gradients of the zero-initialised layers move weights by
+    the full learning rate in either direction.)"""
+    from diffusers_linearizer import LinearizerModel
+
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)  # restored after the test
+    losses = {}
+    for name, extra in (("plain", []), ("fast", ["--channels_last", "--cudnn_benchmark"])):
+        trainer = _trainer(image_dir, tmp_path / name, "--train_batch_size", "4", "--max_train_steps", "2", *extra)
+        convs = [p for p in trainer.unwrapped().parameters() if p.ndim == 4]
+        assert convs and all(p.is_contiguous(memory_format=torch.channels_last) == bool(extra) for p in convs)
+        stream = trainer.micro_batches()
+        trainer.step(stream)
+        losses[name] = trainer.log_losses()
+        trainer.step(stream)
+        if extra:
+            assert torch.backends.cudnn.benchmark is True
+            weights = {k: v.detach().clone() for k, v in trainer.unwrapped().state_dict().items()}
+            trainer.unwrapped().save_pretrained(tmp_path / "saved")
+    terms = [k for k in losses["plain"] if k.startswith("loss")]
+    assert terms and set(losses["fast"]) == set(losses["plain"])
+    for k in terms:
+        v = losses["plain"][k]
+        assert losses["fast"][k] == pytest.approx(v, rel=1e-5), k
+    loaded = LinearizerModel.from_pretrained(tmp_path / "saved").state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in weights.items())
+
+
+def test_channels_last_weights_give_the_same_values_and_gradients():
+    """A perturbed model in channels-last order: f(x) and the gradients of a loss match the default layout's."""
+    model = tiny_model(sample_size=8, num_blocks=2).eval()
+    perturb_all(model, 0.05, seed=2)
+    x = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(4))
+    out = {}
+    for layout in (torch.contiguous_format, torch.channels_last):
+        model.to(memory_format=layout)
+        model.zero_grad()
+        y = model(x, 0.4).sample
+        y.square().mean().backward()
+        out[layout] = (y.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    (a, ga), (b, gb) = out[torch.contiguous_format], out[torch.channels_last]
+    torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+    for n in ga:
+        torch.testing.assert_close(gb[n], ga[n], rtol=1e-4, atol=1e-6, msg=n)

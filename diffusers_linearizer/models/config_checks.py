@@ -51,6 +51,7 @@ CONFIG_RULES: Dict[str, Tuple[Callable[[Any], bool], str]] = {
     "sample_size": _integer(1),
     "in_channels": _integer(1),
     "num_blocks": _integer(1),
+    "num_scales": _integer(1),
     "conditioner_type": _STRING,
     "conditioner_channels": _integer(1),
     "conditioner_layers": _integer(1),

@@ -355,6 +355,11 @@ class InvertibleNetwork(nn.Module):
         """``(C, H, W)``."""
         return (self.in_channels, self.sample_size, self.sample_size)
 
+    @property
+    def size_multiple(self) -> int:
+        """What H and W must be multiples of: 2 when squeezing, else 1."""
+        return 2 if self.squeeze is not None else 1
+
     def check_input(self, x: Tensor, name: str = "input") -> None:
         """``ValueError`` naming the expected shape unless ``x`` is a ``(N, C, H, W)`` tensor."""
         c, h, w = self.sample_shape

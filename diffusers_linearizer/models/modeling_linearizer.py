@@ -34,7 +34,7 @@ from .algebra import LinearizerAlgebraMixin, LinearizerSVDOutput  # noqa: F401  
 from .conditional_cores import CONDITIONINGS, GuidedCore
 from .conditioners import CONDITIONERS
 from .core_registry import CoreSpec, build_core_from_config, check_core_choice, check_core_networks, core_size_free
-from .invertible import InvertibleNetwork
+from .multiscale import build_invertible_network
 from .noise_prior import NoisePrior
 
 SPACES = ("x", "y")
@@ -59,7 +59,11 @@ class LinearizerModel(LinearizerAlgebraMixin, ModelMixin, ConfigMixin):
     Args:
         sample_size: image height and width H = W.
         in_channels: image channels C (latents keep the image shape, D = C·H·W).
-        num_blocks: flow blocks (ActNorm → two affine couplings → invertible 1×1 conv) per network.
+        num_blocks: flow blocks (ActNorm → two affine couplings → invertible 1×1 conv) per network (per scale when
+            ``num_scales > 1``).
+        num_scales: ``1`` (one resolution, the default) or ``L ≥ 2`` scales that each squeeze 2×2, transform and
+            factor half of the channels out (Glow's multi-scale layout, ``models/multiscale.py``); the latent keeps
+            the image's shape, and ``sample_size`` must be a multiple of ``2^L``.
         conditioner_type: coupling conditioner, one of ``"conv"`` (small, fast), ``"unet"``
             (a diffusers ``UNet2DModel``) or ``"edm"`` (the paper code's EDM U-Net, for converted checkpoints).
         conditioner_channels / conditioner_layers: conditioner width and depth.
@@ -104,6 +108,7 @@ class LinearizerModel(LinearizerAlgebraMixin, ModelMixin, ConfigMixin):
         sample_size: int = 32,
         in_channels: int = 1,
         num_blocks: int = 4,
+        num_scales: int = 1,
         conditioner_type: str = "conv",
         conditioner_channels: int = 64,
         conditioner_layers: int = 2,
@@ -145,7 +150,8 @@ class LinearizerModel(LinearizerAlgebraMixin, ModelMixin, ConfigMixin):
         self._size_free = size_free  # read on every call (also inside compiled graphs): a plain attribute
 
         def make_g():
-            return InvertibleNetwork(
+            return build_invertible_network(
+                num_scales=num_scales,
                 in_channels=in_channels,
                 sample_size=sample_size,
                 num_blocks=num_blocks,
@@ -246,7 +252,7 @@ class LinearizerModel(LinearizerAlgebraMixin, ModelMixin, ConfigMixin):
         """What H and W of a size-free model's images must be multiples of (the networks' and the core's
         space-to-depth factors)."""
         net = self.network("x")[0]
-        return math.lcm(2 if net.squeeze is not None else 1, int(getattr(self.core, "factor", 1)))
+        return math.lcm(net.size_multiple, int(getattr(self.core, "factor", 1)))
 
     def check_sample(self, x: Tensor, name: str = "input") -> None:
         """Raise a ``ValueError`` naming the expected shape unless ``x`` is ``(N, C, H, W)`` (a size-free model:

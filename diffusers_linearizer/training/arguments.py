@@ -22,7 +22,8 @@ def finite_float(text: str) -> float:
 
 # Model options exposed on the command line (None = LinearizerModel's default or --model_config's value).
 MODEL_OPTIONS = {
-    "num_blocks": (int, "flow blocks per invertible network"),
+    "num_blocks": (int, "flow blocks per invertible network (per scale)"),
+    "num_scales": (int, "squeeze-and-split scales of each invertible network (1: one resolution)"),
     "conditioner_type": (str, "coupling conditioner: conv or unet"),
     "conditioner_channels": (int, "conditioner width"),
     "conditioner_layers": (int, "conditioner depth (residual blocks)"),
@@ -118,6 +119,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     t.add_argument(*_flag("mixed_precision"), choices=("no", "fp16", "bf16"), default=None,
                    help="Autocast the forward (weights stay float32). Default: accelerate's config.")
     t.add_argument(*_flag("allow_tf32"), action="store_true", help="Allow TF32 matmuls on Ampere+ GPUs.")
+    t.add_argument(*_flag("cudnn_benchmark"), action="store_true",
+                   help="Let cuDNN time its convolution algorithms once per shape and keep the fastest.")
+    t.add_argument(*_flag("channels_last"), action="store_true",
+                   help="Keep the model's convolution weights (and so the activations) in channels-last memory order.")
     t.add_argument("--seed", type=int, default=0, help="Seed of the weights, the data order and the noise. Default: 0.")
     t.add_argument(*_flag("init_batch_size"), type=int, default=256,
                    help="Images for the data-dependent ActNorm initialisation. Default: 256.")

@@ -13,6 +13,9 @@ step takes nothing from the host and waits for nothing:
   gives the same run on the same kind of device; a CUDA generator draws other numbers than the CPU's, so
   a GPU run does not repeat a CPU run's noise. On the CPU the generator is the CPU generator of the loader
   path: both paths then train bit-identically (what the tests check).
+
+:func:`apply_kernel_options` sets the kernel switches a run asks for (``--allow_tf32``, ``--cudnn_benchmark``) and
+the weights' memory layout (``--channels_last``).
 """
 
 from __future__ import annotations
@@ -92,3 +95,23 @@ def step_generator(device, seed: int, step: int, generator: Optional[torch.Gener
     if generator is None:
         generator = torch.Generator(device=torch.device(device))
     return generator.manual_seed(derive_seed(seed, "step", step))
+
+
+def apply_kernel_options(args, model: torch.nn.Module) -> None:
+    """The run's kernel choices, set once before the first step.
+
+    * ``--allow_tf32``: TF32 matrix products and cuDNN convolutions (Ampere and later; process-wide).
+    * ``--cudnn_benchmark``: cuDNN times its algorithms for each new convolution shape once and keeps the fastest
+      (``torch.backends.cudnn.benchmark``; process-wide). Every step repeats the same shapes, so only the first pays.
+    * ``--channels_last``: the model's 4-D weights in NHWC order (``torch.channels_last``), the layout cuDNN's
+      tensor-core convolutions read without a transpose; a convolution's output follows its weight's layout, so the
+      activations switch too. The values are the same, only their order in memory differs: saved weights and the
+      maths are unchanged (up to the other kernels' rounding).
+    """
+    if args.allow_tf32:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    if getattr(args, "cudnn_benchmark", False):
+        torch.backends.cudnn.benchmark = True
+    if getattr(args, "channels_last", False):
+        model.to(memory_format=torch.channels_last)

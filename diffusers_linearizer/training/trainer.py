@@ -25,6 +25,7 @@ import torch
 from ..analysis.fibers import rank_collapse_check
 from ..atomic import write_json_atomic
 from .checkpoints import checkpoint_root, register_model_folders, remove_stale
+from .device_inputs import apply_kernel_options
 from .trainer_checkpoints import CheckpointingMixin
 from .ema import EMA
 from .objective_registry import mix_needs, parse_objective, weighted_terms
@@ -51,9 +52,6 @@ class Trainer(CheckpointingMixin):
         self.device = self.accelerator.device
         self.num_processes, self.rank = self.accelerator.num_processes, self.accelerator.process_index
         self.ckpt_root = checkpoint_root(output_dir)
-        if args.allow_tf32:
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
         # the state of the loop
         self.global_step = 0
         self.micro_step = 0  # micro-batches trained, over all runs
@@ -135,6 +133,7 @@ class Trainer(CheckpointingMixin):
         """The model (same initial weights in every process, float32, ActNorm initialised) and its EMA."""
         args = self.args
         self.model = initialize_model(args, self.dataset, self.device)
+        apply_kernel_options(args, self.model)  # --allow_tf32, --cudnn_benchmark, --channels_last
         self.ema = None if args.no_ema else EMA(self.model, args.ema_decay, warmup=not args.no_ema_warmup)
 
     def build_objective(self) -> None:
