@@ -37,8 +37,10 @@ TEACHER_PAIRS = os.path.join(os.path.dirname(REPO), "shared", "distill", "fmnist
 
 def child_env(**variables: str) -> Dict[str, str]:
     """The environment of a child process (``python -m diffusers_linearizer…``) that runs the checkout's package,
-    as the scripts do: this process's environment with the repository root as ``PYTHONPATH``, and ``variables``."""
-    return dict(os.environ, PYTHONPATH=REPO, **variables)
+    as the scripts do: this process's environment with the repository root first on ``PYTHONPATH`` (what was there
+    stays after it: packages installed with ``pip --target`` on a borrowed machine), and ``variables``."""
+    rest = os.environ.get("PYTHONPATH")
+    return dict(os.environ, PYTHONPATH=REPO + (os.pathsep + rest if rest else ""), **variables)
 
 
 # ---------------------------------------------------------------------- hardware

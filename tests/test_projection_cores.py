@@ -131,7 +131,10 @@ def test_samples_lie_in_the_range_and_follow_the_mixture(form):
     cov = sum(w * (Ck @ Ck.T + torch.outer(m - mean, m - mean)) for w, m, Ck in zip(weights, means, C))
     assert torch.allclose(y.mean(0), mean, atol=0.06)
     assert torch.allclose(torch.cov(y.T), cov, atol=0.15 * float(cov.abs().max()))
-    assert torch.equal(core.sample(eps[:5]), z[:5])  # deterministic in ε
+    # deterministic in ε: the same call gives the same bits; a sub-batch the same values (its matrix products may
+    # take other CPU kernels, whose float64 rounding differs)
+    assert torch.equal(core.sample(eps[:5]), core.sample(eps[:5]))
+    torch.testing.assert_close(core.sample(eps[:5]), z[:5], rtol=1e-12, atol=1e-12)
     cold = core.sample(eps[:5], temperature=0.0) @ Q
     assert all(any(torch.allclose(row, m, atol=1e-9) for m in means) for row in cold)  # τ = 0: the means
 
