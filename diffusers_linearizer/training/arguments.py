@@ -80,6 +80,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     m = parser.add_argument_group("model")
     m.add_argument(*_flag("pretrained_model"), default=None,
                    help="Start from a saved LinearizerModel or pipeline directory (its linearizer/ subfolder).")
+    m.add_argument(*_flag("untie_g"), action="store_true",
+                   help="With --pretrained_model: give g_x and g_y their own copies of the shared network g (the same "
+                   "function at first, twice g's parameters; models/untie.py).")
     m.add_argument(*_flag("model_config"), default=None,
                    help="A JSON file with LinearizerModel config values (the options below override it).")
     for name, (typ, text) in MODEL_OPTIONS.items():
@@ -206,6 +209,9 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--ema_decay must be in [0, 1), got {args.ema_decay}.")
     if not args.learning_rate > 0:
         raise ValueError(f"--learning_rate must be a number > 0, got {args.learning_rate}.")
+    if args.untie_g and not args.pretrained_model:
+        raise ValueError("--untie_g unties a trained model's shared g: it needs --pretrained_model (a fresh model with "
+                         "separate networks is --model_config with \"shared_g\": false).")
     mix = parse_objective(args.objective)
     pairs = [name for name in mix if OBJECTIVES.entry(name).data == "pairs"]
     if pairs and not args.teacher_pairs:

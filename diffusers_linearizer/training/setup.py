@@ -99,6 +99,10 @@ def _build_model(args, in_channels: int, condition_config: Optional[Dict[str, An
                 f"--pretrained_model {args.pretrained_model} is for {model.sample_shape} images, the data are "
                 f"{(in_channels, args.resolution, args.resolution)}."
             )
+        if getattr(args, "untie_g", False):
+            from ..models.untie import untie_networks
+
+            model = untie_networks(model)  # the same function, twice g's parameters
         return model
     config: Dict[str, Any] = {}
     if args.model_config:
