@@ -66,6 +66,10 @@ def render(r: Dict) -> str:
            f"the default's layout {base['fd_report']:.2f})."),
         f"* Steps in the same {r['budget_seconds']:.0f} s: "
         + ", ".join(f"{row['name']} {row.get('steps', 0):,}" for row in rows) + ".",
+        "* Bits/dim of test images (what the objective trains): "
+        + ", ".join(f"{row['name']} {row['bits_per_dim']:.3f}" for row in sorted(rows, key=lambda row: row["bits_per_dim"]))
+        + ": the lowest likelihood loss does not give the lowest FD in either extractor.",
+        *([f"* By eye: {r['by_eye']}"] if r.get("by_eye") else []),
         "* This is an equal-budget comparison of young models (minutes on a CPU, from fresh weights), not of the "
         "packaged default, which trained for about five hours in six phases (`docs/quality.md`): an architecture "
         "that learns faster per second here is the candidate to train longer, and its advantage at hours of "
