@@ -350,3 +350,33 @@ def test_gpu_training_script_quick_mode_writes_what_comes_back(tmp_path):
     assert (out / "train_gpu.png").is_file() and "three_scales" in (out / "train_gpu.md").read_text()
     assert sorted(p.name for p in out.rglob("*") if p.is_file()) == sorted(
         ["train_gpu.json", "train_gpu.md", "train_gpu.png", "config.json", "diffusion_pytorch_model.safetensors"])
+
+
+def _arch_row(name, fd, fd_report, bpd=3.5):
+    return {"name": name, "g_parameters": 1e5, "parameters": 1e6, "steps": 10, "temperature": 1.0, "fd": fd,
+            "fd_report": fd_report, "precision": 0.5, "recall": 0.1, "fd_at_temperature_1": fd,
+            "fd_report_at_temperature_1": fd_report, "bits_per_dim": bpd, "one_step_vs_stepped_db": 120.0,
+            "grid": f"images/{name}.png"}
+
+
+def test_architecture_page_verdicts():
+    """The page names the candidate the selection FD ranks first, and says whether the reporting extractor agrees."""
+    page = pytest.importorskip("architectures_page")
+    base = dict(date="d", hardware="H", budget_seconds=60, objective="likelihood", samples=100)
+    agree = page.render(dict(base, rows=[_arch_row("one_scale", 200, 20), _arch_row("three_scales", 150, 15)]))
+    assert "**three_scales** (150.0, against 200.0 for the default's layout); the reporting extractor agrees" in agree
+    split = page.render(dict(base, rows=[_arch_row("one_scale", 200, 14, 3.0), _arch_row("three_scales", 150, 15)]))
+    assert "the reporting extractor ranks one_scale first (14.00" in split
+    assert "one_scale 3.000, three_scales 3.500" in split
+
+
+def test_untied_page_says_whether_it_shipped():
+    untied = pytest.importorskip("untied")
+    row = dict(noise="n", precision=0.5, recall=0.5, grid="g.png")
+    base = dict(date="d", hardware="H", g_parameters=200, training="t", sampling_temperature=1.6,
+                noise_prior_temperature=1.7, samples=10)
+    better = [dict(row, name="packaged", fd=40, fd_report=7.0), dict(row, name="untied", fd=50, fd_report=6.0)]
+    worse = [dict(row, name="packaged", fd=40, fd_report=7.0), dict(row, name="untied", fd=30, fd_report=7.5)]
+    assert "shipped as the packaged default" in untied.render(dict(base, rows=better, shipped=True))
+    assert "**Better by the reporting extractor.**" in untied.render(dict(base, rows=better, shipped=False))
+    assert "**Not shipped**" in untied.render(dict(base, rows=worse, shipped=False))
