@@ -338,17 +338,19 @@ class InvertibleNetwork(nn.Module):
         self.squeeze = Squeeze2x2() if do_squeeze else None
         channels = in_channels * 4 if do_squeeze else in_channels
         size = sample_size // 2 if do_squeeze else sample_size
+        self._block_settings = (conditioner_type, conditioner_channels, conditioner_layers, time_embedding_dim,
+                                conditioner_kwargs or {}, clamp, clamp_value, conv1x1)
+        self.blocks = nn.ModuleList(self.flow_block(channels, size) for _ in range(num_blocks))
+
+    def flow_block(self, channels: int, size: int) -> FlowBlock:
+        """A :class:`FlowBlock` on ``channels × size × size`` with this network's conditioner and coupling settings."""
+        kind, width, depth, embedding, extra, clamp, clamp_value, conv1x1 = self._block_settings
         half = channels // 2
 
         def conditioner():
-            return build_conditioner(
-                conditioner_type, half, 2 * half, size, conditioner_channels, conditioner_layers,
-                time_embedding_dim, **(conditioner_kwargs or {}),
-            )
+            return build_conditioner(kind, half, 2 * half, size, width, depth, embedding, **extra)
 
-        self.blocks = nn.ModuleList(
-            FlowBlock(channels, conditioner(), conditioner(), clamp, clamp_value, conv1x1) for _ in range(num_blocks)
-        )
+        return FlowBlock(channels, conditioner(), conditioner(), clamp, clamp_value, conv1x1)
 
     @property
     def sample_shape(self):

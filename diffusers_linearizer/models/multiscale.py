@@ -19,13 +19,10 @@ previous scale's pixels. ``H`` and ``W`` must be multiples of ``2^L`` (:attr:`si
 
 from __future__ import annotations
 
-from typing import Optional, Union
-
 import torch
 from torch import Tensor, nn
 
-from .conditioners import build_conditioner
-from .invertible import FlowBlock, InvertibleNetwork, Squeeze2x2, _zeros, as_ctx
+from .invertible import InvertibleNetwork, Squeeze2x2, _zeros, as_ctx
 
 __all__ = ["MultiScaleNetwork", "build_invertible_network"]
 
@@ -44,46 +41,21 @@ class MultiScaleNetwork(InvertibleNetwork):
         (torch.Size([2, 1, 32, 32]), True)
     """
 
-    def __init__(
-        self,
-        in_channels: int,
-        sample_size: int,
-        num_blocks: int = 4,
-        num_scales: int = 2,
-        conditioner_type: str = "conv",
-        conditioner_channels: int = 64,
-        conditioner_layers: int = 2,
-        clamp: str = "tanh",
-        clamp_value: float = 2.0,
-        conv1x1: str = "lu",
-        squeeze: Union[str, bool] = "auto",
-        time_embedding_dim: int = 64,
-        conditioner_kwargs: Optional[dict] = None,
-        size_free: bool = False,
-    ):
-        if not (isinstance(num_scales, int) and num_scales >= 2):
+    def __init__(self, in_channels: int, sample_size: int, num_blocks: int = 4, num_scales: int = 2, **kwargs):
+        if not (isinstance(num_scales, int) and not isinstance(num_scales, bool) and num_scales >= 2):
             raise ValueError(f"MultiScaleNetwork needs num_scales ≥ 2 (1 is InvertibleNetwork), got {num_scales!r}.")
-        if squeeze is False:
+        if kwargs.get("squeeze", "auto") is False:
             raise ValueError("A multi-scale network squeezes at every scale; squeeze must be 'auto' or True, got False.")
         if sample_size % (2 ** num_scales):
             raise ValueError(f"{num_scales} scales halve the resolution {num_scales} times: sample_size must be a "
                              f"multiple of {2 ** num_scales}, got {sample_size}.")
-        super().__init__(in_channels, sample_size, 0, conditioner_type, conditioner_channels, conditioner_layers,
-                         clamp, clamp_value, conv1x1, True, time_embedding_dim, conditioner_kwargs, size_free)
+        super().__init__(in_channels, sample_size, 0, **dict(kwargs, squeeze=True))
         self.num_scales = num_scales
         self.scales = nn.ModuleList()
         channels, size = in_channels * 4, sample_size // 2
         for _ in range(num_scales):
-            half = channels // 2
-
-            def conditioner(half=half, size=size):
-                return build_conditioner(conditioner_type, half, 2 * half, size, conditioner_channels,
-                                         conditioner_layers, time_embedding_dim, **(conditioner_kwargs or {}))
-
-            self.scales.append(nn.ModuleList(
-                FlowBlock(channels, conditioner(), conditioner(), clamp, clamp_value, conv1x1)
-                for _ in range(num_blocks)))
-            channels, size = half * 4, size // 2  # the kept half, squeezed
+            self.scales.append(nn.ModuleList(self.flow_block(channels, size) for _ in range(num_blocks)))
+            channels, size = channels * 2, size // 2  # the kept half (channels / 2), squeezed (× 4)
 
     @property
     def size_multiple(self) -> int:
