@@ -86,8 +86,13 @@ def render(r: Dict) -> str:
                      f"{100 * row['accuracy_report']:.1f} % |")
     lines += ["", f"At the default guidance scale {default:g}, against the packaged model:", ""]
     lines += [f"* **{n}**: {_verdict(at['packaged'], at[n])}" for n in names]
-    lines += ["", "The packaged class model is replaced only by a candidate that is better by the rule; the "
-              "`likelihood` candidate's weights are kept in `benchmarks/models/fashion_mnist_classes_likelihood`.", "",
+    shipped = r.get("shipped")
+    lines += ["", (f"**{shipped}** is better by the rule and was shipped as the packaged class model on {r['date']}; the "
+                   "rows named `packaged` are the model it replaced. " if shipped else
+                   "The packaged class model is replaced only by a candidate that is better by the rule. ")
+              + "The `likelihood` candidate's weights are kept in `benchmarks/models/fashion_mnist_classes_likelihood`."]
+    lines += [f"By eye: {r['by_eye']}"] if r.get("by_eye") else []
+    lines += ["",
               f"Packaged (guidance scale {default:g}, one row per class):  ",
               "![packaged](images/class_likelihood_packaged.png)", ""]
     for n in names:
@@ -99,6 +104,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--samples", type=int, default=2000, help="Samples per row (a multiple of 10).")
     parser.add_argument("--page-only", action="store_true", help="Render the page again from the stored .json.")
+    parser.add_argument("--shipped", default=None, help="The candidate that was packaged (kept in the .json).")
     parser.add_argument("--candidate", action="append", default=[], metavar="NAME=PATH=TRAINING",
                         help="Another candidate: its name, folder and a line on how it was trained (repeatable). A "
                         "stored candidate whose folder is gone keeps its rows.")
@@ -110,6 +116,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             stored = json.load(f)
     if args.page_only:
         result = stored
+        if args.shipped:
+            result["shipped"] = args.shipped
+            write_text_atomic(path, json.dumps(result, indent=2) + "\n")
     else:
         candidates = {"likelihood": (CANDIDATE, TRAINING)}
         for item in args.candidate:

@@ -54,6 +54,7 @@ def render(r: Dict) -> str:
         "",
         PROTOCOL,
         "",
+        *([f"**Note.** {r['note']}", ""] if r.get("note") else []),
     ]
     for s in r["studies"]:
         base = next(row for row in s["rows"] if row["prior"] is None and row["temperature"] == s["base_temperature"])

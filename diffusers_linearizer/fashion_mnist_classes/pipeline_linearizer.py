@@ -9,5 +9,7 @@ from diffusers_linearizer import (  # noqa: F401
     LinearizerClassPipeline,
     LinearizerInversionPipeline,
     LinearizerPipeline,
+    LinearizerProjectionPipeline,
+    LinearizerStyleTransferPipeline,
     LinearizerTextPipeline,
 )
