@@ -11,7 +11,7 @@ class's collapse ``B(c)``::
 
 (691 steps in 35 minutes on one CPU thread). Both are sampled from the same noise at several guidance scales and
 measured by the protocol of ``evaluation.py``, with the share of samples in their requested class by both
-extractors. The rule of the quality issue ships a candidate that the reporting extractor calls better; for a class
+extractors. The project's shipping rule takes a candidate that the reporting extractor calls better; for a class
 model that means a lower FD (report) with no fewer samples in their class (report) at the default guidance scale.
 
     python benchmarks/class_likelihood.py       # about 6 minutes on one CPU thread

@@ -49,7 +49,7 @@ def render(r: Dict) -> str:
         "(`generator` and `latents` reproduce it). τ scales the deviations from the component means. The candidate "
         "with the lowest FD (select) against 10,000 held-out training images is chosen; the test images and the "
         "reporting extractor choose nothing. The packaged model takes the chosen prior when the reporting "
-        "extractor calls it better than the noise the model samples today (the shipping rule of the quality issue; "
+        "extractor calls it better than the noise the model samples today (the project's shipping rule; "
         "for the class model, with no fewer samples in their requested class by the reporting extractor either).",
         "",
         PROTOCOL,

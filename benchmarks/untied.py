@@ -13,7 +13,7 @@ Then the candidate is made ready exactly as the packaged default was: its plain-
 images (``ship_default.calibrate``), a noise prior of the packaged size (r = 256, K = 50) fitted to the recovered noise of
 20,000 training images with its τ chosen by FD (select) on 10,000 held-out training images (``noise_prior.study``).
 Both models are then sampled as ``pipe()`` samples them, from the same ε, and measured by the protocol of
-``evaluation.py``. The rule of the quality issue ships the candidate when the reporting extractor calls it better.
+``evaluation.py``. The project's shipping rule packages the candidate when the reporting extractor calls it better.
 
     python benchmarks/untied.py --candidate runs/untied [--ship]
 """
