@@ -35,7 +35,7 @@ import time
 from typing import Dict, List, Optional
 
 import torch
-from common import DOCS, REPO, child_env, count_params, hardware_and_load, seeded_noise
+from common import DOCS, REPO, child_env, count_params, g_parameters, hardware_and_load, seeded_noise
 
 from diffusers_linearizer import write_text_atomic
 
@@ -75,24 +75,36 @@ def train_all(names: List[str], runs_dir: str, budget: float) -> None:
             raise RuntimeError(f"training {name} failed (exit {proc.returncode}); see {out}.log")
 
 
+def plain_noise_scores(pipe, ev, test, samples: int, references: int, bpd_images: int, grid=TEMPERATURES,
+                      train=None):
+    """``(sweep, row, images)``: τ chosen by FD (select) to ``references`` training images over ``grid``
+    (``ship_default.calibrate``; ``train``: the training images, default the Fashion-MNIST split), then ``samples``
+    one-step samples of plain noise at that τ and at τ = 1 in both extractors, bits/dim of ``test[:bpd_images]`` and
+    one-step vs stepped PSNR; ``images`` are the samples at τ."""
+    from quality import bpd, exactness, one_step
+    from ship_default import best_temperature, calibrate
+
+    sweep = calibrate(pipe, grid=grid, samples=samples, references=references, train=train)
+    tau = best_temperature(sweep)
+    eps = seeded_noise(samples, 11)
+    images = one_step(pipe, eps, tau, noise_prior=False)
+    row = {"temperature": tau, **ev.row(images), **ev.row(one_step(pipe, eps, 1.0, noise_prior=False),
+                                                          "_at_temperature_1"),
+           "bits_per_dim": bpd(pipe, test[:bpd_images]), "one_step_vs_stepped_db": exactness(pipe)}
+    return sweep, row, images
+
+
 def measure(name: str, path: str, ev, test, args, page_dir: str) -> Dict:
     """One row: τ by the selection features on training images, then both extractors at τ and at τ = 1."""
-    from quality import bpd, exactness, load, one_step, read_metrics
-    from ship_default import best_temperature, calibrate
+    from quality import load, read_metrics
 
     from diffusers_linearizer.image_grid import make_grid
 
     pipe = load(path)
-    sweep = calibrate(pipe, grid=TEMPERATURES, samples=args.samples, references=args.references)
-    tau = best_temperature(sweep)
-    eps = seeded_noise(args.samples, 11)
-    images = one_step(pipe, eps, tau, noise_prior=False)
+    sweep, scores, images = plain_noise_scores(pipe, ev, test, args.samples, args.references, args.bpd_images)
     row = {"name": name, "config": CANDIDATES[name], "parameters": count_params(pipe.linearizer),
-           "g_parameters": sum(count_params(pipe.linearizer.network(s)[0]) for s in ("x", "y"))
-           if not pipe.linearizer.config.shared_g else count_params(pipe.linearizer.network("x")[0]),
-           **read_metrics(path), "temperature": tau, "sweep": sweep, **ev.row(images),
-           **ev.row(one_step(pipe, eps, 1.0, noise_prior=False), "_at_temperature_1"),
-           "bits_per_dim": bpd(pipe, test[: args.bpd_images]), "one_step_vs_stepped_db": exactness(pipe)}
+           "g_parameters": g_parameters(pipe.linearizer), **read_metrics(path), "temperature": scores["temperature"],
+           "sweep": sweep, **scores}
     os.makedirs(os.path.join(page_dir, "images"), exist_ok=True)
     grid = os.path.join(page_dir, "images", f"architectures_{name}.png")
     make_grid(images[:64], nrow=8).resize((8 * 34 * 3, 8 * 34 * 3), 0).save(grid)

@@ -135,15 +135,13 @@ def main(argv: Optional[List[str]] = None) -> int:
             else:  # measured before, weights not kept
                 rows += [row for row in stored.get("rows", []) if row["model"] == name]
             training[name] = line
-        for name, line in stored.get("training", {}).items() if isinstance(stored.get("training"), dict) else []:
+        for name, line in stored.get("training", {}).items():  # stored candidates not named this time keep their rows
             if name not in training:
                 rows += [row for row in stored["rows"] if row["model"] == name]
                 training[name] = line
         result = {"date": datetime.date.today().isoformat(), "hardware": hardware_and_load(), "samples": args.samples,
                   "default_guidance_scale": DEFAULT_GUIDANCE_SCALE, "rows": rows, "training": training}
         write_text_atomic(path, json.dumps(result, indent=2) + "\n")
-    if isinstance(result.get("training"), str):  # a page stored before candidates had names
-        result["training"] = {"likelihood": result["training"]}
     write_text_atomic(os.path.join(DOCS, "class_likelihood.md"), render(result))
     return 0
 

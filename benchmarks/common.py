@@ -103,6 +103,12 @@ def count_params(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
+def g_parameters(model) -> int:
+    """Parameters of a ``LinearizerModel``'s invertible networks: ``g`` once when shared, else ``g_x`` and ``g_y``."""
+    nets = {id(net): net for net in (model.network(space)[0] for space in ("x", "y"))}
+    return sum(count_params(net) for net in nets.values())
+
+
 def seeded_noise(n: int, seed: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """``n`` noise images ``(N, 1, 32, 32)`` drawn from ``seed`` alone, in ``dtype``."""
     return torch.randn((n, 1, 32, 32), generator=torch.Generator().manual_seed(seed)).to(dtype)

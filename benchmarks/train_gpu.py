@@ -45,13 +45,14 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from types import SimpleNamespace
 from typing import Dict, List, Optional
 
 import torch
-from common import REPO, child_env, hardware, seeded_noise
+from common import REPO, child_env, hardware
 
 from diffusers_linearizer import write_text_atomic
 
@@ -140,28 +141,22 @@ def train(args, switches: List[str], workdir: str) -> Dict:
 
 # ---------------------------------------------------------------------- 3. evaluate
 def evaluate(args, model_dir: str) -> Dict:
+    from architectures import plain_noise_scores
     from evaluation import Evaluator
     from fmnist_classifier import load_split
-    from quality import bpd, exactness, inversion, load, one_step
-    from ship_default import best_temperature, calibrate
+    from quality import inversion, load
 
     from diffusers_linearizer.image_grid import make_grid
 
     train_images, _ = load_split("train", args.data_dir)
     test, labels = load_split("test", args.data_dir)
-    n = 200 if args.quick else 2000
+    n, k = (200, 100) if args.quick else (2000, 1000)
     ev = Evaluator(test[:2000], labels[:2000]) if args.quick else Evaluator(test, labels)
     pipe = load(model_dir).to("cpu")
-    tau = best_temperature(calibrate(pipe, grid=(0.9, 1.0, 1.1, 1.2, 1.3, 1.4, 1.5), samples=n,
-                                     references=min(5000, len(train_images)), train=train_images))
-    eps = seeded_noise(n, 11)
-    images = one_step(pipe, eps, tau, noise_prior=False)
+    _, row, images = plain_noise_scores(pipe, ev, test, n, min(5000, len(train_images)), k,
+                                        grid=(0.9, 1.0, 1.1, 1.2, 1.3, 1.4, 1.5), train=train_images)
     make_grid(images[:64], nrow=8).resize((8 * 34 * 3, 8 * 34 * 3), 0).save(os.path.join(args.out, "train_gpu.png"))
-    k = 100 if args.quick else 1000
-    return {"temperature": tau, **ev.row(images), **ev.row(one_step(pipe, eps, 1.0, noise_prior=False),
-                                                             "_at_temperature_1"),
-            "bits_per_dim": bpd(pipe, test[:k]), "one_step_vs_stepped_db": exactness(pipe),
-            "inversion_db": inversion(pipe, test[:k])}
+    return {**row, "inversion_db": inversion(pipe, test[:k])}
 
 
 def write(result: Dict, out: str) -> None:
@@ -270,8 +265,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     result: Dict = {"date": datetime.date.today().isoformat(), "hardware": hardware(device), "torch": torch.__version__,
                     "quick": args.quick, "errors": []}
     t0 = time.perf_counter()
-    import tempfile
-
     with tempfile.TemporaryDirectory() as workdir:
         for part in ("speed", "train", "evaluate"):
             try:

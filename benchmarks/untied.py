@@ -29,7 +29,7 @@ import time
 from typing import Dict, List, Optional
 
 import torch
-from common import DOCS, IMAGES, TRAINING_RUNS, hardware_and_load, seeded_noise
+from common import DOCS, IMAGES, TRAINING_RUNS, g_parameters, hardware_and_load, seeded_noise
 from evaluation import PROTOCOL, Evaluator
 from fmnist_classifier import load_split
 
@@ -39,14 +39,13 @@ from diffusers_linearizer.image_grid import make_grid
 T = 100
 
 
-def measure(name: str, pipe, eps, ev: Evaluator, noise_prior: bool = True, temperature=None) -> Dict:
+def measure(name: str, pipe, eps, ev: Evaluator, test, noise_prior: bool = True, temperature=None) -> Dict:
     from quality import exactness, inversion, one_step
 
     images = one_step(pipe, eps, temperature, noise_prior=noise_prior)
     make_grid(images[:64], nrow=8).resize((8 * 34 * 3, 8 * 34 * 3), 0).save(os.path.join(IMAGES, f"untied_{name}.png"))
     row = {"name": name, **ev.row(images), "grid": f"images/untied_{name}.png"}
     if noise_prior and temperature is None:
-        test, _ = load_split("test")
         row.update(one_step_vs_stepped_db=exactness(pipe), inversion_db=inversion(pipe, test[:1000]))
     print(json.dumps(row), flush=True)
     return row
@@ -117,21 +116,20 @@ def main(argv: Optional[List[str]] = None) -> int:
     pipe.linearizer.set_noise_prior(s["_prior"], temperature=s["_tau"])
     for tag in ("chosen", "base"):  # the study's own grids; this page shows its rows' grids
         os.remove(os.path.join(IMAGES, f"noise_prior_untied_{tag}.png"))
-    rows = [{**measure("packaged", packaged, eps, ev), "noise": f"its noise prior, τ = {packaged.noise_prior_temperature:g}"},
-            {**measure("untied", pipe, eps, ev), "noise": f"its noise prior, τ = {s['_tau']:g}"},
-            {**measure("packaged_plain", packaged, eps, ev, False), "noise": f"τ·N(0, I), τ = {packaged.sampling_temperature:g}"},
-            {**measure("untied_plain", pipe, eps, ev, False), "noise": f"τ·N(0, I), τ = {tau:g}"},
-            {**measure("packaged_t1", packaged, eps, ev, False, 1.0), "noise": "N(0, I)"},
-            {**measure("untied_t1", pipe, eps, ev, False, 1.0), "noise": "N(0, I)"}]
+    rows = [{**measure("packaged", packaged, eps, ev, test), "noise": f"its noise prior, τ = {packaged.noise_prior_temperature:g}"},
+            {**measure("untied", pipe, eps, ev, test), "noise": f"its noise prior, τ = {s['_tau']:g}"},
+            {**measure("packaged_plain", packaged, eps, ev, test, False), "noise": f"τ·N(0, I), τ = {packaged.sampling_temperature:g}"},
+            {**measure("untied_plain", pipe, eps, ev, test, False), "noise": f"τ·N(0, I), τ = {tau:g}"},
+            {**measure("packaged_t1", packaged, eps, ev, test, False, 1.0), "noise": "N(0, I)"},
+            {**measure("untied_t1", pipe, eps, ev, test, False, 1.0), "noise": "N(0, I)"}]
     run = read_metrics(args.candidate)
     training = (f"`distill,likelihood:0.1`, {run.get('steps', 0):,} steps, {run.get('train_seconds', 0) / 60:.0f} min on "
                 "one CPU thread, batch 64, learning rate 1e-4 with a cosine decay")
-    nets = {id(net): net for net in (pipe.linearizer.network(space)[0] for space in ("x", "y"))}
-    g = sum(p.numel() for net in nets.values() for p in net.parameters())
+    g = g_parameters(pipe.linearizer)
     better = rows[1]["fd_report"] < rows[0]["fd_report"]
     result = {"date": datetime.date.today().isoformat(), "hardware": hardware_and_load(), "samples": args.samples,
               "training": training, "g_parameters": g, "sampling_temperature": tau, "noise_prior_temperature": s["_tau"],
-              "prior_study": [{k: v for k, v in row.items()} for row in s["rows"]], "rows": rows,
+              "prior_study": s["rows"], "rows": rows,
               "shipped": bool(args.ship and better), "seconds": round(time.perf_counter() - start, 1)}
     if result["shipped"]:
         ship(pipe, s["_prior"], s["_tau"], DEFAULT_MODEL_DIR, f"{s['chosen']}, fitted to the recovered noise of 20,000 "

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .invertible import InvertibleNetwork, Squeeze2x2, _zeros, as_ctx
+from .invertible import InvertibleNetwork, _zeros, as_ctx
 
 __all__ = ["MultiScaleNetwork", "build_invertible_network"]
 
@@ -70,7 +70,7 @@ class MultiScaleNetwork(InvertibleNetwork):
                              f"scales), got {tuple(x.shape)}.")
 
     def _forward_scale(self, level: int, h: Tensor, ctx: Tensor):
-        u, _ = Squeeze2x2()(h)
+        u, _ = self.squeeze(h)
         logdet = _zeros(h)
         for block in self.scales[level]:
             u, ld = block(u, ctx)
@@ -78,17 +78,17 @@ class MultiScaleNetwork(InvertibleNetwork):
         if level + 1 < self.num_scales:
             z, kept = u.chunk(2, dim=1)
             rest, ld = self._forward_scale(level + 1, kept, ctx)
-            u, logdet = _cat(z, rest), logdet + ld
-        return Squeeze2x2().inverse(u), logdet
+            u, logdet = torch.cat([z, rest], dim=1), logdet + ld
+        return self.squeeze.inverse(u), logdet
 
     def _inverse_scale(self, level: int, out: Tensor, ctx: Tensor) -> Tensor:
-        u, _ = Squeeze2x2()(out)
+        u, _ = self.squeeze(out)
         if level + 1 < self.num_scales:
             z, rest = u.chunk(2, dim=1)
-            u = _cat(z, self._inverse_scale(level + 1, rest, ctx))
+            u = torch.cat([z, self._inverse_scale(level + 1, rest, ctx)], dim=1)
         for block in reversed(self.scales[level]):
             u = block.inverse(u, ctx)
-        return Squeeze2x2().inverse(u)
+        return self.squeeze.inverse(u)
 
     def forward(self, x: Tensor, ctx=None, return_logdet: bool = False):
         """``z = g(x; ctx)``, and ``log|det ∂z/∂x|`` per sample when ``return_logdet``."""
@@ -100,10 +100,6 @@ class MultiScaleNetwork(InvertibleNetwork):
         """``x = g⁻¹(z; ctx)``."""
         self.check_input(z, "latent")
         return self._inverse_scale(0, z, as_ctx(ctx, z.shape[0], z))
-
-
-def _cat(a: Tensor, b: Tensor) -> Tensor:
-    return torch.cat([a, b], dim=1)
 
 
 def build_invertible_network(num_scales: int = 1, **kwargs) -> InvertibleNetwork:

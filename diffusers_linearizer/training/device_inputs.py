@@ -111,7 +111,7 @@ def apply_kernel_options(args, model: torch.nn.Module) -> None:
     if args.allow_tf32:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    if getattr(args, "cudnn_benchmark", False):
+    if args.cudnn_benchmark:
         torch.backends.cudnn.benchmark = True
-    if getattr(args, "channels_last", False):
+    if args.channels_last:
         model.to(memory_format=torch.channels_last)
