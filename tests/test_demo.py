@@ -16,7 +16,7 @@ import torch
 
 from diffusers_linearizer import LinearizerPipeline
 from diffusers_linearizer.demo import DemoError, LinearizerDemo
-from diffusers_linearizer.demo.callbacks import EDIT_SCALE
+from diffusers_linearizer.demo.edit_view import EDIT_SCALE
 from diffusers_linearizer.demo.inputs import pipeline_features
 
 from .test_pipeline import STEPS, make_pipe

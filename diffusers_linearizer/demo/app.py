@@ -19,7 +19,8 @@ from typing import Optional, Sequence
 
 from ..schedulers import SOLVERS
 from .analysis_view import DIRECTION_SETS
-from .callbacks import EDIT_DIRECTIONS, MAX_FRAMES, MAX_IMAGES, LinearizerDemo, get_demo
+from .callbacks import MAX_FRAMES, MAX_IMAGES, LinearizerDemo, get_demo
+from .edit_view import EDIT_DIRECTIONS
 from .images import DemoError
 
 logger = logging.getLogger(__name__)

@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 import inspect
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from .images import DemoError
+
+#: what a callback's ``progress`` argument is: gradio's ``gr.Progress`` (or any ``f(fraction, desc=…)``), or None
+Progress = Optional[Callable[..., Any]]
+
+
+def tick(progress: Progress, fraction: float, desc: str) -> None:
+    """Report ``fraction`` of a callback's work done, described by ``desc``, when a progress tracker is given."""
+    if progress is not None:
+        progress(fraction, desc=desc)
 
 
 def as_int(value, name: str, low: int, high: Optional[int] = None, hint: str = "") -> int:
