@@ -1,5 +1,7 @@
 """``docs/noise_prior.md`` from the results of ``noise_prior.py`` (kept apart so the page can be rendered again
-from ``docs/noise_prior.json`` without refitting: ``python benchmarks/noise_prior_page.py``)."""
+from ``docs/noise_prior.json`` without refitting: ``python benchmarks/noise_prior_page.py``). A study's ``notes``
+(what a person saw in its grids and in runs outside its table) are added to the JSON by hand and rendered as
+bullets under its table."""
 
 from __future__ import annotations
 
@@ -39,15 +41,18 @@ def render(r: Dict) -> str:
     lines = [
         "# Fitted noise priors",
         "",
-        f"Written by `benchmarks/noise_prior.py` on {r['date']} ({r['hardware']}, {r['seconds'] / 60:.0f} min). A "
+        f"Written by `benchmarks/noise_prior.py` on {r['date']} (each section names the run that measured it). A "
         "packaged model samples `x = g_x⁻¹(B g_y(z))`; inverting training images exactly (`B†`) gives the noise `z` "
         "that makes them, which for a perfect model would be N(0, I). A `NoisePrior` "
         "(`diffusers_linearizer/models/noise_prior.py`: a mixture of K Gaussians on the top-r principal directions of "
         "that noise and an isotropic Gaussian off them, per class for the class model) is fitted to it by EM in "
         "float64 (`diffusers_linearizer/training/noise_prior.py`) and sampled in place of N(0, I); the one-step map, "
         "its inverse and the collapse are unchanged, and a sample is a deterministic function of the same ε "
-        "(`generator` and `latents` reproduce it). τ scales the deviations from the component means. The candidate "
-        "with the lowest FD (select) against 10,000 held-out training images is chosen; the test images and the "
+        "(`generator` and `latents` reproduce it). τ scales the deviations from the component means; K = 1 is one "
+        "zero-mean Gaussian with the noise's second moment. The candidate "
+        "with the lowest FD (select) against 10,000 held-out training images is chosen (for the class model, among "
+        "the rows whose samples the selection classifier puts in their requested class at least 90 % of the time); "
+        "the test images and the "
         "reporting extractor choose nothing. The packaged model takes the chosen prior when the reporting "
         "extractor calls it better than the noise the model samples today (the project's shipping rule; "
         "for the class model, with no fewer samples in their requested class by the reporting extractor either).",
@@ -60,17 +65,27 @@ def render(r: Dict) -> str:
         base = next(row for row in s["rows"] if row["prior"] is None and row["temperature"] == s["base_temperature"])
         chosen = next(row for row in s["rows"] if row["name"] == s["chosen"])
         memo = s["nearest_distance"]
+        when = s.get("date", r["date"])
+        run = f"{s.get('hardware', r['hardware'])}, {s.get('seconds', r['seconds']) / 60:.0f} min"
+        samples = s.get("args", r["args"])["samples"]
+        rule = "by FD select on held-out training images" + (
+            f", among the rows with at least {100 * s['min_accuracy_select']:.0f} % in class (select)"
+            if s.get("min_accuracy_select") else "")
         lines += [f"## {TITLES.get(s['name'], s['name'])}", "",
-                  f"Fitted to the recovered noise of {s['fit_images']:,} training images (inverted in "
+                  f"Measured on {when} ({run}). Fitted to the recovered noise of {s['fit_images']:,} training images (inverted in "
                   f"{s['fit_seconds']:.0f} s; its standard deviation {s['noise_std']:.2f}, N(0, I) would have 1). "
-                  f"Every row: {r['args']['samples']:,} one-step samples from the same ε.", ""]
+                  f"Every row: {samples:,} one-step samples from the same ε.", ""]
         lines += _table(s)
         verdict = "shipped" if s.get("ship") else "not shipped"
+        lines += [""] + [f"* {note}" for note in s.get("notes", [])] + ([""] if s.get("notes") else [])
         lines += ["",
-                  f"Chosen (by FD select on held-out training images): **{s['chosen']}**. Against the noise the model "
+                  f"Chosen ({rule}): **{s['chosen']}**. Against the noise the model "
                   f"sampled before (τ = {s['base_temperature']:g}): FD (select) {base['fd_select']:.1f} → "
                   f"{chosen['fd_select']:.1f}, FD (report) {base['fd_report']:.2f} → {chosen['fd_report']:.2f}, "
-                  f"recall {base['recall']:.2f} → {chosen['recall']:.2f}: **{verdict}**.",
+                  f"recall {base['recall']:.2f} → {chosen['recall']:.2f}"
+                  + (f", in class (report) {100 * base['accuracy_report']:.1f} % → "
+                     f"{100 * chosen['accuracy_report']:.1f} %" if "accuracy_report" in chosen else "")
+                  + f": **{verdict}**.",
                   "",
                   f"Memorisation check: the median pixel distance from a sample to its nearest fitting image is "
                   f"{memo['chosen']:.2f} with the prior and {memo['shipped_noise']:.2f} without; a test image's is "

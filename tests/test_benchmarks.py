@@ -380,3 +380,34 @@ def test_untied_page_says_whether_it_shipped():
     assert "shipped as the packaged default" in untied.render(dict(base, rows=better, shipped=True))
     assert "**Better by the reporting extractor.**" in untied.render(dict(base, rows=better, shipped=False))
     assert "**Not shipped**" in untied.render(dict(base, rows=worse, shipped=False))
+
+
+def test_noise_prior_only_keeps_the_other_study_with_its_own_run(tmp_path, monkeypatch):
+    """``--only`` re-measures one model: the other study comes back from the page's JSON under the run that measured
+    it, and the page names each section's run and the class model's in-class condition."""
+    import json
+
+    script, page = pytest.importorskip("noise_prior"), pytest.importorskip("noise_prior_page")
+    row = dict(fd_select_train=50.0, fd_select=51.0, fd_report=6.0, precision=0.7, recall=0.6)
+    old_default = dict(name="fashion-mnist", rows=[dict(row, name="N(0, I), τ = 1", prior=None, temperature=1.0)],
+                       chosen="N(0, I), τ = 1", base_temperature=1.0, fit_images=10, fit_seconds=1.0, noise_std=0.6,
+                       nearest_distance=dict(chosen=5.0, shipped_noise=6.0, test_images=4.0), ship=False)
+    old = dict(date="2026-01-01", hardware="OLD", args=dict(samples=100), seconds=60.0,
+               studies=[old_default, dict(old_default, name="fashion-mnist-classes")])
+    (tmp_path / "noise_prior.json").write_text(json.dumps(old), encoding="utf-8")
+    monkeypatch.setattr(script, "DOCS", str(tmp_path))
+    assert script.kept_studies(None) == []
+    kept = script.kept_studies("fashion-mnist-classes")
+    assert [s["name"] for s in kept] == ["fashion-mnist"] and kept[0]["hardware"] == "OLD"
+    cls = dict(old_default, name="fashion-mnist-classes", date="2026-02-02", hardware="NEW", args=dict(samples=200),
+               seconds=120.0, min_accuracy_select=0.9,
+               rows=[dict(row, name="N(0, I), τ = 1", prior=None, temperature=1.0, accuracy_select=0.95,
+                          accuracy_report=0.89),
+                     dict(row, name="mixture", prior=[1023, 1], temperature=0.3, fd_report=5.0, accuracy_select=0.91,
+                          accuracy_report=0.87)], chosen="mixture")
+    text = page.render(dict(date="2026-02-02", hardware="NEW", args=dict(samples=200), seconds=120.0,
+                            studies=kept + [cls]))
+    assert "Measured on 2026-01-01 (OLD, 1 min)" in text and "Every row: 100 one-step samples" in text
+    assert "Measured on 2026-02-02 (NEW, 2 min)" in text and "Every row: 200 one-step samples" in text
+    assert "among the rows with at least 90 % in class (select)): **mixture**" in text
+    assert "in class (report) 89.0 % → 87.0 %: **not shipped**" in text

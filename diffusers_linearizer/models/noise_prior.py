@@ -160,7 +160,10 @@ class NoisePrior(nn.Module):
         along_v = flat @ v
         k, u = pick_component(torch.special.ndtr(along_v), weights)
         coords = flat @ Q
-        inside = self.means.double()[k] + temperature * (self.scale_tril()[k] @ coords[:, :, None]).squeeze(-1)
+        inside, scale = self.means.double()[k], self.scale_tril()
+        for j in k.unique().tolist():  # one C_j per drawn component (a per-sample gather would hold N r×r copies)
+            mine = k == j
+            inside[mine] += temperature * (coords[mine] @ scale[j].T)
         off = flat - coords @ Q.T + (torch.special.ndtri(u) - along_v)[:, None] * v[None]
         return (inside @ Q.T + temperature * self.log_sigma.double().exp() * off).view(eps.shape)
 
