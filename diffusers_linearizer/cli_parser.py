@@ -164,8 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
         "distill-data",
         help="Sample a diffusers flow-matching teacher into (noise, image) pairs for --objective distill.",
         description="Write teacher pairs: the noise of pair i is row i % CHUNK of the seeded chunk i // CHUNK "
-        "(regenerated, not stored) and its image the teacher's Euler sample as uint8. Resumable: finished chunks "
-        "are kept in OUTPUT.parts/.",
+        "(regenerated, not stored) and its image the teacher's Euler sample as uint8. A class-conditional teacher "
+        "(num_class_embeds) draws pair i under class i mod K and the file keeps the labels, for a class student "
+        "(train --conditioning class). Resumable: finished chunks are kept in OUTPUT.parts/.",
     )
     add_teacher_arguments(dd)
 

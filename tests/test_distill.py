@@ -25,13 +25,16 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_PAIRS = REPO.parent / "shared" / "distill"
 
 
-def _tiny_teacher(path, size=8, channels=1):
+def _tiny_teacher(path, size=8, channels=1, num_class_embeds=None):
     from diffusers import UNet2DModel
 
     torch.manual_seed(0)
     unet = UNet2DModel(sample_size=size, in_channels=channels, out_channels=channels, block_out_channels=(8, 8),
                        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
-                       layers_per_block=1, norm_num_groups=4)
+                       layers_per_block=1, norm_num_groups=4, num_class_embeds=num_class_embeds)
+    if num_class_embeds:  # a fresh embedding is tiny beside the time embedding: make the classes differ visibly
+        with torch.no_grad():
+            unet.class_embedding.weight.mul_(30.0)
     unet.save_pretrained(path)
     return unet
 
@@ -182,4 +185,113 @@ def test_trainer_distill_and_likelihood_runs_and_refusals(tmp_path):
     with pytest.raises(ValueError, match="ask for others"):  # the pairs are 8×8: refused before any training
         ttrain.main(["--output_dir", str(tmp_path / "bad"), *tiny, "--objective", "distill", "--teacher_pairs", pairs,
                      "--resolution", "16"])
+    assert not (tmp_path / "bad" / "model_index.json").exists()
+
+
+def _hand_loop(unet, noise, steps, labels=None):
+    """diffusers' FlowMatchEulerDiscreteScheduler loop by hand, as uint8 levels (the pairs' format)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    sched = FlowMatchEulerDiscreteScheduler()
+    sched.set_timesteps(steps)
+    x = noise.clone()
+    with torch.no_grad():
+        for t in sched.timesteps:
+            x = sched.step(unet(x, t, class_labels=labels).sample, t, x).prev_sample
+    return ((x + 1) / 2).clamp(0, 1).mul(255).round().to(torch.uint8)[:, 0].numpy().astype(int)
+
+
+def test_class_teacher_pairs_are_drawn_under_their_labels(tmp_path):
+    """A teacher with num_class_embeds draws pair i under class i mod K; the file carries the labels, the dataset
+    returns them as the third item, and each image is diffusers' own loop under its label (not another's)."""
+    from diffusers_linearizer.training.distill import stack_pairs
+    from diffusers_linearizer.training.teacher import teacher_classes
+
+    teacher = tmp_path / "teacher"
+    unet = _tiny_teacher(teacher, num_class_embeds=3)
+    out = str(tmp_path / "pairs.npz")
+    write_teacher_pairs(str(teacher), out, num_pairs=5, chunk_size=2, num_inference_steps=3, progress=False)
+    images = read_pairs_file(out)[0]
+    with np.load(out) as data:
+        np.testing.assert_array_equal(data["class_labels"], [0, 1, 2, 0, 1])
+        assert int(data["num_classes"]) == 3
+    noise = chunk_noise(1, (1, 8, 8), 2)  # pairs 2 and 3: classes 2 and 0
+    mine = _hand_loop(unet, noise, 3, torch.tensor([2, 0]))
+    assert np.abs(images[2:4].astype(int) - mine).max() <= 1
+    other = _hand_loop(unet, noise, 3, torch.tensor([1, 1]))
+    assert np.abs(images[2:4].astype(int) - other).max() > 8  # the label changed the teacher's sample
+    ds = TeacherPairs(out, shape=(1, 8, 8))
+    assert ds.num_classes == 3 and [int(ds[i][2]) for i in range(5)] == [0, 1, 2, 0, 1]
+    batch = stack_pairs([ds[i] for i in range(3)])
+    assert len(batch) == 3 and batch[2].tolist() == [0, 1, 2] and batch[0].shape == (3, 1, 8, 8)
+    # two classes of the three: pairs of classes 0 and 1 only; the parts of the 3-class run are not reused
+    two = str(tmp_path / "two.npz")
+    write_teacher_pairs(str(teacher), two, num_pairs=4, chunk_size=2, num_inference_steps=3, progress=False,
+                        num_classes=2)
+    with np.load(two) as data:
+        assert data["class_labels"].tolist() == [0, 1, 0, 1] and int(data["num_classes"]) == 2
+    for bad, match in ((dict(num_classes=4), "1 … 3"), (dict(num_classes=0), "1 … 3")):
+        with pytest.raises(ValueError, match=match):
+            teacher_classes(unet, **bad)
+    plain = tmp_path / "plain"
+    with pytest.raises(ValueError, match="num_class_embeds"):
+        teacher_classes(_tiny_teacher(plain), num_classes=2)
+    labelled = tmp_path / "labelled.npz"
+    np.savez(labelled, images=np.zeros((3, 8, 8), np.uint8), class_labels=np.array([0, 1, 5]), num_classes=np.int64(3))
+    with pytest.raises(ValueError, match="0 … num_classes − 1 = 2"):
+        TeacherPairs(str(labelled), shape=(1, 8, 8))
+
+
+def test_class_distill_loss_is_each_pair_through_its_class_pipeline():
+    """The class model's distill terms equal what the pipelines compute for each pair under its own class without
+    guidance (guidance_scale 1: B(c)), one-step generation and exact inversion, averaged over the batch."""
+    from diffusers_linearizer import LinearizerClassPipeline, LinearizerInversionPipeline
+
+    model = tiny_model(core_type="shared_basis", conditioning="class", num_classes=3).double().eval()
+    perturb_all(model, 0.02)
+    obj = tobj.LinearizerObjective(model, "distill", num_inference_steps=5)
+    gen = torch.Generator().manual_seed(0)
+    noise = torch.randn(5, 1, 8, 8, generator=gen, dtype=torch.float64)
+    images = torch.rand(5, 1, 8, 8, generator=gen, dtype=torch.float64)
+    labels = torch.tensor([2, 0, 2, 1, 0])
+    out = obj(images, noise, *tobj.draw_step_noise((1, 8, 8), 5, gen, torch.float64)[1:], condition=labels)
+    sched = LinearizerScheduler()
+    pipe = LinearizerClassPipeline(model, sched)
+    inv = LinearizerInversionPipeline(model, sched)
+    for p in (pipe, inv):
+        p.set_progress_bar_config(disable=True)
+    kw = dict(class_labels=labels.tolist(), guidance_scale=1.0, num_inference_steps=5)
+    made = pipe(latents=noise, output_type="pt", clamp=False, **kw).images
+    found = inv(images, output_type="pt", **kw).noise
+    torch.testing.assert_close(out["distill_image"], (made - images).square().mean(), rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(out["distill_noise"], (found - noise).square().mean(), rtol=1e-9, atol=1e-12)
+    out["loss"].backward()
+    assert model.core.U.grad is not None
+
+
+def test_trainer_distils_class_pairs_and_refuses_mismatches(tmp_path):
+    teacher, plain_teacher = tmp_path / "teacher", tmp_path / "plain_teacher"
+    _tiny_teacher(teacher, num_class_embeds=3)
+    _tiny_teacher(plain_teacher)
+    pairs, plain = str(tmp_path / "pairs.npz"), str(tmp_path / "plain.npz")
+    write_teacher_pairs(str(teacher), pairs, num_pairs=12, chunk_size=6, num_inference_steps=2, progress=False)
+    write_teacher_pairs(str(plain_teacher), plain, num_pairs=8, chunk_size=4, num_inference_steps=2, progress=False)
+    tiny = ["--resolution", "8", "--num_blocks", "1", "--conditioner_channels", "4", "--conditioner_layers", "1",
+            "--core_type", "shared_basis", "--core_rank", "4", "--core_hidden_dim", "8", "--core_embedding_dim", "8",
+            "--train_batch_size", "4", "--sample_steps", "0", "--no_final_samples", "--no_progress",
+            "--checkpointing_steps", "0", "--sample_inference_steps", "4", "--cpu"]
+    proc = _train(["--output_dir", str(tmp_path / "run"), "--teacher_pairs", pairs, "--conditioning", "class",
+                   "--objective", "distill,fast", "--max_train_steps", "2", "--log_every", "1", *tiny])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "loss/distill_image" in proc.stderr
+    from diffusers_linearizer import LinearizerClassPipeline
+
+    trained = LinearizerClassPipeline.from_pretrained(str(tmp_path / "run"))
+    assert trained.linearizer.config.num_classes == 3 and trained.linearizer.conditioning == "class"
+    from diffusers_linearizer.training import train as ttrain
+
+    for extra, match in ((["--teacher_pairs", plain, "--conditioning", "class"], "holds unconditional pairs"),
+                         (["--teacher_pairs", pairs], "class-conditional")):
+        with pytest.raises(ValueError, match=match):
+            ttrain.main(["--output_dir", str(tmp_path / "bad"), *tiny, "--objective", "distill", *extra])
     assert not (tmp_path / "bad" / "model_index.json").exists()

@@ -223,9 +223,12 @@ def check_args(args: argparse.Namespace) -> None:
     if not 0.0 <= args.condition_dropout < 1.0:
         raise ValueError(f"--condition_dropout must be in [0, 1), got {args.condition_dropout}.")
     unconditional = [name for name in mix if not OBJECTIVES.entry(name).conditions]
-    if args.conditioning and (args.teacher_pairs or unconditional):
+    if args.conditioning and unconditional:
         raise ValueError(f"--conditioning trains with --objective {' or '.join(OBJECTIVES.names(conditions=True))} "
-                         "(the objectives that take conditions; no teacher pairs).")
+                         "(the objectives that take conditions).")
+    if args.conditioning == "text" and args.teacher_pairs:
+        raise ValueError("--teacher_pairs with --conditioning takes class-conditional pairs (--conditioning class); "
+                         "text-conditioned pairs are not supported.")
     if "likelihood" in mix:
         from .likelihood import check_likelihood_conditioning
 

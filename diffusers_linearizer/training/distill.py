@@ -30,6 +30,15 @@ With ``B`` the collapsed operator of the sampler run the student will be used wi
 parameter of ``g`` and of the core (through the differentiable collapse). The two terms run as two
 batched passes of ``g``: one forward of ``[ε, x_T]`` and one inverse of ``[B z_ε, B⁻¹ z_x]``. Mixed with
 ``fast`` (``--objective distill,fast``) the pairs' noise also serves as ``z₀`` of the latent flow term.
+
+Class-conditional pairs
+-----------------------
+A teacher ``UNet2DModel`` with ``num_class_embeds`` samples pair ``i`` under class ``i mod K``
+(``K = num_classes``, by default its ``num_class_embeds``; unguided, so the pair is a draw of the teacher's
+``p(x | c)``). The file then also holds ``class_labels`` (int64, one per pair) and ``num_classes``. A class
+student (``--conditioning class``) trains every pair through its own class's unguided collapse ``B(c)``
+(the core ``A(t, c)``, ``w = 0``; one collapse per class in the batch), the operator classifier-free guidance
+is built from at sampling time. Condition dropout does not apply to pairs: a pair's image belongs to its class.
 """
 
 from __future__ import annotations
@@ -70,10 +79,13 @@ class TeacherPairs(Dataset):
         max_samples: keep the first N pairs.
 
     All noise is regenerated once at construction (``N·D`` float32 numbers; 184 MB for 45,000 pairs of 32×32).
+    Items are ``(image, noise)``, or ``(image, noise, class id)`` for a class-conditional file (``class_labels``,
+    ``num_classes``: the module docstring).
     """
 
     def __init__(self, path: str, shape: Optional[Tuple[int, int, int]] = None, max_samples: Optional[int] = None):
         images, self.chunk_size, self.seed_base, noise_check = read_pairs_file(path)
+        labels, self.num_classes = read_pair_labels(path)  # checked before the noise is drawn
         if images.ndim == 3:
             images = images[:, None]
         if shape is not None and tuple(images.shape[1:]) != tuple(shape):
@@ -95,11 +107,14 @@ class TeacherPairs(Dataset):
                     "the kind that made them, or make them again here with `diffusers-linearizer distill-data`."
                 )
         self.channels, self.resolution = int(self.images.shape[1]), int(self.images.shape[2])
+        self.class_labels = None if labels is None else torch.from_numpy(labels[: len(self.images)].astype(np.int64))
 
     def __len__(self) -> int:
         return self.images.shape[0]
 
     def __getitem__(self, index: int):
+        if self.class_labels is not None:  # (image, noise, class id): the trainer's condition
+            return self.images[index].float() / 255.0, self.noise[index], self.class_labels[index]
         return self.images[index].float() / 255.0, self.noise[index]
 
 
@@ -134,9 +149,43 @@ def read_pairs_file(path: str):
     return images, chunk, seed, check
 
 
+def read_pair_labels(path: str, count: Optional[int] = None):
+    """``(class_labels int64 array, num_classes)`` of a class-conditional pairs file, or ``(None, None)``;
+    ``ValueError`` when they do not fit its images (``count`` pairs, when given) or their ``num_classes``."""
+    with np.load(path, allow_pickle=False) as data:
+        if "class_labels" not in data.files:
+            return None, None
+        labels = data["class_labels"]
+        classes = int(data["num_classes"]) if "num_classes" in data.files else int(labels.max()) + 1
+        n = int(data["images"].shape[0]) if count is None else count
+    if labels.ndim != 1 or labels.shape[0] != n or labels.dtype.kind not in "iu":
+        raise ValueError(f"{path}: 'class_labels' must be {n} integers (one per pair), got {labels.dtype} {labels.shape}.")
+    if classes < 1 or labels.min() < 0 or labels.max() >= classes:
+        raise ValueError(f"{path}: class labels must lie in 0 … num_classes − 1 = {classes - 1}, got "
+                         f"{int(labels.min())} … {int(labels.max())}.")
+    return labels, classes
+
+
+def check_pairs_model(pairs, model) -> None:
+    """``ValueError`` unless class-conditional pairs meet a class model with room for their classes, and
+    unconditional pairs an unconditional model (checked before the first step)."""
+    labels = getattr(pairs, "class_labels", None)
+    if labels is None and model.conditioning == "class":
+        raise ValueError("These teacher pairs have no class labels, and a class model trains on pairs of a "
+                         "class-conditional teacher (distill-data with a UNet2DModel that has num_class_embeds).")
+    if labels is not None and model.conditioning != "class":
+        raise ValueError("These teacher pairs are class-conditional (they hold class_labels): train a class model "
+                         "with --conditioning class.")
+    if labels is not None and pairs.num_classes > model.config.num_classes:
+        raise ValueError(f"The pairs have {pairs.num_classes} classes; the model has room for "
+                         f"{model.config.num_classes}.")
+
+
 def stack_pairs(batch):
-    """``collate_fn`` for :class:`TeacherPairs`: ``(images (N, C, H, W), noise (N, C, H, W))``."""
-    return torch.stack([b[0] for b in batch]), torch.stack([b[1] for b in batch])
+    """``collate_fn`` for :class:`TeacherPairs`: ``(images (N, C, H, W), noise (N, C, H, W))``, and the class
+    ids ``(N,)`` of class-conditional pairs."""
+    out = (torch.stack([b[0] for b in batch]), torch.stack([b[1] for b in batch]))
+    return out + (torch.stack([b[2] for b in batch]),) if len(batch[0]) == 3 else out
 
 
 # ---------------------------------------------------------------------- the loss
@@ -156,6 +205,25 @@ def distill_terms(model, B, images: Tensor, noise: Tensor, distance) -> Dict[str
     return {"distill_image": distance(images, decoded[:n]), "distill_noise": mse(decoded[n:], noise)}
 
 
+def class_distill_terms(objective, images: Tensor, noise: Tensor, labels: Tensor) -> Dict[str, Tensor]:
+    """:func:`distill_terms` with every pair through its own class's unguided ``B(c)`` (module docstring): each
+    term the batch mean, as one ``B`` for the whole batch would give it."""
+    from .one_step import collapsed_operator
+
+    model, n = objective.model, images.shape[0]
+    total: Dict[str, Tensor] = {}
+    for c in labels.unique().tolist():
+        index = (labels == c).nonzero().squeeze(1)
+        B = collapsed_operator(model, objective.scheduler, objective.num_inference_steps, objective.solver,
+                               core=model.guided_core(int(c)))
+        for k, v in distill_terms(model, B, images[index], noise[index], objective.distance).items():
+            total[k] = total.get(k, 0.0) + v * (index.numel() / n)
+    return total
+
+
 def distill_component(objective, inputs) -> Dict[str, Tensor]:
-    """The ``distill`` objective's terms for a batch of teacher pairs (``inputs.images``, ``inputs.noise``)."""
+    """The ``distill`` objective's terms for a batch of teacher pairs (``inputs.images``, ``inputs.noise``; a
+    class model's pairs: ``inputs.condition``, their class ids)."""
+    if inputs.condition is not None:
+        return class_distill_terms(objective, inputs.images, inputs.noise, inputs.condition)
     return distill_terms(objective.model, inputs.B, inputs.images, inputs.noise, objective.distance)

@@ -63,8 +63,9 @@ OBJECTIVES.register(
 )
 OBJECTIVES.register(
     "distill", "diffusers_linearizer.training.distill:distill_component", terms=("distill_image", "distill_noise"),
-    weighted=("distill_noise",), data="pairs", one_step=True,
-    doc="One step through B reproduces a teacher's ODE samples; its inverse returns the teacher's noise.",
+    weighted=("distill_noise",), data="pairs", one_step=True, conditions=True,
+    doc="One step through B reproduces a teacher's ODE samples; its inverse returns the teacher's noise (a class "
+        "model: each pair through its class's B(c)).",
 )
 OBJECTIVES.register(
     "style", "diffusers_linearizer.training.style_objective:style_component", terms=("style_image",), data="pairs",

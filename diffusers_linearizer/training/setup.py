@@ -45,6 +45,15 @@ def load_dataset(args):
     from .data import build_dataset
     from .distill import TeacherPairs
 
+    if args.conditioning == "class" and args.teacher_pairs:  # a class-conditional teacher's pairs (distill.py)
+        dataset = TeacherPairs(args.teacher_pairs, max_samples=args.max_train_samples)
+        if dataset.class_labels is None:
+            raise ValueError(f"{args.teacher_pairs} holds unconditional pairs; --conditioning class distils pairs of a "
+                             "class-conditional teacher (distill-data with a UNet2DModel that has num_class_embeds).")
+        _check_pairs_size(args, dataset)
+        dataset.model_config = dict(conditioning="class", num_classes=dataset.num_classes,
+                                    id2label={str(i): str(i) for i in range(dataset.num_classes)})
+        return dataset
     if args.conditioning:
         from .conditions import build_conditional_dataset
 
@@ -60,14 +69,18 @@ def load_dataset(args):
                                  f"--resolution {args.resolution} asks for others.")
             return dataset
         dataset = TeacherPairs(args.teacher_pairs, max_samples=args.max_train_samples)
-        if dataset.resolution != args.resolution or dataset.channels != (args.channels or dataset.channels):
-            raise ValueError(f"{args.teacher_pairs} holds {dataset.channels}×{dataset.resolution}×{dataset.resolution} "
-                             f"images; --resolution {args.resolution} / --channels {args.channels} ask for others.")
+        _check_pairs_size(args, dataset)
         return dataset
     return build_dataset(
         args.train_data_dir, args.data_dir, args.resolution, args.channels, args.fashion_mnist_mode,
         args.max_train_samples,
     )
+
+
+def _check_pairs_size(args, dataset) -> None:
+    if dataset.resolution != args.resolution or dataset.channels != (args.channels or dataset.channels):
+        raise ValueError(f"{args.teacher_pairs} holds {dataset.channels}×{dataset.resolution}×{dataset.resolution} "
+                         f"images; --resolution {args.resolution} / --channels {args.channels} ask for others.")
 
 
 def build_model(args, in_channels: int, condition_config: Optional[Dict[str, Any]] = None):
@@ -139,6 +152,10 @@ def initialize_model(args, dataset, device):
 
     set_seed(args.seed)
     model = build_model(args, dataset.channels, getattr(dataset, "model_config", None)).to(device)
+    if args.teacher_pairs and hasattr(dataset, "class_labels"):  # teacher pairs (not style pairs)
+        from .distill import check_pairs_model
+
+        check_pairs_model(dataset, model)
     model.train()
     if any(p.dtype != torch.float32 for p in model.parameters()):
         model.to(torch.float32)

@@ -67,17 +67,37 @@ def check_teacher_student(unet, student_shape) -> None:
                          "their sample size and channels must match.")
 
 
+def teacher_classes(unet, num_classes: Optional[int] = None) -> Optional[int]:
+    """The classes a teacher's pairs are drawn under: ``None`` for an unconditional teacher, else ``num_classes``
+    (default: its ``num_class_embeds``); ``ValueError`` for class embeddings that do not take integer ids."""
+    embeds = unet.config.get("num_class_embeds")
+    kind = unet.config.get("class_embed_type")
+    if kind is not None:
+        raise ValueError(f"The teacher's class_embed_type is {kind!r}; distill-data draws class-conditional pairs from "
+                         "a UNet2DModel with num_class_embeds (integer class ids, class_embed_type None).")
+    if embeds is None:
+        if num_classes is not None:
+            raise ValueError("--num-classes needs a class-conditional teacher (a UNet2DModel with num_class_embeds).")
+        return None
+    classes = int(embeds) if num_classes is None else num_classes
+    if isinstance(classes, bool) or not isinstance(classes, int) or not 1 <= classes <= int(embeds):
+        raise ValueError(f"num_classes must be an int in 1 … {embeds} (the teacher's num_class_embeds), got {classes!r}.")
+    return classes
+
+
 @torch.no_grad()
 def sample_teacher(unet, scheduler, noise: torch.Tensor, num_inference_steps: int = TEACHER_STEPS,
-                   batch_size: int = 250) -> np.ndarray:
-    """The teacher's ODE samples of ``noise`` as uint8 ``round(255·clamp((x + 1)/2, 0, 1))``, ``(N, C, H, W)``."""
+                   batch_size: int = 250, class_labels: Optional[torch.Tensor] = None) -> np.ndarray:
+    """The teacher's ODE samples of ``noise`` (under ``class_labels``, one per sample, for a class-conditional
+    teacher) as uint8 ``round(255·clamp((x + 1)/2, 0, 1))``, ``(N, C, H, W)``."""
     device = unet.device
     out = []
     for i in range(0, noise.shape[0], batch_size):
         x = noise[i:i + batch_size].to(device)
+        labels = None if class_labels is None else class_labels[i:i + batch_size].to(device)
         scheduler.set_timesteps(num_inference_steps, device=device)
         for t in scheduler.timesteps:
-            v = unet(x, t).sample
+            v = unet(x, t, class_labels=labels).sample
             x = scheduler.step(v, t, x).prev_sample
         out.append(((x.float().cpu() + 1) / 2).clamp(0, 1).mul(255).round().to(torch.uint8))
     return torch.cat(out).numpy()
@@ -92,8 +112,10 @@ def _save_atomic(path: str, writer) -> None:
 
 def write_teacher_pairs(teacher: str, output: str, num_pairs: int, chunk_size: int = PAIRS_CHUNK_SIZE,
                         seed_base: int = PAIRS_SEED_BASE, num_inference_steps: int = TEACHER_STEPS,
-                        batch_size: int = 250, device="cpu", student_shape=None, progress: bool = True) -> str:
-    """Write ``num_pairs`` teacher pairs to ``output`` (``.npz``), resumably (module docstring). Returns the path."""
+                        batch_size: int = 250, device="cpu", student_shape=None, progress: bool = True,
+                        num_classes: Optional[int] = None) -> str:
+    """Write ``num_pairs`` teacher pairs to ``output`` (``.npz``), resumably (module docstring). A class-conditional
+    teacher draws pair ``i`` under class ``i mod num_classes`` (:mod:`.distill`). Returns the path."""
     from tqdm.auto import tqdm
 
     for name, value in (("num_pairs", num_pairs), ("chunk_size", chunk_size), ("num_inference_steps", num_inference_steps),
@@ -103,29 +125,34 @@ def write_teacher_pairs(teacher: str, output: str, num_pairs: int, chunk_size: i
     if not output.endswith(".npz"):
         raise ValueError(f"--output must name a .npz file, got {output!r}.")
     unet, scheduler = load_teacher(teacher, device)
+    classes = teacher_classes(unet, num_classes)
+    labels = None if classes is None else torch.arange(num_pairs) % classes
     shape = teacher_shape(unet)
     if student_shape is not None:
         check_teacher_student(unet, student_shape)
     parts = output + ".parts"
+    tag = "" if classes is None else f"-c{classes}"  # a resumed run never mixes chunks drawn under other classes
     os.makedirs(parts, exist_ok=True)
     chunks = (num_pairs + chunk_size - 1) // chunk_size
     bar = tqdm(total=num_pairs, desc="teacher pairs", unit="img", disable=not progress)
     for k in range(chunks):
         n = min(chunk_size, num_pairs - k * chunk_size)
-        path = os.path.join(parts, f"chunk-{k:05d}-{n}.npy")
+        path = os.path.join(parts, f"chunk-{k:05d}-{n}{tag}.npy")
         if not os.path.isfile(path):
             images = sample_teacher(unet, scheduler, chunk_noise(k, shape, chunk_size, seed_base)[:n],
-                                    num_inference_steps, batch_size)
+                                    num_inference_steps, batch_size,
+                                    None if labels is None else labels[k * chunk_size:k * chunk_size + n])
             _save_atomic(path, lambda f: np.save(f, images))
         bar.update(n)
     bar.close()
-    images = np.concatenate([np.load(os.path.join(parts, f"chunk-{k:05d}-{min(chunk_size, num_pairs - k * chunk_size)}.npy"))
+    images = np.concatenate([np.load(os.path.join(parts, f"chunk-{k:05d}-{min(chunk_size, num_pairs - k * chunk_size)}{tag}.npy"))
                              for k in range(chunks)])
     if images.shape[1] == 1:
         images = images[:, 0]
     check = np.float64(noise_sum(shape, chunk_size, seed_base))
+    extra = {} if labels is None else dict(class_labels=labels.numpy().astype(np.int64), num_classes=np.int64(classes))
     _save_atomic(output, lambda f: np.savez(f, images=images, chunk_size=np.int64(chunk_size),
-                                            seed_base=np.int64(seed_base), noise_check=check))
+                                            seed_base=np.int64(seed_base), noise_check=check, **extra))
     return output
 
 
@@ -143,6 +170,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--student", default=None,
                         help="A Linearizer model or pipeline folder: refuse a teacher of another sample size or channels.")
     parser.add_argument("--device", default="cpu", help="Device of the teacher. Default: cpu.")
+    parser.add_argument("--num-classes", "--num_classes", type=int, default=None,
+                        help="A class-conditional teacher: draw pair i under class i mod N. Default: its num_class_embeds.")
     return parser
 
 
@@ -157,6 +186,7 @@ def main(argv: Optional[Sequence[str]] = None, args=None) -> int:
         config = LinearizerModel.load_config(path)
         student_shape = (config.get("in_channels", 1), config.get("sample_size", 32), config.get("sample_size", 32))
     path = write_teacher_pairs(args.teacher, args.output, args.num_pairs, args.chunk_size, args.seed_base,
-                               args.num_inference_steps, args.batch_size, args.device, student_shape)
+                               args.num_inference_steps, args.batch_size, args.device, student_shape,
+                               num_classes=args.num_classes)
     print(f"Wrote {args.num_pairs} teacher pairs to {path}")
     return 0

@@ -216,11 +216,11 @@ class Trainer(CheckpointingMixin):
         noise, t, eps_y, eps_x, flip, *rest = (v[first:first + args.train_batch_size] for v in self.step_inputs)
         uniform = rest[0].to(self.device, non_blocking=True) if self.uses_likelihood else None
         condition = None
-        if args.conditioning:  # (images, ids or captions)
+        if args.conditioning and not args.teacher_pairs:  # (images, ids or captions)
             images, condition = images
             condition = self.conditions(condition, rest[-1])
         elif isinstance(images, (tuple, list)):  # teacher pairs: the pair's noise replaces the drawn one
-            images, noise, *ids = images  # style pairs: (stylised, content, style ids)
+            images, noise, *ids = images  # style pairs: (stylised, content, style ids); class pairs: their ids
             condition = ids[0].to(self.device) if ids else None
         if args.random_flip:
             images = torch.where(flip.view(-1, 1, 1, 1).to(images.device), images.flip(-1), images)
