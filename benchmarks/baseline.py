@@ -18,6 +18,14 @@ can pick the snapshot at *equal steps* or at *equal training time* with a Linear
 
     python benchmarks/baseline.py --linearizer runs/default --output_dir runs/baseline \\
         --max_train_seconds 4500 --save_every 25
+
+``--class_conditional`` trains a class-conditional teacher instead: the same layout with ``num_class_embeds = 10``
+(an embedding of Fashion-MNIST's integer class id added to the time embedding), every image under its own label,
+no label dropout (unguided). Its snapshots are teachers for class-conditional distillation
+(``diffusers-linearizer distill-data --teacher runs/baseline/snapshots/step-N``, then
+``train --conditioning class --teacher_pairs``)::
+
+    python benchmarks/baseline.py --class_conditional --output_dir runs/class_teacher --max_train_seconds 4500
 """
 
 from __future__ import annotations
@@ -37,13 +45,16 @@ from diffusers_linearizer.training import EMA
 from diffusers_linearizer.training.data import FASHION_MNIST_DIR, EpochShuffleSampler, FashionMNIST, derive_seed
 
 SNAPSHOTS = "snapshots"
+FASHION_MNIST_CLASSES = 10
 SNAPSHOT_INDEX = "snapshots.json"
 
 
 # ---------------------------------------------------------------------- the model and its loss
-def unet_config(width: int, sample_size: int = 32, channels: int = 1) -> Dict:
-    """The baseline ``UNet2DModel`` layout at width ``w``: levels (w, 2w, 2w), 2 layers each, attention at level 2."""
-    return dict(
+def unet_config(width: int, sample_size: int = 32, channels: int = 1, num_class_embeds: Optional[int] = None) -> Dict:
+    """The baseline ``UNet2DModel`` layout at width ``w``: levels (w, 2w, 2w), 2 layers each, attention at level 2
+    (``num_class_embeds``: a class-conditional one)."""
+    extra = {} if num_class_embeds is None else {"num_class_embeds": num_class_embeds}
+    return dict(**extra,
         sample_size=sample_size, in_channels=channels, out_channels=channels,
         block_out_channels=(width, 2 * width, 2 * width), layers_per_block=2,
         down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
@@ -52,21 +63,24 @@ def unet_config(width: int, sample_size: int = 32, channels: int = 1) -> Dict:
     )
 
 
-def baseline_unet(target_params: int, sample_size: int = 32, channels: int = 1, widths=range(8, 129, 4)):
+def baseline_unet(target_params: int, sample_size: int = 32, channels: int = 1, widths=range(8, 129, 4),
+                  num_class_embeds: Optional[int] = None):
     """``(UNet2DModel, width)`` of the layout above with the parameter count closest to ``target_params``."""
     from diffusers import UNet2DModel
 
     with torch.device("meta"):
-        counts = {w: count_params(UNet2DModel(**unet_config(w, sample_size, channels))) for w in widths}
+        counts = {w: count_params(UNet2DModel(**unet_config(w, sample_size, channels, num_class_embeds)))
+                  for w in widths}
     width = min(counts, key=lambda w: abs(counts[w] - target_params))
-    return UNet2DModel(**unet_config(width, sample_size, channels)), width
+    return UNet2DModel(**unet_config(width, sample_size, channels, num_class_embeds)), width
 
 
-def flow_matching_loss(unet, images: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """diffusers' flow-matching objective: MSE(u(σ·ε + (1 − σ)·x, 1000·σ), ε − x)."""
+def flow_matching_loss(unet, images: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor,
+                       class_labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """diffusers' flow-matching objective: MSE(u(σ·ε + (1 − σ)·x, 1000·σ[, c]), ε − x)."""
     s = sigma.view(-1, 1, 1, 1).to(images.dtype)
     noisy = s * noise + (1 - s) * images
-    pred = unet(noisy, sigma * 1000.0).sample
+    pred = unet(noisy, sigma * 1000.0, class_labels=class_labels).sample
     return (pred.float() - (noise - images).float()).square().mean()
 
 
@@ -117,9 +131,10 @@ def train(args) -> Dict:
 
     torch.manual_seed(args.seed)
     target = args.target_params or linearizer_param_count(args.linearizer)
-    unet, width = baseline_unet(target)
+    classes = FASHION_MNIST_CLASSES if getattr(args, "class_conditional", False) else None
+    unet, width = baseline_unet(target, num_class_embeds=classes)
     unet.train()
-    dataset = FashionMNIST(args.data_dir, "train", 32)
+    dataset = FashionMNIST(args.data_dir, "train", 32, return_labels=classes is not None)
     sampler = EpochShuffleSampler(len(dataset), seed=args.seed)
     loader = DataLoader(dataset, batch_size=args.train_batch_size, sampler=sampler, drop_last=True)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=args.learning_rate, weight_decay=0.0)
@@ -129,7 +144,7 @@ def train(args) -> Dict:
     summary = {
         "model": "UNet2DModel", "width": width, "parameters": count_params(unet), "target_parameters": target,
         "train_batch_size": args.train_batch_size, "learning_rate": args.learning_rate, "ema_decay": args.ema_decay,
-        "seed": args.seed, "threads": torch.get_num_threads(), "snapshots": {},
+        "seed": args.seed, "threads": torch.get_num_threads(), "num_classes": classes, "snapshots": {},
     }
     print(f"Baseline UNet2DModel width {width}: {summary['parameters']:,} parameters (Linearizer: {target:,})", flush=True)
 
@@ -138,11 +153,12 @@ def train(args) -> Dict:
     while not done:
         sampler.set_epoch(epoch)
         for images in loader:
+            images, labels = images if classes is not None else (images, None)
             gen = torch.Generator().manual_seed(derive_seed(args.seed, "baseline-step", step))
             x = images * 2 - 1
             noise = torch.randn(x.shape, generator=gen)
             sigma = torch.rand((x.shape[0],), generator=gen)
-            loss = flow_matching_loss(unet, x, noise, sigma)
+            loss = flow_matching_loss(unet, x, noise, sigma, labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(unet.parameters(), args.max_grad_norm)
@@ -206,6 +222,8 @@ def main(argv=None) -> int:
     p.add_argument("--log_every", type=int, default=25)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's).")
+    p.add_argument("--class_conditional", action="store_true",
+                   help="Train a class-conditional teacher (num_class_embeds = 10), each image under its label.")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -411,3 +411,34 @@ def test_noise_prior_only_keeps_the_other_study_with_its_own_run(tmp_path, monke
     assert "Measured on 2026-02-02 (NEW, 2 min)" in text and "Every row: 200 one-step samples" in text
     assert "among the rows with at least 90 % in class (select)): **mixture**" in text
     assert "in class (report) 89.0 % → 87.0 %: **not shipped**" in text
+
+
+def test_baseline_trains_a_class_conditional_teacher_that_distill_data_reads(tmp_path):
+    """``baseline.py --class_conditional``: a UNet2DModel with one class embedding per Fashion-MNIST class, trained
+    under each image's label; its snapshot is a teacher whose pairs carry their labels."""
+    import numpy as np
+    from diffusers import UNet2DModel
+
+    from diffusers_linearizer.training.teacher import write_teacher_pairs
+
+    data = tmp_path / "data"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    _write_idx(data / "train-images-idx3-ubyte.gz", rng.integers(0, 256, (40, 28, 28), dtype=np.uint8))
+    _write_idx(data / "train-labels-idx1-ubyte.gz", rng.integers(0, 10, 40, dtype=np.uint8))
+    out = tmp_path / "teacher"
+    assert baseline.main(["--class_conditional", "--target_params", "1", "--data_dir", str(data), "--output_dir",
+                          str(out), "--train_batch_size", "8", "--max_train_steps", "2", "--save_every", "2",
+                          "--log_every", "1", "--threads", "1"]) == 0
+    unet = UNet2DModel.from_pretrained(out / "snapshots" / "step-2")
+    assert unet.config.num_class_embeds == 10 and unet.class_embedding.weight.shape[0] == 10
+    x, noise, sigma = torch.rand(2, 1, 32, 32), torch.randn(2, 1, 32, 32), torch.full((2,), 0.5)
+    with torch.no_grad():
+        unet.class_embedding.weight.mul_(30.0)  # young embeddings are small: make the label's effect plain
+        a, b = (baseline.flow_matching_loss(unet, x, noise, sigma, torch.tensor(c)) for c in ([0, 1], [2, 3]))
+    assert not torch.isclose(a, b)  # the class reaches the network
+    pairs = tmp_path / "pairs.npz"
+    write_teacher_pairs(str(out / "snapshots" / "step-2"), str(pairs), num_pairs=3, num_inference_steps=1,
+                        progress=False)
+    with np.load(pairs) as f:
+        assert f["class_labels"].tolist() == [0, 1, 2] and int(f["num_classes"]) == 10
