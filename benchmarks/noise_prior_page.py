@@ -62,7 +62,8 @@ def render(r: Dict) -> str:
         *([f"**Note.** {r['note']}", ""] if r.get("note") else []),
     ]
     for s in r["studies"]:
-        base = next(row for row in s["rows"] if row["prior"] is None and row["temperature"] == s["base_temperature"])
+        base = next(row for row in s["rows"] if row["name"] == s["base"]) if s.get("base") else \
+            next(row for row in s["rows"] if row["prior"] is None and row["temperature"] == s["base_temperature"])
         chosen = next(row for row in s["rows"] if row["name"] == s["chosen"])
         memo = s["nearest_distance"]
         when = s.get("date", r["date"])
@@ -79,8 +80,8 @@ def render(r: Dict) -> str:
         verdict = "shipped" if s.get("ship") else "not shipped"
         lines += [""] + [f"* {note}" for note in s.get("notes", [])] + ([""] if s.get("notes") else [])
         lines += ["",
-                  f"Chosen ({rule}): **{s['chosen']}**. Against the noise the model "
-                  f"sampled before (τ = {s['base_temperature']:g}): FD (select) {base['fd_select']:.1f} → "
+                  f"Chosen ({rule}): **{s['chosen']}**. Against what the model sampled before "
+                  f"({base['name']}): FD (select) {base['fd_select']:.1f} → "
                   f"{chosen['fd_select']:.1f}, FD (report) {base['fd_report']:.2f} → {chosen['fd_report']:.2f}, "
                   f"recall {base['recall']:.2f} → {chosen['recall']:.2f}"
                   + (f", in class (report) {100 * base['accuracy_report']:.1f} % → "
@@ -88,14 +89,16 @@ def render(r: Dict) -> str:
                   + f": **{verdict}**.",
                   "",
                   f"Memorisation check: the median pixel distance from a sample to its nearest fitting image is "
-                  f"{memo['chosen']:.2f} with the prior and {memo['shipped_noise']:.2f} without; a test image's is "
+                  f"{memo['chosen']:.2f} with the chosen prior and {memo['shipped_noise']:.2f} with what the model sampled "
+                  f"before; a test image's is "
                   f"{memo['test_images']:.2f}. "
                   + ("The samples are no closer to the fitting images than unseen real images are: the mixture does "
                      "not reproduce its training images." if memo["chosen"] >= 0.9 * memo["test_images"] else
                      "**The samples sit closer to the fitting images than unseen real images do: the mixture is "
                      "near its training images.**"),
                   "",
-                  f"Before (τ = {s['base_temperature']:g}, N(0, I)):  ",
+                  (f"Before ({base['name']}):  " if s.get("base") else
+                   f"Before (τ = {s['base_temperature']:g}, N(0, I)):  "),
                   f"![before](images/noise_prior_{s['name']}_base.png)",
                   "",
                   f"Chosen prior ({s['chosen']}):  ",

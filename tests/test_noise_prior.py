@@ -114,6 +114,35 @@ def test_fit_recovers_a_known_mixture_per_group():
         assert float(fitted.log_weights[g, 2 * (1 - g)]) < -1e3  # the other group's components are never drawn
 
 
+def test_labels_fit_one_gaussian_per_label_into_one_group():
+    """An unconditional prior fitted with labels: each label's coordinates get their own mean and covariance
+    (computed here directly in float64), weighted by the label's share; sampling draws from the whole mixture."""
+    gen = torch.Generator().manual_seed(3)
+    n, dim, rank = 3000, 6, 6 - 1
+    labels = torch.randint(0, 3, (n,), generator=gen)
+    centres = 4 * torch.randn(3, dim, generator=gen, dtype=torch.float64)
+    z = centres[labels] + torch.randn(n, dim, generator=gen, dtype=torch.float64) * (1 + labels[:, None])
+    prior = NoisePrior(dim, rank, 3, 1).fit(z, labels=labels)
+    Q = prior.basis.double()
+    weights = torch.softmax(prior.log_weights.double(), 1)[0]
+    for c in range(3):
+        mine = z[labels == c] @ Q
+        mean, d = mine.mean(0), mine - mine.mean(0)
+        torch.testing.assert_close(prior.means.double()[c], mean, rtol=0, atol=1e-5)
+        cov = prior.scale_tril()[c] @ prior.scale_tril()[c].T
+        torch.testing.assert_close(cov, d.T @ d / mine.shape[0], rtol=1e-5, atol=1e-5)
+        assert float(weights[c]) == pytest.approx(float((labels == c).double().mean()), abs=1e-6)
+    draws = prior.sample(torch.randn(20000, dim, generator=gen, dtype=torch.float64))  # no label needed
+    torch.testing.assert_close(draws.mean(0), z.mean(0), rtol=0, atol=0.15)
+    for bad, match in ((dict(labels=labels[:10]), "one label per noise sample"),):
+        with pytest.raises(ValueError, match=match):
+            NoisePrior(dim, rank, 3, 1).fit(z, **bad)
+    with pytest.raises(ValueError, match="one-group"):
+        NoisePrior(dim, rank, 6, 2).fit(z, labels % 2, labels=labels)
+    with pytest.raises(ValueError, match="split evenly"):
+        NoisePrior(dim, rank, 4, 1).fit(z, labels=labels)
+
+
 def test_the_projection_cores_share_the_mixture_em():
     """``fit_gaussian_mixture`` with one component is the zero-mean second moment; with two well-separated
     clusters it finds their means and shares."""
@@ -231,3 +260,21 @@ def test_the_fitting_module_s_example_runs():
     runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     runner.run(test, out=lambda text: pytest.fail(text))
     assert runner.failures == 0 and runner.tries == len(test.examples) > 0
+
+
+def test_fit_noise_prior_with_labels_fits_each_label_of_an_unconditional_model():
+    """``fit_noise_prior(…, labels=…)``: one Gaussian per label of the recovered noise (its mean), in one group;
+    a class model refuses labels (its groups are its classes)."""
+    pipe = make_pipe()
+    images = torch.rand(60, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+    labels = torch.arange(60) % 3
+    prior = fit_noise_prior(pipe, images, rank=5, components=1, labels=labels)
+    assert (prior.components, prior.groups) == (3, 1)
+    noise = recovered_noise(pipe, images)
+    Q = prior.basis.double()
+    for c in range(3):
+        torch.testing.assert_close(prior.means.double()[c], (noise[labels == c] @ Q).mean(0), rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="class_labels"):
+        class_pipe = LinearizerClassPipeline(tiny_model(core_type="shared_basis", conditioning="class", num_classes=3),
+                                             LinearizerScheduler())
+        fit_noise_prior(class_pipe, images, class_labels=labels, labels=labels)

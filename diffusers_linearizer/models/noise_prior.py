@@ -11,7 +11,9 @@ the one-step map, its inverse and the collapse are unchanged::
 ``Q`` ``(D, r)`` an orthonormal basis (the top-``r`` principal directions of the recovered noise), ``C_k``
 lower-triangular, ``σ`` the isotropic scale off the subspace, and ``π_{g,·}`` the mixture weights of group
 ``g`` (one group for an unconditional or text model; one per class for a class model, so class ``c`` draws
-from the components fitted to the noise of class ``c``'s images).
+from the components fitted to the noise of class ``c``'s images). An unconditional model's prior may be fitted
+with its images' labels (``fit(…, labels=…)``): each label's noise gets its own Gaussians, all in the one group,
+so sampling needs no label.
 
 **Sampling is a deterministic function of ``ε ~ N(0, I_D)``** (``generator``/``latents`` reproduce it), and an
 exact draw from ``p`` (at ``τ = 1``): with ``v`` a fixed unit vector off the subspace and ``u = Φ(vᵀε)``, the
@@ -39,12 +41,12 @@ _UNIFORM_EDGE = 1e-12  # keeps Φ⁻¹ finite
 
 @torch.no_grad()
 def fit_gaussian_mixture(y: Tensor, components: int, iterations: int = 50, seed: int = 0,
-                         ridge: float = 1e-6) -> Tuple[Tensor, Tensor, Tensor]:
+                         ridge: float = 1e-6, centred: bool = False) -> Tuple[Tensor, Tensor, Tensor]:
     """Maximum-likelihood mixture of ``components`` full-covariance Gaussians on ``y`` ``(N, r)`` by EM (float64).
 
-    One component is the zero-mean second moment ``E[y yᵀ]``; more start from ``components`` distinct points
-    chosen by ``seed`` and the pooled covariance. ``ridge·I`` is added to every covariance. Returns
-    ``(means (K, r), covariances (K, r, r), weights (K,))``.
+    One component is the zero-mean second moment ``E[y yᵀ]`` (``centred``: the mean and the covariance about it);
+    more start from ``components`` distinct points chosen by ``seed`` and the pooled covariance. ``ridge·I`` is
+    added to every covariance. Returns ``(means (K, r), covariances (K, r, r), weights (K,))``.
     """
     y = y.double()
     n, r = y.shape
@@ -54,7 +56,8 @@ def fit_gaussian_mixture(y: Tensor, components: int, iterations: int = 50, seed:
         raise ValueError(f"Fitting {components} mixture components needs at least {components} points; got {n}.")
     eye = ridge * torch.eye(r, dtype=torch.float64)
     if components == 1:
-        return torch.zeros(1, r, dtype=torch.float64), (y.T @ y / n + eye)[None], torch.ones(1, dtype=torch.float64)
+        mean = y.mean(0, keepdim=True) if centred else torch.zeros(1, r, dtype=torch.float64)
+        return mean, ((y - mean).T @ (y - mean) / n + eye)[None], torch.ones(1, dtype=torch.float64)
     means = y[torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:components]].clone()
     centred = y - y.mean(0)
     covs = (centred.T @ centred / n + eye).expand(components, r, r).clone()
@@ -114,6 +117,36 @@ class NoisePrior(nn.Module):
         self.register_buffer("scale_packed", (rows == cols).float().expand(components, -1).clone())  # C_k's lower triangle
         self.register_buffer("log_weights", torch.full((groups, components), -math.log(components)))  # log π_{g,k}
         self.register_buffer("log_sigma", torch.zeros(()))  # log σ
+
+    def _fit_labelled(self, flat: Tensor, labels: Tensor, iterations: int, seed: int) -> "NoisePrior":
+        labels = torch.as_tensor(labels, device=flat.device).long().reshape(-1)
+        names = labels.unique()
+        if self.groups != 1:
+            raise ValueError("labels supervise a one-group (unconditional) prior; a class prior's groups are its classes.")
+        if labels.shape[0] != flat.shape[0] or self.components % names.numel():
+            raise ValueError(f"Expected one label per noise sample ({flat.shape[0]}) and {self.components} components "
+                             f"split evenly over the labels; got {labels.shape[0]} labels of {names.numel()} values.")
+        per = self.components // names.numel()
+        _, _, vh = torch.linalg.svd(flat, full_matrices=False)
+        Q = vh[: self.rank].T.contiguous()
+        coords = flat @ Q
+        means, trils, log_w = [], [], []
+        for name in names.tolist():
+            mine = coords[labels == name]
+            mu, cov, w = fit_gaussian_mixture(mine, per, iterations, seed, centred=True)
+            means.append(mu)
+            trils.append(torch.linalg.cholesky(cov))
+            log_w.append((w * mine.shape[0] / flat.shape[0]).clamp_min(1e-300).log())
+        return self._store(flat, Q, coords, means, trils, torch.cat(log_w)[None])
+
+    def _store(self, flat, Q, coords, means, trils, log_w) -> "NoisePrior":
+        off = (flat - coords @ Q.T).square().sum(1).mean() / (self.dim - self.rank)
+        rows, cols = torch.tril_indices(self.rank, self.rank)
+        for name, value in (("basis", Q), ("means", torch.cat(means)), ("scale_packed", torch.cat(trils)[:, rows, cols]),
+                            ("log_weights", log_w.clamp_min(-1e4)), ("log_sigma", 0.5 * off.clamp_min(1e-24).log())):
+            buf = getattr(self, name)
+            buf.copy_(value.to(device=buf.device, dtype=buf.dtype))
+        return self
 
     def scale_tril(self) -> Tensor:
         """``C_k`` ``(K, r, r)`` in float64, unpacked from the stored lower triangles (row by row: half the size)."""
@@ -181,12 +214,20 @@ class NoisePrior(nn.Module):
         return inside - 0.5 * off * torch.exp(-2.0 * log_sigma) - rest * log_sigma - 0.5 * rest * LOG_2PI
 
     @torch.no_grad()
-    def fit(self, z: Tensor, group: Optional[Tensor] = None, iterations: int = 50, seed: int = 0) -> "NoisePrior":
+    def fit(self, z: Tensor, group: Optional[Tensor] = None, iterations: int = 50, seed: int = 0,
+            labels: Optional[Tensor] = None) -> "NoisePrior":
         """Fit to noise ``z`` ``(N, …)``: ``Q`` by PCA of all of it, ``σ²`` as the mean off-subspace energy per
-        dimension, and per group an EM mixture of ``components / groups`` Gaussians on its samples' coordinates."""
+        dimension, and per group an EM mixture of ``components / groups`` Gaussians on its samples' coordinates.
+
+        ``labels`` (a one-group prior only: an unconditional model fitted with its images' labels) split the noise
+        into L subsets fitted apart, ``components / L`` Gaussians each (one per label: that label's mean and
+        covariance), the weights being each label's share times its components' weights. Sampling needs no label:
+        it draws from the whole mixture."""
         flat = self._flat(z, "z")
         if self.components % self.groups:
             raise ValueError(f"{self.components} components do not split evenly into {self.groups} groups.")
+        if labels is not None:
+            return self._fit_labelled(flat, labels, iterations, seed)
         ids = self._groups(group, flat.shape[0], flat.device)
         _, _, vh = torch.linalg.svd(flat, full_matrices=False)
         Q = vh[: self.rank].T.contiguous()
@@ -202,10 +243,4 @@ class NoisePrior(nn.Module):
             means.append(mu)
             trils.append(torch.linalg.cholesky(cov))
             log_w[g, g * per:(g + 1) * per] = w.clamp_min(1e-300).log()
-        off = (flat - coords @ Q.T).square().sum(1).mean() / (self.dim - self.rank)
-        rows, cols = torch.tril_indices(self.rank, self.rank)
-        for name, value in (("basis", Q), ("means", torch.cat(means)), ("scale_packed", torch.cat(trils)[:, rows, cols]),
-                            ("log_weights", log_w.clamp_min(-1e4)), ("log_sigma", 0.5 * off.clamp_min(1e-24).log())):
-            buf = getattr(self, name)
-            buf.copy_(value.to(device=buf.device, dtype=buf.dtype))
-        return self
+        return self._store(flat, Q, coords, means, trils, log_w)

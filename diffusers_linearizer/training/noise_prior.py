@@ -63,11 +63,18 @@ def recovered_noise(pipe, images: torch.Tensor, class_labels: Optional[torch.Ten
 
 def fit_noise_prior(pipe, images: torch.Tensor, class_labels: Optional[torch.Tensor] = None, rank: int = 128,
                     components: int = 20, guidance_scale: Optional[float] = None, num_inference_steps: int = 100,
-                    iterations: int = 30, seed: int = 0, batch_size: int = 500) -> NoisePrior:
+                    iterations: int = 30, seed: int = 0, batch_size: int = 500,
+                    labels: Optional[torch.Tensor] = None) -> NoisePrior:
     """A :class:`NoisePrior` of subspace ``rank`` and ``components`` Gaussians (a class model: per class, so
-    ``num_classes × components`` in all) fitted to the recovered noise of ``images``."""
+    ``num_classes × components`` in all) fitted to the recovered noise of ``images``. ``labels`` (an unconditional
+    model): fit ``components`` Gaussians to each label's noise (one: its mean and covariance) into one mixture,
+    which samples without labels (``NoisePrior.fit``)."""
     model = pipe.linearizer
     groups = model.noise_groups
-    prior = NoisePrior(model.latent_dim, rank, components * groups, groups)  # checks the sizes before any work
+    if labels is not None and groups != 1:
+        raise ValueError("labels supervise an unconditional model's prior; a class model's prior is fitted per class "
+                         "(class_labels).")
+    per = 1 if labels is None else torch.as_tensor(labels).unique().numel()
+    prior = NoisePrior(model.latent_dim, rank, components * groups * per, groups)  # checks the sizes before any work
     noise = recovered_noise(pipe, images, class_labels, guidance_scale, num_inference_steps, batch_size)
-    return prior.fit(noise, None if groups == 1 else class_labels, iterations=iterations, seed=seed)
+    return prior.fit(noise, None if groups == 1 else class_labels, iterations=iterations, seed=seed, labels=labels)
