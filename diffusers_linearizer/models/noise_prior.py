@@ -59,8 +59,8 @@ def fit_gaussian_mixture(y: Tensor, components: int, iterations: int = 50, seed:
         mean = y.mean(0, keepdim=True) if centred else torch.zeros(1, r, dtype=torch.float64)
         return mean, ((y - mean).T @ (y - mean) / n + eye)[None], torch.ones(1, dtype=torch.float64)
     means = y[torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:components]].clone()
-    centred = y - y.mean(0)
-    covs = (centred.T @ centred / n + eye).expand(components, r, r).clone()
+    spread = y - y.mean(0)
+    covs = (spread.T @ spread / n + eye).expand(components, r, r).clone()
     weights = torch.full((components,), 1.0 / components, dtype=torch.float64)
     for _ in range(iterations):
         resp = torch.softmax(mixture_log_density(y, means, torch.linalg.cholesky(covs), weights.log(), total=False), 0)
@@ -118,18 +118,20 @@ class NoisePrior(nn.Module):
         self.register_buffer("log_weights", torch.full((groups, components), -math.log(components)))  # log π_{g,k}
         self.register_buffer("log_sigma", torch.zeros(()))  # log σ
 
-    def _fit_labelled(self, flat: Tensor, labels: Tensor, iterations: int, seed: int) -> "NoisePrior":
-        labels = torch.as_tensor(labels, device=flat.device).long().reshape(-1)
-        names = labels.unique()
+    def _labels(self, labels, n: int, device) -> Tensor:
+        labels = torch.as_tensor(labels, device=device).long().reshape(-1)
         if self.groups != 1:
             raise ValueError("labels supervise a one-group (unconditional) prior; a class prior's groups are its classes.")
-        if labels.shape[0] != flat.shape[0] or self.components % names.numel():
-            raise ValueError(f"Expected one label per noise sample ({flat.shape[0]}) and {self.components} components "
-                             f"split evenly over the labels; got {labels.shape[0]} labels of {names.numel()} values.")
+        count = labels.unique().numel()
+        if labels.shape[0] != n or self.components % count:
+            raise ValueError(f"Expected one label per noise sample ({n}) and {self.components} components split evenly "
+                             f"over the labels; got {labels.shape[0]} labels of {count} values.")
+        return labels
+
+    def _fit_labelled(self, flat: Tensor, Q: Tensor, coords: Tensor, labels: Tensor, iterations: int,
+                      seed: int) -> "NoisePrior":
+        names = labels.unique()
         per = self.components // names.numel()
-        _, _, vh = torch.linalg.svd(flat, full_matrices=False)
-        Q = vh[: self.rank].T.contiguous()
-        coords = flat @ Q
         means, trils, log_w = [], [], []
         for name in names.tolist():
             mine = coords[labels == name]
@@ -227,11 +229,14 @@ class NoisePrior(nn.Module):
         if self.components % self.groups:
             raise ValueError(f"{self.components} components do not split evenly into {self.groups} groups.")
         if labels is not None:
-            return self._fit_labelled(flat, labels, iterations, seed)
-        ids = self._groups(group, flat.shape[0], flat.device)
+            labels = self._labels(labels, flat.shape[0], flat.device)
+        else:
+            ids = self._groups(group, flat.shape[0], flat.device)
         _, _, vh = torch.linalg.svd(flat, full_matrices=False)
         Q = vh[: self.rank].T.contiguous()
         coords = flat @ Q
+        if labels is not None:
+            return self._fit_labelled(flat, Q, coords, labels, iterations, seed)
         per = self.components // self.groups
         means, trils = [], []
         log_w = torch.full((self.groups, self.components), -math.inf, dtype=torch.float64)
