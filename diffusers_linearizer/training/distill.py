@@ -149,15 +149,15 @@ def read_pairs_file(path: str):
     return images, chunk, seed, check
 
 
-def read_pair_labels(path: str, count: Optional[int] = None):
+def read_pair_labels(path: str):
     """``(class_labels int64 array, num_classes)`` of a class-conditional pairs file, or ``(None, None)``;
-    ``ValueError`` when they do not fit its images (``count`` pairs, when given) or their ``num_classes``."""
+    ``ValueError`` when they do not fit its images or their ``num_classes``."""
     with np.load(path, allow_pickle=False) as data:
         if "class_labels" not in data.files:
             return None, None
         labels = data["class_labels"]
         classes = int(data["num_classes"]) if "num_classes" in data.files else int(labels.max()) + 1
-        n = int(data["images"].shape[0]) if count is None else count
+        n = int(data["images"].shape[0])
     if labels.ndim != 1 or labels.shape[0] != n or labels.dtype.kind not in "iu":
         raise ValueError(f"{path}: 'class_labels' must be {n} integers (one per pair), got {labels.dtype} {labels.shape}.")
     if classes < 1 or labels.min() < 0 or labels.max() >= classes:
@@ -208,14 +208,12 @@ def distill_terms(model, B, images: Tensor, noise: Tensor, distance) -> Dict[str
 def class_distill_terms(objective, images: Tensor, noise: Tensor, labels: Tensor) -> Dict[str, Tensor]:
     """:func:`distill_terms` with every pair through its own class's unguided ``B(c)`` (module docstring): each
     term the batch mean, as one ``B`` for the whole batch would give it."""
-    from .one_step import collapsed_operator
+    from .one_step import class_operators
 
     model, n = objective.model, images.shape[0]
     total: Dict[str, Tensor] = {}
-    for c in labels.unique().tolist():
-        index = (labels == c).nonzero().squeeze(1)
-        B = collapsed_operator(model, objective.scheduler, objective.num_inference_steps, objective.solver,
-                               core=model.guided_core(int(c)))
+    for index, B in class_operators(model, objective.scheduler, objective.num_inference_steps, objective.solver,
+                                    labels):
         for k, v in distill_terms(model, B, images[index], noise[index], objective.distance).items():
             total[k] = total.get(k, 0.0) + v * (index.numel() / n)
     return total

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from ..models.one_step import bits_per_dim, dequantize, log_likelihood
-from .one_step import collapsed_operator
+from .one_step import class_operators
 
 
 def likelihood_terms(model, B, images: Tensor, uniform: Tensor) -> Dict[str, Tensor]:
@@ -40,9 +40,7 @@ def class_likelihood_terms(model, scheduler, num_inference_steps: int, solver: s
     """``{"likelihood_bpd": mean bits/dim}`` of ``log p(x | c)``, each image under its own class's ``B(c)``."""
     x = dequantize(images, uniform)
     total = x.new_zeros((), dtype=torch.float64)
-    for c in labels.unique().tolist():
-        index = (labels == c).nonzero().squeeze(1)
-        B = collapsed_operator(model, scheduler, num_inference_steps, solver, core=model.guided_core(int(c)))
+    for index, B in class_operators(model, scheduler, num_inference_steps, solver, labels):
         logp, _ = log_likelihood(model, B, x[index])
         total = total + bits_per_dim(logp, x[0].numel()).sum()
     return {"likelihood_bpd": (total / x.shape[0]).float()}

@@ -11,7 +11,7 @@ import torch
 
 from ..models.one_step import LOG_2PI, bits_per_dim, dequantize, generate, invert, log_likelihood  # noqa: F401
 
-__all__ = ["collapsed_operator", "generate", "invert", "log_likelihood", "dequantize", "bits_per_dim"]
+__all__ = ["collapsed_operator", "class_operators", "generate", "invert", "log_likelihood", "dequantize", "bits_per_dim"]
 
 
 def collapsed_operator(model, scheduler, num_inference_steps: int, solver: str, dtype=torch.float64, core=None):
@@ -19,3 +19,11 @@ def collapsed_operator(model, scheduler, num_inference_steps: int, solver: str, 
     to the graph when gradients are enabled (``cache=False``)."""
     return scheduler.collapse(model.core if core is None else core, num_inference_steps, solver=solver, dtype=dtype,
                               cache=False)
+
+
+def class_operators(model, scheduler, num_inference_steps: int, solver: str, labels):
+    """``(index, B(c))`` for every class ``c`` in ``labels`` ``(N,)``: the rows of that class and the unguided
+    collapse of its core ``A(t, c)`` (``w = 0``), attached to the graph like :func:`collapsed_operator`."""
+    for c in labels.unique().tolist():
+        index = (labels == c).nonzero().squeeze(1)
+        yield index, collapsed_operator(model, scheduler, num_inference_steps, solver, core=model.guided_core(int(c)))
