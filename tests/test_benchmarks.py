@@ -411,6 +411,9 @@ def test_noise_prior_only_keeps_the_other_study_with_its_own_run(tmp_path, monke
     assert "Measured on 2026-02-02 (NEW, 2 min)" in text and "Every row: 200 one-step samples" in text
     assert "among the rows with at least 90 % in class (select)): **mixture**" in text
     assert "in class (report) 89.0 % → 87.0 %: **not shipped**" in text
+    cls["rows"][1]["accuracy_select"] = 0.5  # no row reached the floor: the page says the choice fell back to all rows
+    text = page.render(dict(date="d", hardware="h", args=dict(samples=200), seconds=1.0, studies=[cls]))
+    assert "no row reached 90 % in class (select), so among all rows): **mixture**" in text
 
 
 def test_baseline_trains_a_class_conditional_teacher_that_distill_data_reads(tmp_path):
