@@ -17,7 +17,7 @@ Parts, each bounded in time (``--speed-seconds``, ``--train-seconds``) and writt
 
 Written to ``--out``: ``train_gpu.json``, ``train_gpu.md``, ``train_gpu.png`` and the trained model's
 ``linearizer/config.json`` and ``linearizer/diffusion_pytorch_model.safetensors`` (no noise prior: fit it on the CPU
-afterwards with ``benchmarks/noise_prior.py``, whose 13 MB would not come back through the device tool's 16 MiB file
+afterwards with ``benchmarks/noise_prior.py``: the packaged default with its prior is 21 MB, which would not come back through the device tool's 16 MiB file
 limit beside the model). ``--quick`` runs every part at toy sizes on a CPU in a few minutes (the test of this script).
 
 What has to travel to the GPU machine: the checkout (about 55 MB tracked, against the device tool's 64 MiB), diffusers'
