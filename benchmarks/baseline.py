@@ -42,10 +42,10 @@ from common import REPO, count_params
 
 from diffusers_linearizer import replace_dir, write_json_atomic
 from diffusers_linearizer.training import EMA
+from diffusers_linearizer.training.conditions import FASHION_MNIST_LABELS
 from diffusers_linearizer.training.data import FASHION_MNIST_DIR, EpochShuffleSampler, FashionMNIST, derive_seed
 
 SNAPSHOTS = "snapshots"
-FASHION_MNIST_CLASSES = 10
 SNAPSHOT_INDEX = "snapshots.json"
 
 
@@ -131,7 +131,7 @@ def train(args) -> Dict:
 
     torch.manual_seed(args.seed)
     target = args.target_params or linearizer_param_count(args.linearizer)
-    classes = FASHION_MNIST_CLASSES if getattr(args, "class_conditional", False) else None
+    classes = len(FASHION_MNIST_LABELS) if getattr(args, "class_conditional", False) else None
     unet, width = baseline_unet(target, num_class_embeds=classes)
     unet.train()
     dataset = FashionMNIST(args.data_dir, "train", 32, return_labels=classes is not None)

@@ -104,8 +104,8 @@ def study(name: str, pipe, configs, temperatures, fit_x, fit_y, eps, labels, ev:
     priors = {}
     for rank, k, *how in configs:
         labelled = "labels" in how
-        groups = 10 if labelled else classes  # a labelled fit: one Gaussian per Fashion-MNIST label, in one group
-        prior = NoisePrior(pipe.linearizer.latent_dim, rank, k * groups, classes)
+        subsets = int(fit_y.unique().numel()) if labelled else classes  # a labelled fit: K per label, in one group
+        prior = NoisePrior(pipe.linearizer.latent_dim, rank, k * subsets, classes)
         prior.fit(noise, fit_y if classes > 1 else None, iterations=iterations, labels=fit_y if labelled else None)
         priors[(rank, k)] = prior
         grid = list(temperatures)
