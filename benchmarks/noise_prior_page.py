@@ -48,8 +48,9 @@ def render(r: Dict) -> str:
         "that noise and an isotropic Gaussian off them, per class for the class model) is fitted to it by EM in "
         "float64 (`diffusers_linearizer/training/noise_prior.py`) and sampled in place of N(0, I); the one-step map, "
         "its inverse and the collapse are unchanged, and a sample is a deterministic function of the same ε "
-        "(`generator` and `latents` reproduce it). τ scales the deviations from the component means; K = 1 is one "
-        "zero-mean Gaussian with the noise's second moment. The candidate "
+        "(`generator` and `latents` reproduce it). τ scales the deviations from the component means; K = 1 per class is one "
+        "zero-mean Gaussian with the class's second moment, K = 1 per label (fitted with the images' labels, sampled "
+        "without them) the label's mean and covariance. The candidate "
         "with the lowest FD (select) against 10,000 held-out training images is chosen (for the class model, among "
         "the rows whose samples the selection classifier puts in their requested class at least 90 % of the time); "
         "the test images and the "
@@ -62,13 +63,10 @@ def render(r: Dict) -> str:
         *([f"**Note.** {r['note']}", ""] if r.get("note") else []),
     ]
     for s in r["studies"]:
-        base = next(row for row in s["rows"] if row["name"] == s["base"]) if s.get("base") else \
-            next(row for row in s["rows"] if row["prior"] is None and row["temperature"] == s["base_temperature"])
+        base = next(row for row in s["rows"] if row["name"] == s["base"])  # what pipe() sampled before
         chosen = next(row for row in s["rows"] if row["name"] == s["chosen"])
         memo = s["nearest_distance"]
-        when = s.get("date", r["date"])
-        run = f"{s.get('hardware', r['hardware'])}, {s.get('seconds', r['seconds']) / 60:.0f} min"
-        samples = s.get("args", r["args"])["samples"]
+        when, run, samples = s["date"], f"{s['hardware']}, {s['seconds'] / 60:.0f} min", s["args"]["samples"]
         floor = s.get("min_accuracy_select")
         rule = "by FD select on held-out training images" + (
             "" if not floor else
@@ -99,8 +97,7 @@ def render(r: Dict) -> str:
                      "**The samples sit closer to the fitting images than unseen real images do: the mixture is "
                      "near its training images.**"),
                   "",
-                  (f"Before ({base['name']}):  " if s.get("base") else
-                   f"Before (τ = {s['base_temperature']:g}, N(0, I)):  "),
+                  f"Before ({base['name']}):  ",
                   f"![before](images/noise_prior_{s['name']}_base.png)",
                   "",
                   f"Chosen prior ({s['chosen']}):  ",

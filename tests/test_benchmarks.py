@@ -390,7 +390,7 @@ def test_noise_prior_only_keeps_the_other_study_with_its_own_run(tmp_path, monke
     script, page = pytest.importorskip("noise_prior"), pytest.importorskip("noise_prior_page")
     row = dict(fd_select_train=50.0, fd_select=51.0, fd_report=6.0, precision=0.7, recall=0.6)
     old_default = dict(name="fashion-mnist", rows=[dict(row, name="N(0, I), τ = 1", prior=None, temperature=1.0)],
-                       chosen="N(0, I), τ = 1", base_temperature=1.0, fit_images=10, fit_seconds=1.0, noise_std=0.6,
+                       chosen="N(0, I), τ = 1", base="N(0, I), τ = 1", base_temperature=1.0, fit_images=10, fit_seconds=1.0, noise_std=0.6,
                        nearest_distance=dict(chosen=5.0, shipped_noise=6.0, test_images=4.0), ship=False)
     old = dict(date="2026-01-01", hardware="OLD", args=dict(samples=100), seconds=60.0,
                studies=[old_default, dict(old_default, name="fashion-mnist-classes")])
