@@ -9,7 +9,7 @@ class at the default guidance scale) is fitted to it (``training/noise_prior.py`
 the noise is unchanged (one operator apply, exact inversion). Each candidate ``(r, K, τ)`` is scored by FD
 (select) of its samples against held-out *training* images; the lowest is the chosen one (for the class model,
 the lowest among the rows whose samples the selection classifier puts in their requested class at least
-``CLASS_MIN_ACCURACY`` of the time: the issue's 90 %, read in the selection features). Every row is reported in
+``CLASS_MIN_ACCURACY`` of the time: the 90 % goal, read in the selection features). Every row is reported in
 both extractors; the class rows also by class accuracy in both. ``--only`` measures one model and keeps the
 other's study from ``docs/noise_prior.json``.
 
@@ -194,7 +194,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         s = studies[-1]
         base = next(r for r in s["rows"] if r["name"] == s["base"])  # what pipe() sampled before
         chosen = next(r for r in s["rows"] if r["name"] == s["chosen"])
-        # the rule: ship what the judge calls better (a class model: no fewer samples in their class either)
+        # the shipping rule: ship what the judge calls better (a class model: no fewer samples in their class either)
         s["ship"] = chosen["fd_report"] < base["fd_report"] and \
             chosen.get("accuracy_report", 1.0) >= base.get("accuracy_report", 1.0)
         if args.ship and s["ship"]:
